@@ -1,0 +1,79 @@
+"""Exception types fluid raises; each message says what to do next."""
+
+from __future__ import annotations
+
+
+class FluidError(Exception):
+    """Base of every error fluid raises on purpose."""
+
+
+class InvalidName(FluidError, ValueError):
+    """A sandbox, checkpoint or image name does not match the allowed pattern."""
+
+
+class ImageNotFound(FluidError):
+    """No golden image (or image version) by that name."""
+
+
+class ImageBuildError(FluidError):
+    """Building or importing a golden image failed."""
+
+
+class ImageInUse(FluidError):
+    """An image version cannot be deleted while disks still rest on it."""
+
+
+class LibvirtUnavailable(FluidError):
+    """libvirtd cannot be reached."""
+
+
+class NoFreePort(FluidError):
+    """No free 127.0.0.1 port in the configured range."""
+
+
+class SandboxNotFound(FluidError):
+    """No sandbox with that id."""
+
+
+class SandboxExists(FluidError):
+    """A sandbox with that id already exists."""
+
+
+class SandboxNotReady(FluidError):
+    """A sandbox did not answer over SSH before its deadline."""
+
+
+class SandboxNotRunning(FluidError):
+    """The operation needs a running sandbox."""
+
+
+class CheckpointNotFound(FluidError):
+    """No checkpoint by that name on that sandbox."""
+
+
+class CheckpointExists(FluidError):
+    """A checkpoint by that name already exists on that sandbox."""
+
+
+class InvalidCertificateTTL(FluidError, ValueError):
+    """A certificate lifetime outside the allowed 1–10 minutes."""
+
+
+class SSHError(FluidError):
+    """SSH to a guest failed (connection, authentication or protocol)."""
+
+
+class HostKeyMismatch(SSHError):
+    """The guest presented a host key other than the one fluid learned at its first boot."""
+
+
+class CommandTimeout(FluidError):
+    """A guest command ran past its timeout and was killed; `result` holds its partial output."""
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class CAKeyPermissions(FluidError):
+    """The SSH CA private key file is accessible by group or others."""

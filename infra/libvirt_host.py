@@ -1,0 +1,59 @@
+"""The libvirt connection and what this host can run (KVM or TCG)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import libvirt
+
+from infra.errors import LibvirtUnavailable
+from infra.settings import FluidSettings, get_settings
+
+# libvirt prints every error to stderr by default; fluid raises its own instead.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def connect(settings: FluidSettings | None = None) -> libvirt.virConnect:
+    """Open the configured libvirt URI or raise LibvirtUnavailable with how to fix it."""
+    settings = settings or get_settings()
+    try:
+        return libvirt.open(settings.libvirt_uri)
+    except libvirt.libvirtError as e:
+        raise LibvirtUnavailable(
+            f"cannot reach libvirt at {settings.libvirt_uri}: {e.get_error_message()}. "
+            "Start it with `virtlogd -d && libvirtd -d` (scripts/setup-host.sh does this)."
+        ) from e
+
+
+def kvm_usable() -> bool:
+    """True where /dev/kvm can run a stock guest kernel.
+
+    A nested PVM host (kvm_pvm) exposes /dev/kvm but runs only PVM-enabled kernels, and
+    without VMX/SVM in the CPU flags KVM cannot run ordinary guests either.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    if Path("/sys/module/kvm_pvm").exists():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " vmx" in flags or " svm" in flags
+
+
+def domain_type(settings: FluidSettings | None = None) -> str:
+    """`kvm` or `qemu` (TCG) as configured, choosing automatically for `auto`."""
+    settings = settings or get_settings()
+    if settings.domain_type != "auto":
+        return settings.domain_type
+    return "kvm" if kvm_usable() else "qemu"
+
+
+def lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    """The domain called `name`, or None."""
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return None

@@ -1,0 +1,46 @@
+"""Free 127.0.0.1 ports for SSH forwards."""
+
+from __future__ import annotations
+
+import fcntl
+import random
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from infra.errors import NoFreePort
+
+
+def is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:`port` and it can be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick(port_range: tuple[int, int], reserved: Iterable[int] = ()) -> int:
+    """A free port in the inclusive range, not in `reserved`; NoFreePort when none is left."""
+    low, high = port_range
+    taken = set(reserved)
+    candidates = [p for p in range(low, high + 1) if p not in taken]
+    random.shuffle(candidates)
+    for port in candidates:
+        if is_free(port):
+            return port
+    raise NoFreePort(
+        f"no free 127.0.0.1 port in {low}-{high} ({len(taken)} reserved by fluid's VMs); "
+        "destroy unused sandboxes or widen FLUID_PORT_RANGE"
+    )
+
+
+@contextmanager
+def allocation_lock(lock_dir: Path) -> Iterator[None]:
+    """Serialise pick-then-bind across processes so two VMs never get the same port."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with (lock_dir / ".ports.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

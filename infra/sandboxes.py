@@ -1,0 +1,595 @@
+"""Sandbox VMs: linked clones of a golden image, reached over SSH on a 127.0.0.1 forward."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import libvirt
+from pydantic import BaseModel
+from sqlmodel import delete, select
+
+from infra import domains, firewall, images, ports, ssh, store
+from infra.errors import (
+    FluidError,
+    SandboxExists,
+    SandboxNotFound,
+    SandboxNotReady,
+    SandboxNotRunning,
+    SSHError,
+)
+from infra.libvirt_host import connect, domain_type, lookup
+from infra.names import validate_name
+from infra.settings import FluidSettings, get_settings
+from infra.ssh_ca import CertificateAuthority
+from infra.store import CheckpointRecord, CommandRecord, SandboxRecord
+
+Progress = Callable[[str], None]
+DOMAIN_PREFIX = "fluid-sbx-"
+HOSTKEY_LINE = re.compile(r"fluid-hostkey: (ssh-ed25519 [A-Za-z0-9+/=]+)")
+HOSTFWD_PORT = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-")
+CLOUD_INIT_KEY = re.compile(r"^(ssh-ed25519 [A-Za-z0-9+/=]+)", re.MULTILINE)
+
+
+class Sandbox(BaseModel):
+    """A sandbox as users see it."""
+
+    id: str
+    domain_name: str
+    state: Literal["running", "paused", "shut off", "missing"]
+    image: str
+    image_version: str
+    network: str
+    ssh_port: int
+    agent_id: str | None
+    created_at: datetime
+    expires_at: datetime
+    parent_id: str | None = None
+    parent_checkpoint: str | None = None
+
+
+class SandboxListing(BaseModel):
+    """Sandboxes reconciled with libvirt: records, and orphans in either direction."""
+
+    sandboxes: list[Sandbox]
+    orphan_domains: list[str] = []
+    orphan_records: list[str] = []
+    orphan_disks: list[str] = []
+
+
+def _say(_msg: str) -> None:
+    pass
+
+
+def authority(settings: FluidSettings | None = None) -> CertificateAuthority:
+    """fluid's SSH CA: the configured key (e.g. from a Prefect secret) or a 0600 key file."""
+    settings = settings or get_settings()
+    if settings.ca_private_key is not None:
+        return CertificateAuthority.from_private_key(settings.ca_private_key.get_secret_value())
+    return CertificateAuthority.load_or_create(settings.ca_key_path)
+
+
+def domain_name(sandbox_id: str) -> str:
+    return DOMAIN_PREFIX + sandbox_id
+
+
+def principal(sandbox_id: str) -> str:
+    """The only certificate principal a sandbox's sshd accepts."""
+    return f"fluid-{sandbox_id}"
+
+
+def _record(sandbox_id: str, settings: FluidSettings) -> SandboxRecord:
+    with store.session(settings) as s:
+        rec = s.get(SandboxRecord, sandbox_id)
+    if rec is None:
+        raise SandboxNotFound(f"no sandbox {sandbox_id!r}; `fluid sandbox list` shows them")
+    return rec
+
+
+def _state(dom: libvirt.virDomain | None) -> str:
+    if dom is None:
+        return "missing"
+    st = dom.state()[0]
+    if st == libvirt.VIR_DOMAIN_RUNNING:
+        return "running"
+    if st == libvirt.VIR_DOMAIN_PAUSED:
+        return "paused"
+    return "shut off"
+
+
+def _view(rec: SandboxRecord, dom: libvirt.virDomain | None) -> Sandbox:
+    return Sandbox(
+        state=_state(dom), **rec.model_dump(include=set(Sandbox.model_fields) - {"state"})
+    )
+
+
+def _cmdline(base: str, sandbox_id: str, ca: CertificateAuthority) -> str:
+    blob = ca.public_key_line().split()[1]
+    return (
+        f"{base} systemd.machine_id={uuid.uuid4().hex} systemd.hostname={sandbox_id} "
+        f"fluid.sandbox={sandbox_id} fluid.ca={blob}"
+    )
+
+
+def new_id(settings: FluidSettings) -> str:
+    while True:
+        candidate = secrets.token_hex(4)
+        with store.session(settings) as s:
+            if s.get(SandboxRecord, candidate) is None:
+                return candidate
+
+
+def _console_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no console output)"
+    return "\n".join(text.replace("\r", "").splitlines()[-lines:]) or "(console is empty)"
+
+
+def _host_key_from_console(path: Path) -> str | None:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = HOSTKEY_LINE.findall(text)
+    if found:
+        return found[-1]
+    block = text.split("-----BEGIN SSH HOST KEY KEYS-----")
+    if len(block) > 1:
+        m = CLOUD_INIT_KEY.search(block[-1].split("-----END SSH HOST KEY KEYS-----")[0])
+        return m.group(1) if m else None
+    return None
+
+
+def wait_ready(
+    rec: SandboxRecord,
+    dom: libvirt.virDomain,
+    settings: FluidSettings,
+    timeout: float | None = None,
+) -> str:
+    """Wait until SSH runs a command; return the host key learned from the console."""
+    deadline = time.monotonic() + (timeout or settings.ready_timeout_s)
+    ca = authority(settings)
+    console = Path(rec.console_log)
+    host_key = None
+    while time.monotonic() < deadline:
+        if not dom.isActive():
+            raise SandboxNotReady(
+                f"sandbox {rec.id} stopped while booting; console:\n{_console_tail(console)}"
+            )
+        host_key = host_key or _host_key_from_console(console)
+        if host_key:
+            creds = ca.issue(principal(rec.id), timedelta(minutes=settings.cert_ttl_minutes))
+            if ssh.ping("127.0.0.1", rec.ssh_port, creds, host_key):
+                return host_key
+        time.sleep(0.5)
+    raise SandboxNotReady(
+        f"sandbox {rec.id} did not answer SSH on 127.0.0.1:{rec.ssh_port} within "
+        f"{timeout or settings.ready_timeout_s:.0f} s (FLUID_READY_TIMEOUT_S); "
+        f"console tail:\n{_console_tail(console)}"
+    )
+
+
+def _reserved_ports(conn: libvirt.virConnect, settings: FluidSettings) -> set[int]:
+    """Ports of every fluid VM, running or not, so a stopped one keeps its port."""
+    with store.session(settings) as s:
+        taken = {r.ssh_port for r in s.exec(select(SandboxRecord)).all()}
+    for dom, _meta in domains.fluid_domains(conn):
+        taken.update(int(p) for p in HOSTFWD_PORT.findall(dom.XMLDesc(0)))
+    return taken
+
+
+def create(
+    name: str | None = None,
+    *,
+    image: str | None = None,
+    image_version: str | None = None,
+    network: str | None = None,
+    agent_id: str | None = None,
+    ttl_minutes: int | None = None,
+    base_disk: Path | None = None,
+    parent: tuple[str, str] | None = None,
+    progress: Progress | None = None,
+    settings: FluidSettings | None = None,
+) -> Sandbox:
+    """Create a sandbox and wait until SSH answers; on any failure nothing is left behind.
+
+    `base_disk` replaces the fresh overlay with a prepared disk (used by fork).
+    """
+    settings = settings or get_settings()
+    say = progress or _say
+    sandbox_id = validate_name(name, "sandbox name") if name is not None else new_id(settings)
+    network = network or settings.network
+    if network not in ("nat", "isolated"):
+        raise FluidError(f"unknown network mode {network!r}: use nat or isolated")
+    conn = connect(settings)
+    try:
+        with store.session(settings) as s:
+            if s.get(SandboxRecord, sandbox_id) or lookup(conn, domain_name(sandbox_id)):
+                raise SandboxExists(f"sandbox {sandbox_id!r} already exists; pick another name")
+        image_name = image or settings.image
+        if image is None and not any(m.name == image_name for m in images.list_images(settings)):
+            say(f"no {image_name} image yet: building it first")
+            images.build(image_name, progress=say, settings=settings)
+        manifest = images.resolve(image_name, image_version, settings)
+        firewall.ensure_guard()
+        ca = authority(settings)
+        for d in (settings.disks_dir, settings.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        now = datetime.now(UTC)
+        disk = settings.disks_dir / f"{sandbox_id}.qcow2"
+        console = settings.logs_dir / f"{sandbox_id}.console.log"
+        rec = SandboxRecord(
+            id=sandbox_id,
+            domain_name=domain_name(sandbox_id),
+            image=manifest.name,
+            image_version=manifest.version,
+            agent_id=agent_id,
+            network=network,
+            ssh_port=0,
+            disk_path=str(disk),
+            console_log=str(console),
+            created_at=now,
+            expires_at=now + timedelta(minutes=ttl_minutes or settings.sandbox_ttl_minutes),
+            parent_id=parent[0] if parent else None,
+            parent_checkpoint=parent[1] if parent else None,
+        )
+        try:
+            _provision(conn, rec, manifest, ca, base_disk, settings, say)
+        except BaseException:
+            _teardown(conn, sandbox_id, settings)
+            raise
+        return _view(rec, lookup(conn, rec.domain_name))
+    finally:
+        conn.close()
+
+
+def _provision(
+    conn: libvirt.virConnect,
+    rec: SandboxRecord,
+    manifest: images.ImageManifest,
+    ca: CertificateAuthority,
+    base_disk: Path | None,
+    settings: FluidSettings,
+    say: Progress,
+) -> None:
+    start = time.monotonic()
+    disk = Path(rec.disk_path)
+    if base_disk is not None:
+        base_disk.rename(disk)
+    else:
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(manifest.disk_path),
+                "-F",
+                "qcow2",
+                str(disk),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    seed = _seed_iso(rec, ca, settings) if manifest.cloud_init else None
+    with ports.allocation_lock(settings.storage_dir):
+        rec.ssh_port = ports.pick(settings.port_range, _reserved_ports(conn, settings))
+        with store.session(settings) as s:
+            s.add(rec)
+        meta = domains.FluidMetadata(
+            kind="sandbox",
+            id=rec.id,
+            agent_id=rec.agent_id,
+            expires_at=rec.expires_at,
+            created_at=rec.created_at,
+        )
+        spec = domains.DomainSpec(
+            name=rec.domain_name,
+            metadata=meta,
+            domain_type=domain_type(settings),
+            memory_mib=settings.memory_mib,
+            vcpus=settings.vcpus,
+            tb_cache_mib=settings.tb_cache_mib,
+            disk_path=disk,
+            console_log=Path(rec.console_log),
+            ssh_port=rec.ssh_port,
+            network=rec.network,
+            kernel=manifest.kernel_path,
+            initrd=manifest.initrd_path,
+            cmdline=_cmdline(manifest.cmdline or "", rec.id, ca) if manifest.kernel else None,
+            seed_iso=seed,
+        )
+        dom = conn.defineXML(domains.render(spec))
+        try:
+            dom.create()
+        except libvirt.libvirtError as e:
+            raise FluidError(
+                f"libvirt could not start sandbox {rec.id}: {e.get_error_message()}"
+            ) from e
+    say(f"sandbox {rec.id}: VM started on 127.0.0.1:{rec.ssh_port}, waiting for SSH")
+    rec.host_key = wait_ready(rec, dom, settings)
+    with store.session(settings) as s:
+        s.merge(rec)
+    say(f"sandbox {rec.id}: ready in {time.monotonic() - start:.1f} s")
+
+
+def _seed_iso(rec: SandboxRecord, ca: CertificateAuthority, settings: FluidSettings) -> Path:
+    """A cloud-init NoCloud seed that makes an imported image trust fluid's CA."""
+    import tempfile
+
+    user_data = f"""#cloud-config
+disable_root: false
+ssh_pwauth: false
+ssh_deletekeys: true
+ssh_genkeytypes: [ed25519]
+write_files:
+  - path: /etc/ssh/fluid_user_ca.pub
+    content: "{ca.public_key_line()}"
+  - path: /etc/ssh/fluid_principals
+    content: "{principal(rec.id)}"
+  - path: /etc/ssh/sshd_config.d/10-fluid.conf
+    content: |
+      PermitRootLogin prohibit-password
+      PasswordAuthentication no
+      KbdInteractiveAuthentication no
+      TrustedUserCAKeys /etc/ssh/fluid_user_ca.pub
+      AuthorizedPrincipalsFile /etc/ssh/fluid_principals
+runcmd:
+  - [passwd, -l, root]
+  - [sh, -c, "systemctl restart ssh || systemctl restart sshd"]
+"""
+    meta_data = f"instance-id: {rec.id}\nlocal-hostname: {rec.id}\n"
+    iso = settings.disks_dir / f"{rec.id}.seed.iso"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "user-data").write_text(user_data)
+        Path(tmp, "meta-data").write_text(meta_data)
+        subprocess.run(
+            [
+                "genisoimage",
+                "-quiet",
+                "-output",
+                str(iso),
+                "-volid",
+                "cidata",
+                "-joliet",
+                "-rock",
+                f"{tmp}/user-data",
+                f"{tmp}/meta-data",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return iso
+
+
+def _teardown(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> bool:
+    """Remove every trace of a sandbox; True when anything existed."""
+    found = False
+    dom = lookup(conn, domain_name(sandbox_id))
+    if dom is not None:
+        found = True
+        if dom.isActive():
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if dom.isActive():
+                    raise
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    for path in (
+        settings.disks_dir / f"{sandbox_id}.qcow2",
+        settings.disks_dir / f"{sandbox_id}.seed.iso",
+        settings.disks_dir / f"{sandbox_id}.fork.qcow2",
+        settings.logs_dir / f"{sandbox_id}.console.log",
+    ):
+        if path.exists():
+            found = True
+            path.unlink()
+    with store.session(settings) as s:
+        if s.get(SandboxRecord, sandbox_id) is not None:
+            found = True
+        s.exec(delete(CheckpointRecord).where(CheckpointRecord.sandbox_id == sandbox_id))
+        s.exec(delete(SandboxRecord).where(SandboxRecord.id == sandbox_id))
+    return found
+
+
+def destroy(sandbox_id: str, settings: FluidSettings | None = None) -> None:
+    """Destroy a sandbox: domain, disk, snapshots, console log and records (idempotent)."""
+    settings = settings or get_settings()
+    validate_name(sandbox_id, "sandbox id")
+    conn = connect(settings)
+    try:
+        if not _teardown(conn, sandbox_id, settings):
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r} to destroy (nothing left of it)")
+    finally:
+        conn.close()
+
+
+def get(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
+    """One sandbox with its live state."""
+    settings = settings or get_settings()
+    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    conn = connect(settings)
+    try:
+        return _view(rec, lookup(conn, rec.domain_name))
+    finally:
+        conn.close()
+
+
+def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
+    """Every sandbox, reconciled with libvirt and the disk folder; orphans reported."""
+    settings = settings or get_settings()
+    conn = connect(settings)
+    try:
+        with store.session(settings) as s:
+            records = list(s.exec(select(SandboxRecord).order_by(SandboxRecord.created_at)))
+        doms = {d.name(): d for d, _m in domains.fluid_domains(conn, "sandbox")}
+        known = {r.id for r in records}
+        disks = (
+            sorted(p.name.split(".")[0] for p in settings.disks_dir.glob("*.qcow2"))
+            if settings.disks_dir.is_dir()
+            else []
+        )
+        return SandboxListing(
+            sandboxes=[_view(r, doms.get(r.domain_name)) for r in records],
+            orphan_domains=sorted(n for n in doms if n.removeprefix(DOMAIN_PREFIX) not in known),
+            orphan_records=sorted(r.id for r in records if r.domain_name not in doms),
+            orphan_disks=[d for d in disks if d not in known],
+        )
+    finally:
+        conn.close()
+
+
+def start(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
+    """Start a stopped sandbox and wait for SSH."""
+    settings = settings or get_settings()
+    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    conn = connect(settings)
+    try:
+        dom = lookup(conn, rec.domain_name)
+        if dom is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} has no VM; destroy it and create anew")
+        if not dom.isActive():
+            dom.create()
+            wait_ready(rec, dom, settings)
+        return _view(rec, dom)
+    finally:
+        conn.close()
+
+
+def stop(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
+    """Power a sandbox off (its disk and checkpoints stay)."""
+    settings = settings or get_settings()
+    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    conn = connect(settings)
+    try:
+        dom = lookup(conn, rec.domain_name)
+        if dom is not None and dom.isActive():
+            try:  # flush the guest's page cache so the disk is consistent when powered off
+                with guest(sandbox_id, settings) as g:
+                    g.run("sync", timeout=30)
+            except (FluidError, OSError):
+                pass
+            dom.destroy()
+        return _view(rec, dom)
+    finally:
+        conn.close()
+
+
+def guest(sandbox_id: str, settings: FluidSettings | None = None) -> ssh.GuestConnection:
+    """An SSH connection to a running sandbox with a fresh short-lived certificate."""
+    settings = settings or get_settings()
+    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    if not rec.host_key:
+        raise SandboxNotRunning(f"sandbox {sandbox_id} never finished booting")
+    creds = authority(settings).issue(
+        principal(rec.id), timedelta(minutes=settings.cert_ttl_minutes)
+    )
+    try:
+        return ssh.GuestConnection("127.0.0.1", rec.ssh_port, creds, rec.host_key)
+    except SSHError as e:
+        conn = connect(settings)
+        try:
+            if _state(lookup(conn, rec.domain_name)) != "running":
+                raise SandboxNotRunning(
+                    f"sandbox {sandbox_id} is not running; `fluid sandbox start` it"
+                ) from e
+        finally:
+            conn.close()
+        raise
+
+
+def run(
+    sandbox_id: str,
+    command: str,
+    *,
+    timeout: float = 300.0,
+    output_cap: int = 30_000,
+    actor: str | None = None,
+    settings: FluidSettings | None = None,
+) -> ssh.CommandResult:
+    """Run a shell command in the sandbox as root and record it; CommandTimeout past `timeout`."""
+    settings = settings or get_settings()
+    from infra.errors import CommandTimeout
+
+    with guest(sandbox_id, settings) as g:
+        try:
+            result = g.run(command, timeout=timeout, output_cap=output_cap)
+        except CommandTimeout as e:
+            _record_command(sandbox_id, e.result, actor, settings)  # type: ignore[arg-type]
+            raise
+    _record_command(sandbox_id, result, actor, settings)
+    return result
+
+
+def _record_command(
+    sandbox_id: str, r: ssh.CommandResult, actor: str | None, settings: FluidSettings
+) -> None:
+    with store.session(settings) as s:
+        s.add(
+            CommandRecord(
+                sandbox_id=sandbox_id,
+                command=r.command,
+                exit_status=r.exit_status,
+                stdout=r.stdout_text,
+                stderr=r.stderr_text,
+                timed_out=r.timed_out,
+                started_at=r.started_at,
+                ended_at=r.ended_at,
+                actor=actor or os.environ.get("FLUID_ACTOR") or f"user:{_login()}",
+            )
+        )
+
+
+def _login() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+
+
+def commands(sandbox_id: str, settings: FluidSettings | None = None) -> list[CommandRecord]:
+    """The recorded commands of a sandbox, oldest first."""
+    settings = settings or get_settings()
+    with store.session(settings) as s:
+        return list(
+            s.exec(
+                select(CommandRecord)
+                .where(CommandRecord.sandbox_id == sandbox_id)
+                .order_by(CommandRecord.id)
+            )
+        )
+
+
+def ssh_argv(sandbox_id: str, workdir: Path, settings: FluidSettings | None = None) -> list[str]:
+    """argv for a real OpenSSH session into the sandbox, with a fresh certificate in `workdir`."""
+    settings = settings or get_settings()
+    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    if not rec.host_key:
+        raise SandboxNotRunning(f"sandbox {sandbox_id} never finished booting")
+    creds = authority(settings).issue(
+        principal(rec.id), timedelta(minutes=settings.cert_ttl_minutes)
+    )
+    key = creds.write_files(workdir)
+    return ssh.openssh_command(
+        "127.0.0.1", rec.ssh_port, key, rec.host_key, workdir / "known_hosts"
+    )
+
+
+def quote_command(argv: list[str]) -> str:
+    """One argument runs as written through the guest shell; several are quoted (as ssh does)."""
+    return argv[0] if len(argv) == 1 else shlex.join(argv)

@@ -1,0 +1,72 @@
+"""fluid's settings: embedded defaults, overridden by FLUID_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(os.path.expanduser("~")) / ".fluid"
+
+
+class FluidSettings(BaseSettings):
+    """Where fluid keeps its state and how it talks to libvirt; every field is FLUID_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="FLUID_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Database, CA key, config.")
+    # Disks must live where QEMU's unprivileged user can traverse; a home directory is not.
+    storage_dir: Path = Field(default=Path("/var/lib/fluid"), description="Images, disks, logs.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite by default.")
+    libvirt_uri: str = "qemu:///system"
+    domain_type: Literal["auto", "kvm", "qemu"] = "auto"
+    memory_mib: int = Field(default=512, ge=256)
+    vcpus: int = Field(default=1, ge=1)
+    tb_cache_mib: int = Field(default=128, ge=32, description="TCG translation cache per VM.")
+    network: Literal["nat", "isolated"] = "nat"
+    image: str = "debian-12"
+    ca_private_key: SecretStr | None = Field(
+        default=None, description="fluid's CA key (OpenSSH PEM); else a 0600 file under home."
+    )
+    cert_ttl_minutes: int = Field(default=5, ge=1, le=10)
+    sandbox_ttl_minutes: int = Field(default=120, ge=1)
+    ready_timeout_s: float = Field(default=180.0, gt=0)
+    port_range: tuple[int, int] = (22200, 22999)
+    mirror: str = "http://deb.debian.org/debian"
+    suite: str = "bookworm"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'fluid.db'}"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.home / "ca" / "fluid_ca"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.storage_dir / "images"
+
+    @property
+    def disks_dir(self) -> Path:
+        return self.storage_dir / "disks"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.storage_dir / "logs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.storage_dir / "cache"
+
+
+@lru_cache
+def get_settings() -> FluidSettings:
+    """The process-wide settings, read once from the environment."""
+    return FluidSettings()

@@ -1,0 +1,463 @@
+"""Run commands in, and copy files to and from, a guest over SSH (paramiko) with a session cert."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import math
+import os
+import selectors
+import shlex
+import shutil
+import stat
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import paramiko
+from pydantic import BaseModel, ConfigDict
+
+from infra.errors import CommandTimeout, HostKeyMismatch, SSHError
+from infra.ssh_ca import SessionCredentials
+
+CUT_MARKER = b"\n[fluid: %d bytes of output cut here]\n"
+# Grace for coreutils `timeout` to escalate from TERM to KILL inside the guest.
+KILL_AFTER_S = 5
+# The guest enforces the timeout; the host deadline only catches a guest that stopped answering.
+HOST_GRACE_S = 10.0
+_CHUNK = 64 * 1024
+# Upper bound on one wait, so a missed wake-up costs latency, never a hang.
+_POLL_S = 0.5
+_TIMEOUT_EXIT_STATUSES = (124, 137)
+
+
+class CommandResult(BaseModel):
+    """Outcome of one guest command; output beyond the cap is cut from the middle."""
+
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    command: str
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+    stdout_cut: int
+    stderr_cut: int
+    started_at: datetime
+    ended_at: datetime
+    duration_s: float
+    timed_out: bool = False
+
+    @property
+    def stdout_text(self) -> str:
+        """Stdout decoded as UTF-8, invalid bytes replaced."""
+        return self.stdout.decode("utf-8", errors="replace")
+
+    @property
+    def stderr_text(self) -> str:
+        """Stderr decoded as UTF-8, invalid bytes replaced."""
+        return self.stderr.decode("utf-8", errors="replace")
+
+
+class _CappedBuffer:
+    """Keeps the first and last cap//2 bytes of a stream and counts what falls in between."""
+
+    def __init__(self, cap: int) -> None:
+        self._half = cap // 2
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._total = 0
+
+    def add(self, data: bytes) -> None:
+        self._total += len(data)
+        room = self._half - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        if data and self._half:
+            self._tail += data
+            # Trim only once the tail is twice its size, so trimming cost stays amortised.
+            if len(self._tail) > 2 * self._half:
+                del self._tail[: len(self._tail) - self._half]
+
+    def result(self) -> tuple[bytes, int]:
+        """Return (kept bytes with the cut marker if anything was dropped, dropped byte count)."""
+        tail = self._tail[len(self._tail) - self._half :] if self._half else b""
+        cut = self._total - len(self._head) - len(tail)
+        if cut:
+            return bytes(self._head) + CUT_MARKER % cut + bytes(tail), cut
+        return bytes(self._head) + bytes(tail), 0
+
+
+class _RejectAsMismatch(paramiko.RejectPolicy):
+    """Host keys are pinned, so a key that is not pinned (e.g. another type) is a mismatch."""
+
+    def __init__(self, host: str, port: int, expected: paramiko.PKey) -> None:
+        self._host = host
+        self._port = port
+        self._expected = expected
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        raise HostKeyMismatch(
+            _mismatch_message(self._host, self._port, self._expected, key),
+        )
+
+
+def _mismatch_message(host: str, port: int, expected: paramiko.PKey, got: paramiko.PKey) -> str:
+    return (
+        f"the SSH host key at {host}:{port} is {got.get_name()} {got.fingerprint}, not the "
+        f"{expected.get_name()} {expected.fingerprint} fluid learned at the sandbox's first boot; "
+        f"the sandbox on port {port} may have been replaced or another process now listens "
+        "there. Re-create the sandbox (or re-learn its host key if the change is expected)."
+    )
+
+
+def _parse_public_key(line: str) -> paramiko.PKey:
+    """Parse an OpenSSH public key line ("ssh-ed25519 AAAA... [comment]")."""
+    fields = line.split()
+    if len(fields) < 2:
+        raise ValueError(f"not an OpenSSH public key line: {line!r}")
+    try:
+        return paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1]))
+    except (binascii.Error, paramiko.SSHException, ValueError) as exc:
+        raise ValueError(f"not an OpenSSH public key line: {line!r} ({exc})") from exc
+
+
+def _known_hosts_name(host: str, port: int) -> str:
+    # OpenSSH and paramiko both store port 22 under the bare host name.
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class GuestConnection:
+    """One authenticated SSH connection to a guest, pinned to the guest's known host key."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        credentials: SessionCredentials,
+        host_key: str,
+        *,
+        user: str = "root",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        # The transport thread logs tracebacks for every refused attempt while sshd starts up.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+        self.host = host
+        self.port = port
+        self.user = user
+        self._connect_timeout = connect_timeout
+        self._credentials = credentials
+        self._sftp: paramiko.SFTPClient | None = None
+        expected = _parse_public_key(host_key)
+        self._client = paramiko.SSHClient()
+        self._client.get_host_keys().add(
+            _known_hosts_name(host, port), expected.get_name(), expected
+        )
+        self._client.set_missing_host_key_policy(_RejectAsMismatch(host, port, expected))
+        try:
+            self._client.connect(
+                hostname=host,
+                port=port,
+                username=user,
+                pkey=credentials.paramiko_key(),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=connect_timeout,
+                banner_timeout=connect_timeout,
+                auth_timeout=connect_timeout,
+                channel_timeout=connect_timeout,
+            )
+        except HostKeyMismatch:
+            self._client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            self._client.close()
+            raise HostKeyMismatch(_mismatch_message(host, port, expected, exc.key)) from exc
+        except paramiko.AuthenticationException as exc:
+            self._client.close()
+            raise SSHError(self._auth_failure_message(exc)) from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._client.close()
+            raise SSHError(
+                f"cannot open SSH to {user}@{host}:{port}: {exc or type(exc).__name__}; check that "
+                "the sandbox is running and its sshd is up (poll with infra.ssh.ping)"
+            ) from exc
+
+    def _auth_failure_message(self, exc: Exception) -> str:
+        creds = self._credentials
+        now = datetime.now(UTC)
+        if now >= creds.valid_before:
+            why = f"the certificate expired at {creds.valid_before.isoformat()}"
+        elif now < creds.valid_after:
+            why = f"the certificate is not valid before {creds.valid_after.isoformat()}"
+        else:
+            why = (
+                f"the guest does not accept principal {creds.principal!r} or does not trust "
+                "this CA (check TrustedUserCAKeys and AuthorizedPrincipalsFile in the guest)"
+            )
+        return (
+            f"{self.user}@{self.host}:{self.port} refused the session certificate ({exc}): {why}; "
+            "issue a fresh certificate with CertificateAuthority.issue() for the right principal"
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SSHError(
+                f"the SSH connection to {self.host}:{self.port} is closed; open a new "
+                "GuestConnection (the sandbox may have been stopped)"
+            )
+        return transport
+
+    def run(
+        self, command: str, *, timeout: float = 300.0, output_cap: int = 30_000
+    ) -> CommandResult:
+        """Run a shell command in the guest; raise CommandTimeout if it outlives timeout seconds."""
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if output_cap < 0:
+            raise ValueError(f"output_cap must not be negative, got {output_cap}")
+        guest_timeout = max(1, math.ceil(timeout))
+        # coreutils timeout kills the whole process group, so the command dies in the guest
+        # even when it forks; the login shell expands ${SHELL} as ssh would run the command.
+        remote = (
+            f"timeout --kill-after={KILL_AFTER_S} {guest_timeout} "
+            f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
+        )
+        stdout = _CappedBuffer(output_cap)
+        stderr = _CappedBuffer(output_cap)
+        started_at = datetime.now(UTC)
+        t0 = time.monotonic()
+        deadline = t0 + timeout + HOST_GRACE_S
+        deadline_hit = False
+        exit_status = -1
+        try:
+            channel = self._transport().open_session(timeout=self._connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"cannot open an SSH session on {self.host}:{self.port}: {exc}; the sandbox may "
+                "be overloaded or stopped, open a new GuestConnection"
+            ) from exc
+        try:
+            channel.exec_command(remote)
+            deadline_hit = self._pump(channel, stdout, stderr, deadline)
+            if not deadline_hit:
+                # exit-status follows EOF; a close without it (exit-signal) also sets the event.
+                deadline_hit = not channel.status_event.wait(max(0.0, deadline - time.monotonic()))
+            if not deadline_hit and channel.exit_status_ready():
+                exit_status = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"SSH to {self.host}:{self.port} failed while running {_short(command)!r}: {exc}"
+            ) from exc
+        finally:
+            channel.close()
+
+        duration_s = time.monotonic() - t0
+        out, out_cut = stdout.result()
+        err, err_cut = stderr.result()
+        timed_out = deadline_hit or (
+            exit_status in _TIMEOUT_EXIT_STATUSES and duration_s >= guest_timeout
+        )
+        result = CommandResult(
+            command=command,
+            exit_status=exit_status,
+            stdout=out,
+            stderr=err,
+            stdout_cut=out_cut,
+            stderr_cut=err_cut,
+            started_at=started_at,
+            ended_at=datetime.now(UTC),
+            duration_s=duration_s,
+            timed_out=timed_out,
+        )
+        if timed_out:
+            raise CommandTimeout(
+                f"command {_short(command)!r} on {self.host}:{self.port} ran past its "
+                f"{timeout:g} s timeout and was killed; pass a larger timeout= to run() if it "
+                "legitimately needs longer (partial output is in .result)",
+                result=result,
+            )
+        transport = self._client.get_transport()
+        # -1 with a live transport means the command died from a signal (exit-signal).
+        if exit_status == -1 and (transport is None or not transport.is_active()):
+            raise SSHError(f"lost the SSH connection to {self.host}:{self.port} mid-command")
+        return result
+
+    @staticmethod
+    def _pump(
+        channel: paramiko.Channel,
+        stdout: _CappedBuffer,
+        stderr: _CappedBuffer,
+        deadline: float,
+    ) -> bool:
+        """Drain both streams until EOF; return True if the host deadline passed first."""
+        with selectors.DefaultSelector() as selector:
+            # The channel's fileno is readable while either stream has data or at EOF.
+            selector.register(channel.fileno(), selectors.EVENT_READ)
+            while True:
+                # Take one chunk of each per round so a flood on one stream never starves the
+                # other, and the deadline is checked even while data keeps coming.
+                # Read EOF before the buffers: data that raced in ahead of it is then still seen.
+                eof = channel.eof_received or channel.closed
+                busy = False
+                if channel.recv_ready():
+                    stdout.add(channel.recv(_CHUNK))
+                    busy = True
+                if channel.recv_stderr_ready():
+                    stderr.add(channel.recv_stderr(_CHUNK))
+                    busy = True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return True
+                if busy:
+                    continue
+                if eof:
+                    return False
+                selector.select(min(remaining, _POLL_S))
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self._client.open_sftp()
+            except (paramiko.SSHException, EOFError) as exc:
+                raise SSHError(
+                    f"cannot start SFTP on {self.host}:{self.port}: {exc}; check that the guest's "
+                    "sshd has `Subsystem sftp` configured"
+                ) from exc
+        return self._sftp
+
+    def _put(self, source: IO[bytes], remote_path: str, mode: int | None) -> None:
+        sftp = self._sftp_client()
+        try:
+            with sftp.open(remote_path, "wb") as remote:
+                # Restrict the mode before any content lands, in case the file holds secrets.
+                if mode is not None:
+                    remote.chmod(mode)
+                remote.set_pipelined(True)
+                shutil.copyfileobj(source, remote, _CHUNK)
+        except paramiko.SSHException as exc:
+            raise SSHError(f"SFTP upload to {self.host}:{remote_path} failed: {exc}") from exc
+
+    def upload_bytes(self, data: bytes, remote_path: str, mode: int | None = None) -> None:
+        """Write data to remote_path over SFTP with mode (if given) set before the content."""
+        self._put(io.BytesIO(data), remote_path, mode)
+
+    def upload(self, local: Path, remote_path: str, mode: int | None = None) -> None:
+        """Copy a local file to remote_path; mode defaults to the local file's permission bits."""
+        local = Path(local)
+        with local.open("rb") as source:
+            if mode is None:
+                mode = stat.S_IMODE(os.fstat(source.fileno()).st_mode)
+            self._put(source, remote_path, mode)
+
+    def download(self, remote_path: str, local: Path) -> None:
+        """Copy remote_path to a local file, keeping the remote permission bits (rwx only)."""
+        local = Path(local)
+        sftp = self._sftp_client()
+        try:
+            with sftp.open(remote_path, "rb") as remote:
+                remote_mode = stat.S_IMODE(remote.stat().st_mode or 0o600) & 0o777
+                remote.prefetch()
+                local.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as target:
+                    shutil.copyfileobj(remote, target, _CHUNK)
+                    os.fchmod(fd, remote_mode)
+        except paramiko.SSHException as exc:
+            raise SSHError(f"SFTP download of {self.host}:{remote_path} failed: {exc}") from exc
+
+    def read_bytes(self, remote_path: str) -> bytes:
+        """Return the contents of remote_path."""
+        sftp = self._sftp_client()
+        try:
+            with sftp.open(remote_path, "rb") as remote:
+                remote.prefetch()
+                return remote.read()
+        except paramiko.SSHException as exc:
+            raise SSHError(f"SFTP read of {self.host}:{remote_path} failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close SFTP and the SSH connection; safe to call twice."""
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        self._client.close()
+
+
+def _short(command: str, limit: int = 200) -> str:
+    return command if len(command) <= limit else command[: limit - 3] + "..."
+
+
+def ping(
+    host: str,
+    port: int,
+    credentials: SessionCredentials,
+    host_key: str,
+    timeout: float = 5.0,
+) -> bool:
+    """Return True if the guest accepts SSH and runs `true`; False on any failure."""
+    try:
+        with GuestConnection(host, port, credentials, host_key, connect_timeout=timeout) as conn:
+            return conn.run("true", timeout=timeout).exit_status == 0
+    except Exception:
+        return False
+
+
+def openssh_command(
+    host: str,
+    port: int,
+    key_path: Path,
+    host_key: str,
+    known_hosts_path: Path,
+    user: str = "root",
+) -> list[str]:
+    """Write a one-entry known_hosts file and return argv for OpenSSH `ssh` to reach the guest."""
+    key = _parse_public_key(host_key)
+    known_hosts_path = Path(known_hosts_path)
+    known_hosts_path.parent.mkdir(parents=True, exist_ok=True)
+    known_hosts_path.write_text(
+        f"{_known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
+    )
+    return [
+        "ssh",
+        "-i",
+        str(key_path),
+        "-o",
+        _ssh_option("CertificateFile", f"{key_path}-cert.pub"),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        _ssh_option("UserKnownHostsFile", str(known_hosts_path)),
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-p",
+        str(port),
+        f"{user}@{host}",
+    ]
+
+
+def _ssh_option(name: str, value: str) -> str:
+    # ssh splits -o values on whitespace like config lines; double quotes keep a path whole.
+    if any(c.isspace() for c in value):
+        return f'{name}="{value}"'
+    return f"{name}={value}"

@@ -1,0 +1,110 @@
+"""fluid's records: sandboxes, checkpoints and every command run, in SQLModel tables.
+
+SQLite under FLUID_HOME by default; any SQLAlchemy URL (PostgreSQL included) by setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from sqlalchemy import UniqueConstraint, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+from infra.settings import FluidSettings, get_settings
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SandboxRecord(SQLModel, table=True):
+    """One sandbox VM and the facts needed to reach and remove it."""
+
+    __tablename__ = "sandboxes"
+
+    id: str = Field(primary_key=True)
+    domain_name: str = Field(index=True)
+    image: str
+    image_version: str
+    agent_id: str | None = None
+    network: str
+    ssh_port: int
+    host_key: str | None = None
+    disk_path: str
+    console_log: str
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    parent_id: str | None = None
+    parent_checkpoint: str | None = None
+
+
+class CheckpointRecord(SQLModel, table=True):
+    """A named internal snapshot (disk and memory) of a running sandbox."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("sandbox_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sandbox_id: str = Field(index=True)
+    name: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CommandRecord(SQLModel, table=True):
+    """Every command fluid ran in a guest, with its capped output."""
+
+    __tablename__ = "commands"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sandbox_id: str = Field(index=True)
+    command: str
+    exit_status: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+    started_at: datetime
+    ended_at: datetime
+    actor: str = "user"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL + a busy timeout: the CLI, flows and tests write concurrently.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+@lru_cache(maxsize=8)
+def _engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+def engine(settings: FluidSettings | None = None) -> Engine:
+    """The engine for the configured database, its tables created on first use."""
+    return _engine_for((settings or get_settings()).db_url)
+
+
+@contextmanager
+def session(settings: FluidSettings | None = None) -> Iterator[Session]:
+    """A database session that commits on success and rolls back on error."""
+    with Session(engine(settings), expire_on_commit=False) as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise

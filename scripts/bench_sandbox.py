@@ -1,0 +1,471 @@
+#!/usr/bin/env python3
+"""Benchmark fluid's sandbox life cycle on this host and print a markdown table.
+
+Run from the repository root (as root, like fluid itself):
+
+    .venv/bin/python scripts/bench_sandbox.py [--runs N] [--skip-build] [--online-build]
+
+Everything it makes lives in a temporary directory under /var/lib (removed at the end) and
+every VM it starts is destroyed again, also on errors, Ctrl-C and SIGTERM. VMs boot one at a
+time. The sandboxes use a fresh FLUID_HOME (own database and SSH CA) but the configured
+storage dir, so they boot from the real golden image.
+
+Rows (wall-clock time.perf_counter; n = number of samples):
+
+- image build: ``images.build(force=True)`` into a throwaway storage dir whose
+  ``cache/debootstrap`` is a symlink to the real package cache, so no .deb is fetched again.
+  By default debootstrap reads the suite's signed InRelease and Packages index from this host's
+  apt lists through a ``file://`` mirror, so the build sends no traffic off the host (it fails
+  when the apt lists and the package cache disagree: then use --online-build, which fetches the
+  indices from the configured mirror, or --skip-build). One sample.
+- overlay creation: ``qemu-img create -f qcow2 -b <golden disk>`` (10 samples).
+- create -> SSH-ready: ``sandboxes.create()``; returns once SSH runs a command.
+- first command after ready: ``sandboxes.run(id, "true")`` (new SSH connection + certificate).
+- checkpoint: ``checkpoints.create(id, "bench")``: guest ``sync`` + internal snapshot with memory.
+- restore -> SSH-ready: ``checkpoints.restore(id, "bench")``; returns once a command ran again.
+- checkpoint delete: ``checkpoints.delete(id, "bench")``.
+- destroy: ``sandboxes.destroy(id)``.
+- qemu RSS after boot: VmRSS of the VM's qemu process (pid from /run/libvirt/qemu/), MiB,
+  sampled right after the first command.
+- guest used memory: the "used" column of ``free -m`` inside the guest, MiB.
+
+The sandbox rows have --runs samples (default 3), one sandbox per run. On a shared host under
+TCG the numbers are noisy; the header shows nproc and the load average at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import lzma
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+from infra import checkpoints, images, sandboxes
+from infra.errors import FluidError, SandboxNotFound
+from infra.libvirt_host import connect, domain_type, lookup
+from infra.settings import FluidSettings
+
+T = TypeVar("T")
+OVERLAY_SAMPLES = 10
+CHECKPOINT = "bench"
+APT_LISTS = Path("/var/lib/apt/lists")
+REAL_DEBOOTSTRAP_CACHE = Path("/var/lib/fluid/cache/debootstrap")
+QEMU_PID_DIR = Path("/run/libvirt/qemu")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+@dataclass
+class Row:
+    step: str
+    unit: str
+    scale: float = 1.0  # seconds -> unit
+    samples: list[float] = field(default_factory=list)
+
+
+class Results:
+    """Samples per step, printed as one markdown table in insertion order."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Row] = {}
+
+    def row(self, step: str, unit: str, scale: float = 1.0) -> Row:
+        return self.rows.setdefault(step, Row(step, unit, scale))
+
+    def add(self, step: str, value: float, unit: str, scale: float = 1.0) -> None:
+        self.row(step, unit, scale).samples.append(value * scale)
+
+    def timed(self, step: str, unit: str, fn: Callable[[], T]) -> T:
+        """Run fn, record its wall time in `unit` ("s" or "ms"), return its result."""
+        start = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - start
+        self.add(step, elapsed, unit, 1000.0 if unit == "ms" else 1.0)
+        log(f"{step}: {elapsed * (1000.0 if unit == 'ms' else 1.0):.1f} {unit}")
+        return out
+
+    def table(self) -> str:
+        header = ("step", "n", "median", "min", "max", "unit")
+        lines = [header]
+        for r in self.rows.values():
+            if not r.samples:
+                continue
+            lines.append(
+                (
+                    r.step,
+                    str(len(r.samples)),
+                    _fmt(statistics.median(r.samples)),
+                    _fmt(min(r.samples)),
+                    _fmt(max(r.samples)),
+                    r.unit,
+                )
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        right = {1, 2, 3, 4}
+
+        def render(cells: tuple[str, ...]) -> str:
+            padded = [
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
+            return "| " + " | ".join(padded) + " |"
+
+        sep = (
+            "|"
+            + "|".join(
+                "-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)
+            )
+            + "|"
+        )
+        return "\n".join([render(lines[0]), sep, *(render(line) for line in lines[1:])])
+
+
+def _fmt(v: float) -> str:
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Let cleanup finish: a second Ctrl-C or SIGTERM must not leave a VM behind."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+# --- image build ----------------------------------------------------------------------------
+
+
+def _release_sha256(inrelease: Path, index: str) -> str | None:
+    """The SHA256 of `index` (e.g. main/binary-amd64/Packages) listed in a Release file."""
+    in_sha256 = False
+    for line in inrelease.read_text(errors="replace").splitlines():
+        if not line.startswith(" "):
+            in_sha256 = line.startswith("SHA256:")
+            continue
+        parts = line.split()
+        if in_sha256 and len(parts) == 3 and parts[2] == index:
+            return parts[0]
+    return None
+
+
+def _decompress(src: Path, dest: Path) -> None:
+    if src.suffix == ".lz4":
+        with dest.open("wb") as out:
+            subprocess.run(["lz4", "-dc", str(src)], stdout=out, check=True)
+    elif src.suffix == ".xz":
+        with lzma.open(src) as f, dest.open("wb") as out:
+            shutil.copyfileobj(f, out)
+    elif src.suffix == ".gz":
+        import gzip
+
+        with gzip.open(src) as f, dest.open("wb") as out:
+            shutil.copyfileobj(f, out)
+    else:
+        shutil.copyfile(src, dest)
+
+
+def loopback_mirror(mirror_url: str, suite: str, dest: Path) -> str:
+    """A file:// mirror holding this host's signed InRelease and Packages index for `suite`.
+
+    The .debs come from the debootstrap cache; only the indices would be fetched otherwise.
+    """
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    prefix = mirror_url.split("://", 1)[-1].rstrip("/").replace("/", "_")
+    inrelease = APT_LISTS / f"{prefix}_dists_{suite}_InRelease"
+    index = f"main/binary-{arch}/Packages"
+    want = _release_sha256(inrelease, index) if inrelease.is_file() else None
+    lists = sorted(APT_LISTS.glob(f"{prefix}_dists_{suite}_main_binary-{arch}_Packages*"))
+    if want is None or not lists:
+        raise BenchError(
+            f"no apt lists for {mirror_url} {suite} in {APT_LISTS} to build offline from; "
+            "run with --online-build (fetches the indices) or --skip-build"
+        )
+    suite_dir = dest / "dists" / suite
+    (suite_dir / f"main/binary-{arch}").mkdir(parents=True)
+    shutil.copyfile(inrelease, suite_dir / "InRelease")
+    packages = suite_dir / index
+    _decompress(lists[0], packages)
+    h = hashlib.sha256()
+    with packages.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != want:
+        raise BenchError(
+            f"{lists[0]} does not match its InRelease (apt is updating?); "
+            "run with --online-build or --skip-build"
+        )
+    return f"file://{dest}"
+
+
+def bench_build(res: Results, root: Path, base: FluidSettings, online: bool) -> None:
+    storage = root / "storage"
+    (storage / "cache").mkdir(parents=True)
+    if not REAL_DEBOOTSTRAP_CACHE.is_dir():
+        raise BenchError(
+            f"{REAL_DEBOOTSTRAP_CACHE} does not exist: build the golden image "
+            "once (`fluid image build`) or use --skip-build"
+        )
+    (storage / "cache" / "debootstrap").symlink_to(REAL_DEBOOTSTRAP_CACHE)
+    mirror = base.mirror if online else loopback_mirror(base.mirror, base.suite, root / "mirror")
+    settings = FluidSettings(
+        home=root / "home", storage_dir=storage, mirror=mirror, suite=base.suite, image=base.image
+    )
+    log(f"image build into {storage} (mirror {mirror}); a few minutes under load")
+
+    def build() -> images.ImageManifest:
+        try:
+            return images.build(
+                base.image, force=True, settings=settings, progress=lambda m: log(f"  {m}")
+            )
+        except FluidError as e:
+            hint = (
+                ""
+                if online
+                else (
+                    "\n(offline build: apt lists and the debootstrap cache may disagree; "
+                    "try --online-build or --skip-build)"
+                )
+            )
+            raise BenchError(f"image build failed: {e}{hint}") from e
+
+    res.timed("image build", "s", build)
+
+
+# --- overlays -------------------------------------------------------------------------------
+
+
+def bench_overlays(res: Results, root: Path, golden: Path) -> None:
+    d = root / "overlays"
+    d.mkdir()
+    for i in range(OVERLAY_SAMPLES):
+        target = d / f"overlay-{i}.qcow2"
+        start = time.perf_counter()
+        r = subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(golden),
+                "-F",
+                "qcow2",
+                str(target),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        elapsed = time.perf_counter() - start
+        if r.returncode != 0:
+            raise BenchError(f"qemu-img create failed: {r.stderr.strip()}")
+        res.add("overlay creation", elapsed, "ms", 1000.0)
+        target.unlink()
+    samples = res.rows["overlay creation"].samples
+    log(f"overlay creation: median {statistics.median(samples):.1f} ms over {len(samples)}")
+
+
+# --- sandboxes ------------------------------------------------------------------------------
+
+
+def qemu_rss_mib(dom_name: str) -> float:
+    pid = int((QEMU_PID_DIR / f"{dom_name}.pid").read_text().strip())
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for qemu pid {pid} of {dom_name}")
+
+
+def guest_used_mib(sandbox_id: str, settings: FluidSettings) -> float:
+    r = sandboxes.run(sandbox_id, "free -m", timeout=60, actor="bench", settings=settings)
+    for line in r.stdout_text.splitlines():
+        if line.startswith("Mem:"):
+            return float(line.split()[2])
+    raise BenchError(f"unexpected `free -m` output: {r.stdout_text!r}")
+
+
+def bench_sandbox(res: Results, name: str, settings: FluidSettings) -> None:
+    """One sandbox through every step; the caller destroys it if a step fails."""
+    sbx = res.timed(
+        "create -> SSH-ready",
+        "s",
+        lambda: sandboxes.create(name, image=settings.image, ttl_minutes=30, settings=settings),
+    )
+    first = res.timed(
+        "first command after ready",
+        "ms",
+        lambda: sandboxes.run(sbx.id, "true", timeout=60, actor="bench", settings=settings),
+    )
+    if first.exit_status != 0:
+        raise BenchError(f"`true` exited {first.exit_status} in sandbox {sbx.id}")
+    res.add("qemu RSS after boot", qemu_rss_mib(sbx.domain_name), "MiB")
+    res.add("guest used memory (free -m)", guest_used_mib(sbx.id, settings), "MiB")
+    log(
+        f"memory: qemu RSS {res.rows['qemu RSS after boot'].samples[-1]:.0f} MiB, "
+        f"guest used {res.rows['guest used memory (free -m)'].samples[-1]:.0f} MiB"
+    )
+    res.timed("checkpoint", "s", lambda: checkpoints.create(sbx.id, CHECKPOINT, settings))
+    res.timed(
+        "restore -> SSH-ready", "s", lambda: checkpoints.restore(sbx.id, CHECKPOINT, settings)
+    )
+    res.timed("checkpoint delete", "s", lambda: checkpoints.delete(sbx.id, CHECKPOINT, settings))
+    res.timed("destroy", "ms", lambda: sandboxes.destroy(sbx.id, settings))
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+
+def destroy_quietly(name: str, settings: FluidSettings) -> str | None:
+    """Destroy sandbox `name` if anything of it is left; an error message or None."""
+    try:
+        sandboxes.destroy(name, settings)
+        log(f"cleanup: destroyed sandbox {name}")
+    except SandboxNotFound:
+        pass
+    except Exception as e:  # report it and keep cleaning up
+        return f"could not destroy sandbox {name}: {e}"
+    return None
+
+
+def leftovers(names: list[str], settings: FluidSettings) -> list[str]:
+    """Anything still left of the benchmark's sandboxes: domains, disks, console logs."""
+    out: list[str] = []
+    conn = connect(settings)
+    try:
+        out += [
+            f"domain {sandboxes.domain_name(n)}"
+            for n in names
+            if lookup(conn, sandboxes.domain_name(n)) is not None
+        ]
+    finally:
+        conn.close()
+    for d in (settings.disks_dir, settings.logs_dir):
+        if d.is_dir():
+            out += [str(p) for n in names for p in d.glob(f"{n}.*")]
+    return out
+
+
+def remove_tree(root: Path) -> str | None:
+    """Remove the temporary tree unless something is still mounted inside it."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    inside = [m for m in mounts if m == str(root) or m.startswith(f"{root}/")]
+    for m in sorted(inside, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", m], capture_output=True)
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    if any(m.startswith(f"{root}/") for m in mounts):
+        return f"left {root} in place: something is still mounted inside it"
+    link = root / "storage" / "cache" / "debootstrap"
+    if link.is_symlink():
+        link.unlink()  # never descend into the real package cache
+    shutil.rmtree(root, ignore_errors=True)
+    return f"could not remove {root} completely" if root.exists() else None
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="sandboxes to boot (default 3)")
+    parser.add_argument("--skip-build", action="store_true", help="skip the image build row")
+    parser.add_argument(
+        "--online-build",
+        action="store_true",
+        help="fetch the suite's indices from the configured mirror",
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if os.geteuid() != 0:
+        print("error: run as root (debootstrap, libvirt's system URI, nftables)", file=sys.stderr)
+        return 2
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    # Own database and CA; the configured storage dir so the real golden image is used.
+    base = FluidSettings(database_url=None, ca_private_key=None)
+    root = Path(tempfile.mkdtemp(prefix="fluid-bench-", dir="/var/lib"))
+    settings = base.model_copy(update={"home": root / "home"})
+    tag = root.name.removeprefix("fluid-bench-").lower()
+    tag = "".join(c for c in tag if c.isalnum())[:8] or "x"
+    names = [f"bench-{tag}-{i}" for i in range(1, args.runs + 1)]
+    res = Results()
+    error: str | None = None
+    code = 0
+    try:
+        golden = images.resolve(settings.image, settings=settings)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"host: nproc={os.cpu_count()} load={load} domain_type={domain_type(settings)} "
+            f"guest={settings.memory_mib} MiB/{settings.vcpus} vCPU "
+            f"tb_cache={settings.tb_cache_mib} MiB image={golden.name} {golden.version}",
+            flush=True,
+        )
+        if not args.skip_build:
+            bench_build(res, root, settings, args.online_build)
+        bench_overlays(res, root, golden.disk_path)
+        for i, name in enumerate(names, 1):
+            log(f"run {i}/{len(names)}: sandbox {name}")
+            try:
+                bench_sandbox(res, name, settings)
+            except BaseException:
+                with signals_ignored():  # before anything else; failures are reported below
+                    destroy_quietly(name, settings)
+                raise
+    except KeyboardInterrupt as e:
+        error, code = f"interrupted ({e or 'Ctrl-C'})", 130
+    except Exception as e:  # any failure ends the run, with its message
+        error, code = f"{type(e).__name__}: {e}", 1
+    finally:
+        with signals_ignored():
+            problems = [p for n in names if (p := destroy_quietly(n, settings))]
+            try:
+                problems += [f"leaked {x}" for x in leftovers(names, settings)]
+            except Exception as e:
+                problems.append(f"cannot check for leftovers: {e}")
+            if p := remove_tree(root):
+                problems.append(p)
+    if res.rows:
+        print(res.table(), flush=True)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+    for p in problems:
+        print(f"error: cleanup: {p}", file=sys.stderr)
+        code = code or 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 host for fluid: packages, libvirt daemons, the .venv. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+packages=(
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+  libvirt-dev pkg-config gcc python3-dev python3-venv debootstrap openssh-client openssh-server
+  nftables genisoimage tmux make curl
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+# Without udev, /dev/kvm keeps root-only modes; libvirt then re-probes QEMU on every call
+# ("KVM was enabled when probing ... but it is not available now"), which costs ~45 s per
+# define. Apply the group and mode Debian's udev rule would.
+if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
+  chgrp kvm /dev/kvm && chmod 660 /dev/kvm
+fi
+
+# No init system here (containers, CI): start the daemons ourselves.
+if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
+if ! pgrep -x libvirtd >/dev/null; then libvirtd -d; fi
+for _ in $(seq 50); do
+  virsh -c qemu:///system version >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$python" -m venv .venv
+fi
+stamp=.venv/.fluid-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing fluid into .venv" >&2
+  .venv/bin/pip install -q --upgrade pip >&2
+  .venv/bin/pip install -q -e ".[test]" >&2
+  touch "$stamp"
+fi
+echo "setup: host ready ($root/.venv)" >&2

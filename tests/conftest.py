@@ -1,0 +1,102 @@
+"""Shared fixtures: a private FLUID_HOME, the golden image, and sandboxes shared by a module."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import contextlib
+
+from infra import images, sandboxes, store  # noqa: E402
+from infra.libvirt_host import connect, lookup  # noqa: E402
+from infra.settings import FluidSettings, get_settings  # noqa: E402
+
+FLUID = str(Path(sys.executable).with_name("fluid"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session gets its own database and CA; images are shared with the host."""
+    home = tmp_path_factory.mktemp("fluid-home")
+    os.environ["FLUID_HOME"] = str(home)
+    get_settings.cache_clear()
+    return home
+
+
+@pytest.fixture(scope="session")
+def settings(fluid_home: Path) -> FluidSettings:
+    return FluidSettings()
+
+
+@pytest.fixture(scope="session")
+def golden_image(settings: FluidSettings) -> images.ImageManifest:
+    """The default golden image, built once if the host has none (cached by its inputs)."""
+    return images.build(progress=None, settings=settings)
+
+
+def fluid(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real `fluid` command line; stdout and stderr as bytes."""
+    r = subprocess.run([FLUID, *args], capture_output=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"fluid {' '.join(args)} exited {r.returncode}: {r.stderr!r}")
+    return r
+
+
+def fluid_json(*args: str) -> dict:
+    """Run `fluid ... --json` and parse the one JSON object it prints."""
+    return json.loads(fluid(*args, "--json").stdout)
+
+
+def leftovers(sandbox_id: str, settings: FluidSettings) -> list[str]:
+    """Everything still left of a sandbox: domain, disks, console log, records."""
+    found = []
+    conn = connect(settings)
+    try:
+        if lookup(conn, sandboxes.domain_name(sandbox_id)) is not None:
+            found.append("domain")
+    finally:
+        conn.close()
+    for p in settings.disks_dir.glob(f"{sandbox_id}.*"):
+        found.append(str(p))
+    if (settings.logs_dir / f"{sandbox_id}.console.log").exists():
+        found.append("console log")
+    with store.session(settings) as s:
+        if s.get(store.SandboxRecord, sandbox_id) is not None:
+            found.append("sandbox row")
+        rows = s.exec(
+            select(store.CheckpointRecord).where(store.CheckpointRecord.sandbox_id == sandbox_id)
+        ).all()
+        if rows:
+            found.append(f"{len(rows)} checkpoint rows")
+    return found
+
+
+@pytest.fixture(scope="module")
+def two_sandboxes(
+    golden_image: images.ImageManifest, settings: FluidSettings
+) -> Iterator[tuple[sandboxes.Sandbox, sandboxes.Sandbox]]:
+    """A `nat` and an `isolated` sandbox running at the same time (booted in parallel)."""
+    names = {"nat": "t-nat", "isolated": "t-iso"}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {
+            mode: pool.submit(sandboxes.create, name, network=mode, settings=settings)
+            for mode, name in names.items()
+        }
+        try:
+            boxes = {mode: f.result() for mode, f in futures.items()}
+            yield boxes["nat"], boxes["isolated"]
+        finally:
+            for name in names.values():
+                with contextlib.suppress(Exception):
+                    sandboxes.destroy(name, settings)

@@ -1,0 +1,98 @@
+"""A sandbox's life through the real CLI: create, exec, checkpoint, restore, fork, destroy."""
+
+from __future__ import annotations
+
+from infra import checkpoints, images, sandboxes
+from infra.libvirt_host import connect, lookup
+from tests.conftest import fluid, fluid_json, leftovers
+
+
+def test_create_exec_checkpoint_restore_fork_destroy(golden_image, settings):
+    created = fluid_json("sandbox", "create", "--name", "life")
+    assert created["id"] == "life"
+    assert isinstance(created["ssh_port"], int)
+    fork_id = "life-fork"
+    try:
+        # exec passes output through byte for byte and exits with the command's status
+        r = fluid(
+            "sandbox",
+            "exec",
+            "life",
+            "--",
+            "printf 'a\\000\\377'; echo err >&2; exit 7",
+            check=False,
+        )
+        assert (r.returncode, r.stdout, r.stderr) == (7, b"a\x00\xff", b"err\n")
+        # several arguments are quoted as shlex.join does
+        r = fluid("sandbox", "exec", "life", "--", "printf", "%s|", "two words", "$HOME")
+        assert r.stdout == b"two words|$HOME|"
+
+        fluid("sandbox", "exec", "life", "--", "echo kept > /root/kept")
+        fluid("sandbox", "checkpoint", "life", "before")
+        assert [c["name"] for c in fluid_json("sandbox", "checkpoints", "life")["checkpoints"]] == [
+            "before"
+        ]
+        fluid("sandbox", "exec", "life", "--", "echo later > /root/later")
+        fluid("sandbox", "restore", "life", "before")
+        r = fluid("sandbox", "exec", "life", "--", "ls /root; date +%s")
+        listed, guest_now = r.stdout.decode().split()[:-1], int(r.stdout.split()[-1])
+        assert listed == ["kept"], "the file made after the checkpoint is gone, earlier kept"
+        import time
+
+        assert abs(guest_now - time.time()) < 30, "the guest clock is corrected after restore"
+
+        # the base image is never written: the sandbox rests on it as a backing file
+        assert settings.disks_dir / "life.qcow2" in images.dependents(golden_image, settings)
+
+        fork = fluid_json("sandbox", "fork", "life", "before", "--name", fork_id)
+        assert fork["parent_id"] == "life" and fork["parent_checkpoint"] == "before"
+        r = fluid("sandbox", "exec", fork_id, "--", "cat /root/kept; ls /root")
+        assert r.stdout == b"kept\nkept\n"
+        ids = [
+            fluid(
+                "sandbox",
+                "exec",
+                sid,
+                "--",
+                "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname",
+            ).stdout
+            for sid in ("life", fork_id)
+        ]
+        original, forked = (x.decode().splitlines() for x in ids)
+        assert original[0] != forked[0], "machine-id differs"
+        assert original[1] != forked[1], "SSH host key differs"
+        assert (original[2], forked[2]) == ("life", fork_id)
+
+        listed = fluid_json("sandbox", "list")
+        assert {s["id"] for s in listed["sandboxes"]} >= {"life", fork_id}
+        assert listed["orphan_domains"] == listed["orphan_records"] == []
+    finally:
+        for sid in (fork_id, "life"):
+            fluid("sandbox", "destroy", sid, check=False)
+    for sid in ("life", fork_id):
+        assert leftovers(sid, settings) == []
+    conn = connect(settings)
+    try:
+        assert lookup(conn, sandboxes.domain_name("life")) is None
+    finally:
+        conn.close()
+    # destroy is idempotent in effect: a second one says there is nothing left
+    r = fluid("sandbox", "destroy", "life", check=False)
+    assert r.returncode == 1 and b"no sandbox 'life'" in r.stderr
+
+
+def test_checkpoint_errors_are_specific(two_sandboxes, settings):
+    nat, _ = two_sandboxes
+    import pytest
+
+    from infra.errors import CheckpointExists, CheckpointNotFound, InvalidName
+
+    checkpoints.create(nat.id, "dup", settings)
+    with pytest.raises(CheckpointExists):
+        checkpoints.create(nat.id, "dup", settings)
+    with pytest.raises(CheckpointNotFound, match="no checkpoint 'nope'"):
+        checkpoints.restore(nat.id, "nope", settings)
+    with pytest.raises(InvalidName):
+        checkpoints.create(nat.id, "../evil", settings)
+    checkpoints.delete(nat.id, "dup", settings)
+    assert checkpoints.list_checkpoints(nat.id, settings) == []
