@@ -340,7 +340,7 @@ def bench_sandbox(res: Results, name: str, settings: FluidSettings) -> None:
     res.timed(
         "restore -> SSH-ready", "s", lambda: checkpoints.restore(sbx.id, CHECKPOINT, settings)
     )
-    res.timed("checkpoint delete", "s", lambda: checkpoints.delete(sbx.id, CHECKPOINT, settings))
+    res.timed("checkpoint delete", "ms", lambda: checkpoints.delete(sbx.id, CHECKPOINT, settings))
     res.timed("destroy", "ms", lambda: sandboxes.destroy(sbx.id, settings))
 
 

@@ -7,7 +7,7 @@ root=$(pwd)
 packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   libvirt-dev pkg-config gcc python3-dev python3-venv debootstrap openssh-client openssh-server
-  nftables genisoimage tmux make curl
+  nftables genisoimage tmux make curl fdisk
 )
 missing=()
 for p in "${packages[@]}"; do
