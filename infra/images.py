@@ -32,7 +32,7 @@ BUILD_FORMAT = 1
 GUEST_PACKAGES = (
     "linux-image-cloud-amd64,initramfs-tools,kmod,systemd,systemd-sysv,udev,dbus,"
     "openssh-server,python3,python3-apt,sudo,tmux,apt,ca-certificates,iproute2,netbase,"
-    "procps,less"
+    "procps,less,cron"
 )
 DIRECT_BOOT_CMDLINE = "root=LABEL=rootfs rw console=ttyS0 quiet"
 

@@ -36,9 +36,12 @@ for _ in $(seq 50); do
 done
 
 python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/pip ] || ! .venv/bin/python -c "import pip" 2>/dev/null; then
+  # Missing, or left half-made by an interrupted run.
   echo "setup: creating .venv" >&2
+  rm -rf .venv
   "$python" -m venv .venv
+  rm -f .venv/.fluid-installed
 fi
 stamp=.venv/.fluid-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -36,6 +36,9 @@ PACKAGES = (
     "cloud-init",
     "openssh-server",
     "python3",
+    # debootstrap does not resolve virtual packages: python3-cryptography (cloud-init, via
+    # oauthlib and jwt) needs python3-cffi-backend-api-*, which this one provides.
+    "python3-cffi-backend",
     "systemd",
     "systemd-sysv",
     "systemd-resolved",
@@ -262,19 +265,25 @@ def _build(work: Path, digest: str, start: float) -> Path:
         with _mounted(part, work / "mnt") as root:
             step(2, f"debootstrap {SUITE} onto {part} (a few minutes)")
             DEBOOTSTRAP_CACHE.mkdir(parents=True, exist_ok=True)
-            _run(
-                [
+            try:
+                _run(
+                    [
+                        "debootstrap",
+                        "--variant=minbase",
+                        f"--include={','.join(PACKAGES)}",
+                        f"--cache-dir={DEBOOTSTRAP_CACHE}",
+                        SUITE,
+                        str(root),
+                        MIRROR,
+                    ],
                     "debootstrap",
-                    "--variant=minbase",
-                    f"--include={','.join(PACKAGES)}",
-                    f"--cache-dir={DEBOOTSTRAP_CACHE}",
-                    SUITE,
-                    str(root),
-                    MIRROR,
-                ],
-                "debootstrap",
-                echo=True,
-            )
+                    echo=True,
+                )
+            except RuntimeError as e:
+                # Its own log says which package failed and why; the work folder goes away.
+                log = root / "debootstrap/debootstrap.log"
+                detail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+                raise RuntimeError(f"{e}\ndebootstrap.log:\n" + "\n".join(detail)) from None
             step(3, "configure it as a cloud image")
             _configure(root, fs_uuid)
             step(4, f"install GRUB onto {loop}")
@@ -358,4 +367,8 @@ def _clean(root: Path) -> None:
     (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
     # Deleted files' blocks are still data in the raw file; trimming punches them out, so
     # qemu-img convert leaves them out of the qcow2.
-    subprocess.run(["fstrim", str(root)], capture_output=True)
+    # ext4 frees a deleted file's blocks only when its journal commits: sync first.
+    subprocess.run(["sync", "-f", str(root)], check=True)
+    trim = subprocess.run(["fstrim", str(root)], capture_output=True, text=True)
+    if trim.returncode != 0:  # only the qcow2's size suffers
+        _say(f"  fstrim failed, the image keeps deleted files' blocks: {trim.stderr.strip()}")

@@ -1,0 +1,152 @@
+"""Run a playbook directory with ansible-runner against sandboxes (or any SSH hosts)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from infra import sandboxes
+from infra.errors import FluidError
+from infra.settings import FluidSettings, get_settings
+
+
+class AnsibleHost(BaseModel):
+    """One inventory host reached over SSH with a key (and optionally a certificate)."""
+
+    name: str
+    address: str
+    port: int
+    user: str = "root"
+    key_path: Path
+    cert_path: Path | None = None
+    known_hosts_path: Path | None = None
+
+
+class PlaybookRun(BaseModel):
+    """The outcome of one ansible-playbook run."""
+
+    status: str
+    rc: int
+    ok: dict[str, int]
+    changed: dict[str, int]
+    failures: dict[str, int]
+    unreachable: dict[str, int]
+    duration_s: float
+    check: bool = False
+    output_tail: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.rc == 0 and not self.failures and not self.unreachable
+
+    @property
+    def changed_total(self) -> int:
+        return sum(self.changed.values())
+
+
+def sandbox_host(
+    sandbox_id: str, workdir: Path, settings: FluidSettings | None = None
+) -> AnsibleHost:
+    """An inventory entry for a sandbox, with a fresh certificate valid 10 minutes."""
+    settings = settings or get_settings()
+    rec = sandboxes._record(sandbox_id, settings)
+    if not rec.host_key:
+        raise FluidError(f"sandbox {sandbox_id} never finished booting")
+    creds = sandboxes.authority(settings).issue(
+        sandboxes.principal(sandbox_id), timedelta(minutes=10)
+    )
+    d = workdir / f"host-{sandbox_id}"
+    key = creds.write_files(d)
+    known = d / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{rec.ssh_port} {rec.host_key}\n")
+    return AnsibleHost(
+        name=sandbox_id,
+        address="127.0.0.1",
+        port=rec.ssh_port,
+        key_path=key,
+        cert_path=Path(f"{key}-cert.pub"),
+        known_hosts_path=known,
+    )
+
+
+def inventory(hosts: list[AnsibleHost]) -> dict:
+    """A YAML inventory for `hosts`; host keys are checked against the given known_hosts."""
+    entries = {}
+    for h in hosts:
+        ssh_args = ["-o IdentitiesOnly=yes", "-o StrictHostKeyChecking=yes"]
+        if h.cert_path:
+            ssh_args.append(f"-o CertificateFile={h.cert_path}")
+        if h.known_hosts_path:
+            ssh_args.append(f"-o UserKnownHostsFile={h.known_hosts_path}")
+        entries[h.name] = {
+            "ansible_host": h.address,
+            "ansible_port": h.port,
+            "ansible_user": h.user,
+            "ansible_ssh_private_key_file": str(h.key_path),
+            "ansible_ssh_common_args": " ".join(ssh_args),
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+    return {"all": {"hosts": entries}}
+
+
+def run_playbook(
+    playbook_dir: Path,
+    hosts: list[AnsibleHost],
+    *,
+    check: bool = False,
+    diff: bool = False,
+    workdir: Path | None = None,
+) -> PlaybookRun:
+    """ansible-playbook DIR/site.yml against `hosts` through ansible-runner."""
+    import ansible_runner
+
+    site = Path(playbook_dir).resolve() / "site.yml"
+    if not site.exists():
+        raise FluidError(f"{playbook_dir} has no site.yml; is it a fluid export?")
+    with tempfile.TemporaryDirectory(prefix="fluid-ansible-", dir=workdir) as tmp:
+        inv = Path(tmp) / "inventory.yml"
+        inv.write_text(yaml.safe_dump(inventory(hosts)))
+        # An empty config of our own: a user's ansible.cfg must not change the run.
+        cfg = Path(tmp) / "ansible.cfg"
+        cfg.write_text("[defaults]\n")
+        cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else ""))
+        env = {
+            "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=15m",
+            "ANSIBLE_CONFIG": str(cfg),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_HOST_KEY_CHECKING": "1",
+            "ANSIBLE_LOCAL_TEMP": str(Path(tmp) / "ansible-tmp"),
+        }
+        start = time.monotonic()
+        # The venv's ansible-playbook, even when the venv is not on PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+        r = ansible_runner.run(
+            private_data_dir=tmp,
+            playbook=str(site),
+            inventory=str(inv),
+            cmdline=cmdline or None,
+            envvars=env,
+            quiet=True,
+            suppress_env_files=True,
+        )
+        stats = r.stats or {}
+        out = r.stdout.read() if r.stdout else ""
+        return PlaybookRun(
+            status=r.status,
+            rc=r.rc,
+            ok=stats.get("ok", {}),
+            changed=stats.get("changed", {}),
+            failures=stats.get("failures", {}),
+            unreachable=stats.get("dark", {}),
+            duration_s=round(time.monotonic() - start, 1),
+            check=check,
+            output_tail=out[-6000:],
+        )

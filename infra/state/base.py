@@ -1,0 +1,178 @@
+"""The contract every resource kind fulfils, and the models a change is made of."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from datetime import datetime
+from functools import cache
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+from infra.state.blobs import BlobStore
+
+Action = Literal["added", "removed", "modified"]
+
+
+class Change(BaseModel):
+    """One resource that was added, removed or modified between two captures."""
+
+    kind: str
+    key: str
+    action: Action
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    details: list[str] = Field(default_factory=list, description="human lines: mode 0644→0600")
+    text_diff: str | None = None
+    binary: bool = False
+    exported: bool = True
+    note: str | None = Field(default=None, description="why it is not exported, or a warning")
+
+    def identity(self) -> tuple[str, str, str, str]:
+        """What must match between an original change and its replay."""
+        import json
+
+        return (
+            self.kind,
+            self.key,
+            self.action,
+            json.dumps(self.after if self.after is not None else None, sort_keys=True),
+        )
+
+
+class DiffContext(BaseModel):
+    """Both whole captures, for kinds whose diff depends on another kind (path ownership)."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    before: Capture
+    after: Capture
+    ignore: list[str] = Field(default_factory=list)
+    blobs: BlobStore
+
+    def blob(self, sha: str | None) -> bytes | None:
+        """Captured content by sha256 (None when it was not captured)."""
+        return self.blobs.get(sha)
+
+
+class TaskBundle(BaseModel):
+    """Ansible tasks and handlers one kind contributes, plus files for the role's files/."""
+
+    tasks: list[dict[str, Any]] = Field(default_factory=list)
+    handlers: list[dict[str, Any]] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict, description="files/ name → blob sha256")
+    flagged: list[str] = Field(default_factory=list, description="tasks needing extra review")
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class ResourceKind(ABC, Generic[S]):
+    """One kind of guest resource: its probe, its state model, its diff and its Ansible."""
+
+    name: ClassVar[str]
+    # Export order: packages → groups → users → files → cron and sysctl → services.
+    order: ClassVar[int]
+    state_model: ClassVar[type[BaseModel]]
+
+    # Paths this kind owns, so the files kind leaves them alone.
+    owned_globs: ClassVar[tuple[str, ...]] = ()
+
+    def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
+        """Files to put in the guest before the probe runs (remote path → bytes)."""
+        return {}
+
+    def take_blobs(self, state: S) -> dict[str, bytes]:
+        """File contents the probe sent along, removed from the state (sha256 → bytes)."""
+        return {}
+
+    @abstractmethod
+    def probe(self, params: dict[str, Any]) -> str:
+        """A POSIX shell snippet run as root in the guest; its stdout goes to `parse`."""
+
+    @abstractmethod
+    def parse(self, output: str) -> S:
+        """Turn the probe's output into this kind's state."""
+
+    @abstractmethod
+    def diff(self, before: S, after: S, ctx: DiffContext) -> list[Change]:
+        """The changes from `before` to `after`, noise and other kinds' paths left out."""
+
+    @abstractmethod
+    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        """Ansible tasks (ansible.builtin only) that reproduce the exported changes."""
+
+
+class ExportContext(BaseModel):
+    """What an export needs besides the changes: the whole change set."""
+
+    changeset: ChangeSet
+
+    def services_with_config(self) -> dict[str, tuple[str, ...]]:
+        """Services running after the change, with the config trees that restart them."""
+        out: dict[str, tuple[str, ...]] = {}
+        for c in self.changeset.of("services"):
+            state = c.after or {}
+            if state.get("active") == "active" and c.key.endswith(".service"):
+                name = c.key.removesuffix(".service")
+                out[name] = (f"/etc/{name}/",)
+        return out
+
+
+class Capture(BaseModel):
+    """A whole guest state at one moment: one entry per resource kind."""
+
+    sandbox_id: str | None = None
+    checkpoint: str | None = None
+    image: str | None = None
+    taken_at: datetime
+    duration_s: float = 0.0
+    kinds: dict[str, Any]
+
+    def state(self, kind: str) -> Any:
+        """The typed state of one kind."""
+        k = kinds()[kind]
+        value = self.kinds[kind]
+        return value if isinstance(value, k.state_model) else k.state_model.model_validate(value)
+
+
+class ChangeSet(BaseModel):
+    """Everything that changed between two captures, per kind, in export order."""
+
+    sandbox_id: str | None = None
+    image: str | None = None
+    from_checkpoint: str | None = None
+    to_checkpoint: str | None = None
+    changes: list[Change] = Field(default_factory=list)
+
+    def of(self, kind: str) -> list[Change]:
+        return [c for c in self.changes if c.kind == kind]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+@cache
+def kinds() -> dict[str, ResourceKind]:
+    """Every resource kind in infra/state/kinds, in export order (a new kind is a new file)."""
+    from infra.state import kinds as package
+
+    found: list[ResourceKind] = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, ResourceKind)
+                and obj is not ResourceKind
+                and obj.__module__ == module.__name__
+            ):
+                found.append(obj())
+    return {k.name: k for k in sorted(found, key=lambda k: k.order)}
+
+
+DiffContext.model_rebuild()
+ExportContext.model_rebuild()

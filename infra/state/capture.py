@@ -1,0 +1,142 @@
+"""Take a capture of a running sandbox in one SSH round trip, and keep captures on disk."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from infra import sandboxes
+from infra.errors import FluidError
+from infra.settings import FluidSettings, get_settings
+from infra.state.base import Capture, kinds
+from infra.state.blobs import BlobStore
+
+MARK = "@@fluid-kind "
+STAGING = "/run/fluid-state"
+
+
+class CaptureNotFound(FluidError):
+    """No capture was stored for that sandbox and checkpoint."""
+
+
+def blob_store(settings: FluidSettings | None = None) -> BlobStore:
+    """Where captured file contents are kept."""
+    return BlobStore((settings or get_settings()).home / "blobs")
+
+
+def _dir(sandbox_id: str, settings: FluidSettings) -> Path:
+    return settings.home / "captures" / sandbox_id
+
+
+def capture(
+    sandbox_id: str, *, checkpoint: str | None = None, settings: FluidSettings | None = None
+) -> Capture:
+    """Capture every resource kind of a running sandbox; file contents go to the blob store."""
+    settings = settings or get_settings()
+    start = time.monotonic()
+    rec = sandboxes._record(sandbox_id, settings)
+    params: dict[str, Any] = {
+        "index": _hash_index(sandbox_id, rec.image, rec.image_version, settings)
+    }
+    script = [f"mkdir -p {STAGING}"]
+    with sandboxes.guest(sandbox_id, settings) as g:
+        g.run(f"mkdir -p {STAGING}", timeout=30)
+        for k in kinds().values():
+            for path, data in k.uploads(params).items():
+                g.upload_bytes(data, path)
+        for k in kinds().values():
+            script.append(f"echo '{MARK}{k.name}'\n{{\n{k.probe(params)}\n}} 2>/dev/null")
+        script.append(f"rm -rf {STAGING}")
+        r = g.run("\n".join(script), timeout=900, output_cap=1 << 31)
+    if r.exit_status != 0 and not r.stdout:
+        raise FluidError(f"capture of {sandbox_id} failed: {r.stderr_text[-2000:]}")
+    outputs = _split(r.stdout.decode("utf-8", errors="surrogateescape"))
+    blobs = blob_store(settings)
+    states = {}
+    for name, k in kinds().items():
+        if name not in outputs:
+            raise FluidError(f"capture of {sandbox_id}: the {name} probe printed nothing")
+        state = k.parse(outputs[name])
+        for data in k.take_blobs(state).values():
+            blobs.put(data)
+        states[name] = state
+    cap = Capture(
+        sandbox_id=sandbox_id,
+        checkpoint=checkpoint,
+        image=f"{rec.image}:{rec.image_version}",
+        taken_at=datetime.now(UTC),
+        duration_s=round(time.monotonic() - start, 2),
+        kinds=states,
+    )
+    if checkpoint:
+        save(cap, settings)
+    _save_index(cap, rec.image, rec.image_version, settings)
+    return cap
+
+
+def _split(text: str) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.split("\n"):
+        if line.startswith(MARK):
+            current = line[len(MARK) :].strip()
+            out[current] = []
+        elif current is not None:
+            out[current].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+def save(cap: Capture, settings: FluidSettings | None = None) -> Path:
+    """Store a checkpoint's capture (gzip JSON under FLUID_HOME/captures/<sandbox>/)."""
+    settings = settings or get_settings()
+    d = _dir(cap.sandbox_id or "_", settings)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{cap.checkpoint}.json.gz"
+    path.write_bytes(gzip.compress(cap.model_dump_json().encode(), compresslevel=3))
+    return path
+
+
+def load(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = None) -> Capture:
+    """The capture stored with a checkpoint."""
+    settings = settings or get_settings()
+    path = _dir(sandbox_id, settings) / f"{checkpoint}.json.gz"
+    if not path.exists():
+        raise CaptureNotFound(
+            f"no capture of {sandbox_id} at checkpoint {checkpoint!r}; captures are taken "
+            "when a checkpoint is made (`fluid sandbox checkpoint`)"
+        )
+    cap = Capture.model_validate_json(gzip.decompress(path.read_bytes()))
+    cap.kinds = {n: cap.state(n) for n in cap.kinds}
+    return cap
+
+
+def _index_path(image: str, version: str, settings: FluidSettings) -> Path:
+    return settings.home / "captures" / "_hash-index" / f"{image}-{version}.json.gz"
+
+
+def _hash_index(
+    sandbox_id: str, image: str, version: str, settings: FluidSettings
+) -> dict[str, list[Any]] | None:
+    """Hashes from an earlier capture of the same image, so unchanged files are not re-read."""
+    import json
+
+    path = _index_path(image, version, settings)
+    if path.exists():
+        return json.loads(gzip.decompress(path.read_bytes()))
+    return None
+
+
+def _save_index(cap: Capture, image: str, version: str, settings: FluidSettings) -> None:
+    import json
+
+    path = _index_path(image, version, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index = _hash_index(cap.sandbox_id or "", image, version, settings) or {}
+    # Entries are keyed by stat data, so merging captures of different clones stays correct.
+    index.update(cap.state("files").hash_index())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(json.dumps(index).encode(), compresslevel=3))
+    tmp.replace(path)

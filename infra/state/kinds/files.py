@@ -1,0 +1,341 @@
+"""Files: the root filesystem's entries (type, mode, owner, group, size, sha256, link target).
+
+Paths that another kind owns (users' passwd, services' enablement links, crontabs, sysctl
+files), pristine package files and files a package's maintainer scripts made are left to their
+kinds; edited package files are caught by comparing with dpkg's own checksums.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import shlex
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import BaseModel, PrivateAttr
+
+from infra.state import noise
+from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+
+PROBE_PATH = "/run/fluid-state/files_probe.py"
+INDEX_PATH = "/run/fluid-state/index.json"
+CONTENT_ROOTS = (
+    "/etc/",
+    "/root/",
+    "/home/",
+    "/srv/",
+    "/opt/",
+    "/usr/local/",
+    "/var/www/",
+    "/var/spool/cron/",
+)
+COMPARED = ("type", "mode", "owner", "group", "sha256", "target")
+TYPES = {"f": "file", "d": "directory", "l": "symlink", "o": "other"}
+
+
+class FileEntry(BaseModel):
+    """One filesystem entry."""
+
+    path: str
+    type: Literal["file", "directory", "symlink", "other"]
+    mode: int
+    owner: str
+    group: str
+    size: int | None = None
+    sha256: str | None = None
+    target: str | None = None
+    package: str | None = None
+    pristine: bool | None = None
+    mtime_ns: int = 0
+    stat_key: list[int] | None = None
+
+    def compared(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in COMPARED}
+
+
+class FilesState(BaseModel):
+    """Every entry of the root filesystem outside the skipped trees."""
+
+    entries: dict[str, FileEntry]
+    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
+
+    def hash_index(self) -> dict[str, list[Any]]:
+        """The hash cache the guest probe reuses for unchanged files."""
+        return {
+            p: [*e.stat_key, e.sha256, bool(e.pristine)]
+            for p, e in self.entries.items()
+            if e.stat_key and e.sha256
+        }
+
+
+def _is_text(data: bytes) -> bool:
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _mode(m: int) -> str:
+    return f"{m:04o}"
+
+
+class Files(ResourceKind[FilesState]):
+    """The files kind."""
+
+    name = "files"
+    order = 40
+    state_model = FilesState
+
+    def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
+        probe = resources.files("infra.state") / "guest" / "files_probe.py"
+        out = {PROBE_PATH: probe.read_bytes()}
+        if params.get("index"):
+            out[INDEX_PATH] = json.dumps(params["index"]).encode()
+        return out
+
+    def probe(self, params: dict[str, Any]) -> str:
+        args = {
+            "skip": list(noise.SKIP_TREES),
+            "content": list(CONTENT_ROOTS),
+            "index": INDEX_PATH if params.get("index") else None,
+            "max": params.get("max_content", 4 << 20),
+        }
+        return f"python3 {PROBE_PATH} {shlex.quote(json.dumps(args))}"
+
+    def parse(self, output: str) -> FilesState:
+        lines = output.splitlines()
+        names = json.loads(lines[0])
+        users = {int(k): v for k, v in names["users"].items()}
+        groups = {int(k): v for k, v in names["groups"].items()}
+        entries: dict[str, FileEntry] = {}
+        blobs: dict[str, bytes] = {}
+        for line in lines[1:]:
+            e = json.loads(line)
+            entries[e["p"]] = FileEntry(
+                path=e["p"],
+                type=TYPES[e["k"]],
+                mode=e["m"],
+                owner=users.get(e["u"], str(e["u"])),
+                group=groups.get(e["g"], str(e["g"])),
+                size=e.get("s"),
+                sha256=e.get("h"),
+                target=e.get("l"),
+                package=e.get("o"),
+                pristine=e.get("pp"),
+                mtime_ns=e.get("t", 0),
+                stat_key=e.get("i"),
+            )
+            if "c" in e:
+                blobs[e["h"]] = base64.b64decode(e["c"])
+        state = FilesState(entries=entries)
+        state._blobs = blobs
+        return state
+
+    def take_blobs(self, state: FilesState) -> dict[str, bytes]:
+        blobs, state._blobs = state._blobs, {}
+        return blobs
+
+    # --- diff ----------------------------------------------------------------------------
+
+    def diff(self, before: FilesState, after: FilesState, ctx: DiffContext) -> list[Change]:
+        ignore = tuple(ctx.ignore)
+        owned = _owned_by_other_kinds(ctx)
+        windows = ctx.after.state("packages").dpkg_windows(since=ctx.before.taken_at)
+        gone_packages = set(ctx.before.state("packages").installed) - set(
+            ctx.after.state("packages").installed
+        )
+        old_users, new_users = ctx.before.state("users").users, ctx.after.state("users").users
+        homes = {u.home for n, u in new_users.items() if n not in old_users and u.home != "/"}
+        changes: list[Change] = []
+        for path in sorted(set(before.entries) | set(after.entries)):
+            if noise.is_noise(path, ignore) or any(_glob(path, g) for g in owned):
+                continue
+            b, a = before.entries.get(path), after.entries.get(path)
+            if b and a and b.compared() == a.compared():
+                continue
+            if a is not None and _package_made(a, b, windows):
+                continue
+            if a is not None and b is None and _made_by_useradd(path, a, after, homes):
+                continue
+            if a is None and b is not None and b.package in gone_packages:
+                continue
+            changes.append(self._change(path, b, a, ctx))
+        return changes
+
+    def _change(
+        self, path: str, b: FileEntry | None, a: FileEntry | None, ctx: DiffContext
+    ) -> Change:
+        action = "added" if b is None else "removed" if a is None else "modified"
+        ch = Change(
+            kind=self.name,
+            key=path,
+            action=action,
+            before=b.compared() if b else None,
+            after=a.compared() if a else None,
+        )
+        if b and a:
+            for field, label in (
+                ("type", "type"),
+                ("mode", "mode"),
+                ("owner", "owner"),
+                ("group", "group"),
+                ("target", "symlink target"),
+            ):
+                old, new = getattr(b, field), getattr(a, field)
+                if old != new:
+                    if field == "mode":
+                        old, new = _mode(old), _mode(new)
+                    ch.details.append(f"{label} {old} → {new}")
+            if b.sha256 != a.sha256 and a.type == "file":
+                ch.details.append("content changed")
+        elif a:
+            ch.details.append(
+                f"{a.type} {_mode(a.mode)} {a.owner}:{a.group}"
+                + (f" → {a.target}" if a.target else "")
+            )
+        if a and a.type == "file" and not (b and b.type == "file" and b.sha256 == a.sha256):
+            new = ctx.blob(a.sha256)
+            old = ctx.blob(b.sha256) if b and b.type == "file" else b""
+            if new is None:
+                ch.note = "content not captured (larger than the capture limit)"
+                ch.exported = False
+            elif not _is_text(new) or (old is not None and not _is_text(old)):
+                ch.binary = True
+            elif old is not None and old != new:
+                ch.text_diff = "".join(
+                    difflib.unified_diff(
+                        old.decode().splitlines(keepends=True),
+                        new.decode().splitlines(keepends=True),
+                        fromfile=f"a{path}" if b else "/dev/null",
+                        tofile=f"b{path}",
+                    )
+                )
+        return ch
+
+    # --- export --------------------------------------------------------------------------
+
+    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        bundle = TaskBundle()
+        services = ctx.services_with_config()
+        exported = [c for c in changes if c.exported]
+        # Directories first (parents before children), then everything else; removals last.
+        creates = sorted(
+            (c for c in exported if c.action != "removed"),
+            key=lambda c: (c.after["type"] != "directory", c.key),
+        )
+        for c in creates:
+            a = c.after
+            base = {"owner": a["owner"], "group": a["group"]}
+            if a["type"] == "directory":
+                task = {
+                    "ansible.builtin.file": {
+                        "path": c.key,
+                        "state": "directory",
+                        "mode": _mode(a["mode"]),
+                        **base,
+                    }
+                }
+            elif a["type"] == "symlink":
+                task = {
+                    "ansible.builtin.file": {
+                        "path": c.key,
+                        "src": a["target"],
+                        "state": "link",
+                        "force": True,
+                        "follow": False,
+                        **base,
+                    }
+                }
+            elif a["type"] == "file" and (
+                c.action == "added"
+                or a["sha256"] != c.before.get("sha256")
+                or c.before.get("type") != "file"
+            ):
+                name = a["sha256"]
+                bundle.files[name] = a["sha256"]
+                task = {
+                    "ansible.builtin.copy": {
+                        "src": name,
+                        "dest": c.key,
+                        "mode": _mode(a["mode"]),
+                        **base,
+                    }
+                }
+            elif a["type"] == "file":
+                task = {"ansible.builtin.file": {"path": c.key, "mode": _mode(a["mode"]), **base}}
+            else:
+                continue
+            task = {"name": f"{'create' if c.action == 'added' else 'update'} {c.key}", **task}
+            notify = [
+                f"restart {s}"
+                for s, roots in services.items()
+                if any(c.key.startswith(r) for r in roots)
+            ]
+            if notify:
+                task["notify"] = notify
+                for s in notify:
+                    bundle.handlers.append(
+                        {
+                            "name": s,
+                            "ansible.builtin.systemd_service": {
+                                "name": s.removeprefix("restart "),
+                                "state": "restarted",
+                            },
+                        }
+                    )
+            bundle.tasks.append(task)
+        for c in sorted(
+            (c for c in exported if c.action == "removed"), key=lambda c: c.key, reverse=True
+        ):
+            bundle.tasks.append(
+                {
+                    "name": f"remove {c.key}",
+                    "ansible.builtin.file": {"path": c.key, "state": "absent"},
+                }
+            )
+        return bundle
+
+
+def _glob(path: str, pattern: str) -> bool:
+    return noise.is_noise(path, (pattern,))
+
+
+def _owned_by_other_kinds(ctx: DiffContext) -> tuple[str, ...]:
+    from infra.state.base import kinds
+
+    globs: list[str] = []
+    for k in kinds().values():
+        globs.extend(getattr(k, "owned_globs", ()))
+    return tuple(globs)
+
+
+def _package_made(a: FileEntry, b: FileEntry | None, windows: list[tuple[float, float]]) -> bool:
+    """True for entries a package made: written while dpkg ran, or shipped and untouched."""
+    t = a.mtime_ns / 1e9
+    if any(start <= t <= end for start, end in windows):
+        return True
+    if b is not None and (a.type, a.mode, a.owner, a.group, a.target) != (
+        b.type,
+        b.mode,
+        b.owner,
+        b.group,
+        b.target,
+    ):
+        return False  # chmod and chown leave mtime alone: someone decided them
+    return bool(a.package and (a.type != "file" or a.pristine))
+
+
+def _made_by_useradd(path: str, a: FileEntry, after: FilesState, homes: set[str]) -> bool:
+    """A new user's home and the /etc/skel copies in it: the user task makes those."""
+    if path in homes:
+        return True
+    for home in homes:
+        if path.startswith(home + "/"):
+            skel = after.entries.get("/etc/skel" + path[len(home) :])
+            return skel is not None and skel.sha256 == a.sha256 and skel.type == a.type
+    return False

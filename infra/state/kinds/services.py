@@ -1,0 +1,124 @@
+"""Services: systemd units enabled, disabled, masked, and whether they are active."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.kinds.packages import SECTION, _sections
+
+UNIT_TYPES = "service,socket,timer,path"
+# Enablement states that are someone's decision; static, generated, alias … are not.
+DECIDED = {"enabled", "disabled", "masked"}
+IGNORED_UNITS = {"fluid-instance.service"}
+
+
+class Unit(BaseModel):
+    """One unit's enablement and activity."""
+
+    enablement: str
+    active: str = "inactive"
+
+
+class ServicesState(BaseModel):
+    """systemd units by name."""
+
+    units: dict[str, Unit]
+
+
+class Services(ResourceKind[ServicesState]):
+    """The services kind (systemd)."""
+
+    name = "services"
+    order = 60
+    state_model = ServicesState
+    # enablement links and masks are how systemd stores these decisions
+    owned_globs = (
+        "/etc/systemd/system/*.wants",
+        "/etc/systemd/system/*.wants/*",
+        "/etc/systemd/system/*.requires",
+        "/etc/systemd/system/*.requires/*",
+    )
+
+    def probe(self, params: dict[str, Any]) -> str:
+        return (
+            f"systemctl list-unit-files --no-legend --no-pager --type={UNIT_TYPES}\n"
+            f"echo '{SECTION}active'\n"
+            f"systemctl list-units --all --no-legend --no-pager --plain --type={UNIT_TYPES}"
+        )
+
+    def parse(self, output: str) -> ServicesState:
+        sections = _sections(output)
+        units: dict[str, Unit] = {}
+        for line in sections[""]:
+            parts = line.split()
+            if len(parts) >= 2 and "@." not in parts[0]:
+                units[parts[0]] = Unit(enablement=parts[1])
+        for line in sections.get("active", []):
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] in units:
+                units[parts[0]].active = parts[2]
+        return ServicesState(units=units)
+
+    def diff(self, before: ServicesState, after: ServicesState, ctx: DiffContext) -> list[Change]:
+        changes = []
+        for name in sorted(set(before.units) | set(after.units)):
+            if name in IGNORED_UNITS:
+                continue
+            b, a = before.units.get(name), after.units.get(name)
+            bd, ad = _decided(b), _decided(a)
+            if bd == ad:
+                continue
+            if a is None or ad is None:
+                # The unit file went away (its package or file removal covers it).
+                continue
+            details = []
+            if (bd or {}).get("enablement") != ad["enablement"]:
+                details.append(f"{(bd or {}).get('enablement', 'absent')} → {ad['enablement']}")
+            if (bd or {}).get("active") != ad["active"]:
+                details.append(f"{(bd or {}).get('active', 'inactive')} → {ad['active']}")
+            changes.append(
+                Change(
+                    kind=self.name,
+                    key=name,
+                    action="added" if bd is None else "modified",
+                    before=bd,
+                    after=ad,
+                    details=details,
+                )
+            )
+        return changes
+
+    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        bundle = TaskBundle()
+        for i, c in enumerate(c for c in changes if c.exported):
+            args: dict[str, Any] = {"name": c.key}
+            if i == 0:
+                args["daemon_reload"] = True  # unit files may have been added just before
+            e = c.after["enablement"]
+            if e == "masked":
+                args["masked"] = True
+            else:
+                args["enabled"] = e == "enabled"
+                if (c.before or {}).get("enablement") == "masked":
+                    args["masked"] = False
+                if c.after["active"] == "active":
+                    args["state"] = "started"
+                elif c.after["active"] in ("inactive", "failed"):
+                    args["state"] = "stopped"
+            bundle.tasks.append(
+                {"name": f"service {c.key}", "ansible.builtin.systemd_service": args}
+            )
+        return bundle
+
+
+def _decided(u: Unit | None) -> dict[str, str] | None:
+    """The parts of a unit that are a decision: enablement if decided, activity of services."""
+    if u is None or u.enablement not in DECIDED:
+        return None
+    active = u.active if u.active in ("active", "inactive", "failed") else "inactive"
+    if u.active == "activating":
+        active = "active"
+    return {"enablement": u.enablement, "active": active}

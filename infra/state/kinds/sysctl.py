@@ -1,0 +1,146 @@
+"""Sysctl: its configuration files (/etc/sysctl.conf, /etc/sysctl.d), not runtime values."""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, PrivateAttr
+
+from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+
+
+class SysctlFile(BaseModel):
+    mode: int
+    owner: str
+    group: str
+    sha256: str
+    settings: dict[str, str]
+
+
+class SysctlState(BaseModel):
+    files: dict[str, SysctlFile]
+    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
+
+
+def _settings(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")) and "=" in line:
+            k, _, v = line.partition("=")
+            out[k.strip().lstrip("-")] = v.strip()
+    return out
+
+
+class Sysctl(ResourceKind[SysctlState]):
+    """The sysctl kind."""
+
+    name = "sysctl"
+    order = 51
+    state_model = SysctlState
+    owned_globs = ("/etc/sysctl.conf", "/etc/sysctl.d/*")
+
+    def probe(self, params: dict[str, Any]) -> str:
+        return (
+            "for f in /etc/sysctl.conf /etc/sysctl.d/*; do\n"
+            '  [ -f "$f" ] || continue\n'
+            '  printf \'%s\\t%s\\t%s\\t%s\\t\' "$f" "$(stat -c %a "$f")" '
+            '"$(stat -c %U "$f")" "$(stat -c %G "$f")"; base64 -w0 "$f"; echo\n'
+            "done"
+        )
+
+    def parse(self, output: str) -> SysctlState:
+        files, blobs = {}, {}
+        for line in output.splitlines():
+            p = line.split("\t")
+            if len(p) != 5:
+                continue
+            data = base64.b64decode(p[4])
+            sha = hashlib.sha256(data).hexdigest()
+            blobs[sha] = data
+            files[p[0]] = SysctlFile(
+                mode=int(p[1], 8),
+                owner=p[2],
+                group=p[3],
+                sha256=sha,
+                settings=_settings(data.decode(errors="replace")),
+            )
+        state = SysctlState(files=files)
+        state._blobs = blobs
+        return state
+
+    def take_blobs(self, state: SysctlState) -> dict[str, bytes]:
+        blobs, state._blobs = state._blobs, {}
+        return blobs
+
+    def diff(self, before: SysctlState, after: SysctlState, ctx: DiffContext) -> list[Change]:
+        changes = []
+        for path in sorted(set(before.files) | set(after.files)):
+            b, a = before.files.get(path), after.files.get(path)
+            if b == a:
+                continue
+            action = "added" if b is None else "removed" if a is None else "modified"
+            bs, as_ = (b.settings if b else {}), (a.settings if a else {})
+            details = [
+                f"{k} = {as_.get(k, '(unset)')}"
+                for k in sorted(set(bs) | set(as_))
+                if bs.get(k) != as_.get(k)
+            ]
+            ch = Change(
+                kind=self.name,
+                key=path,
+                action=action,
+                before=b.model_dump() if b else None,
+                after=a.model_dump() if a else None,
+                details=details,
+            )
+            old = ctx.blob(b.sha256) if b else b""
+            new = ctx.blob(a.sha256) if a else b""
+            if old is not None and new is not None:
+                ch.text_diff = "".join(
+                    difflib.unified_diff(
+                        old.decode(errors="replace").splitlines(True),
+                        new.decode(errors="replace").splitlines(True),
+                        fromfile=f"a{path}" if b else "/dev/null",
+                        tofile=f"b{path}" if a else "/dev/null",
+                    )
+                )
+            changes.append(ch)
+        return changes
+
+    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        bundle = TaskBundle()
+        for c in (c for c in changes if c.exported):
+            if c.action == "removed":
+                bundle.tasks.append(
+                    {
+                        "name": f"remove {c.key}",
+                        "ansible.builtin.file": {"path": c.key, "state": "absent"},
+                    }
+                )
+                continue
+            a = c.after
+            bundle.files[a["sha256"]] = a["sha256"]
+            bundle.tasks.append(
+                {
+                    "name": f"write {c.key}",
+                    "notify": "apply sysctl settings",
+                    "ansible.builtin.copy": {
+                        "src": a["sha256"],
+                        "dest": c.key,
+                        "owner": a["owner"],
+                        "group": a["group"],
+                        "mode": f"{a['mode']:04o}",
+                    },
+                }
+            )
+        if bundle.tasks:
+            # No ansible.builtin module applies sysctl files; the runtime reload is a command.
+            bundle.handlers.append(
+                {"name": "apply sysctl settings", "ansible.builtin.command": "sysctl --system"}
+            )
+            bundle.flagged.append("handler 'apply sysctl settings' runs `sysctl --system`")
+        return bundle

@@ -1,0 +1,247 @@
+"""Users and groups, with their authorized_keys and sudoers drop-ins.
+
+Password hashes are never captured: only whether a password is locked, unset or set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, PrivateAttr
+
+from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.kinds.packages import _sections
+
+
+class User(BaseModel):
+    uid: int
+    group: str
+    groups: list[str]
+    home: str
+    shell: str
+    comment: str
+    password: str  # locked | none | set
+
+
+class Group(BaseModel):
+    gid: int
+
+
+class Secret(BaseModel):
+    """A file this kind owns (authorized_keys, a sudoers drop-in)."""
+
+    owner: str
+    group: str
+    mode: int
+    sha256: str
+
+
+class UsersState(BaseModel):
+    users: dict[str, User]
+    groups: dict[str, Group]
+    files: dict[str, Secret]
+    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
+
+
+PROBE = r"""
+cat /etc/passwd
+echo '@@fluid-section group'
+cat /etc/group
+echo '@@fluid-section shadow'
+cut -d: -f1,2 /etc/shadow | sed 's/:\$.*/:set/'
+echo '@@fluid-section files'
+for f in /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys /etc/sudoers.d/*; do
+  [ -f "$f" ] || continue
+  printf '%s\t%s\t%s\t%s\t' "$f" "$(stat -c %U "$f")" "$(stat -c %G "$f")" "$(stat -c %a "$f")"
+  base64 -w0 "$f"; echo
+done
+"""
+
+
+class Users(ResourceKind[UsersState]):
+    """The users kind: accounts, groups, authorized keys and sudo rules."""
+
+    name = "users"
+    order = 20
+    state_model = UsersState
+    owned_globs = (
+        "/etc/passwd",
+        "/etc/shadow",
+        "/etc/group",
+        "/etc/gshadow",
+        "/etc/subuid",
+        "/etc/subgid",
+        "/root/.ssh/authorized_keys",
+        "/home/*/.ssh/authorized_keys",
+        "/etc/sudoers.d/*",
+    )
+
+    def probe(self, params: dict[str, Any]) -> str:
+        return PROBE
+
+    def parse(self, output: str) -> UsersState:
+        sec = _sections(output)
+        groups: dict[str, Group] = {}
+        members: dict[str, list[str]] = {}
+        gid_name: dict[int, str] = {}
+        for line in sec.get("group", []):
+            p = line.split(":")
+            if len(p) >= 4:
+                groups[p[0]] = Group(gid=int(p[2]))
+                gid_name[int(p[2])] = p[0]
+                for m in filter(None, p[3].split(",")):
+                    members.setdefault(m, []).append(p[0])
+        shadow = {}
+        for line in sec.get("shadow", []):
+            name, _, pw = line.partition(":")
+            shadow[name] = "set" if pw == "set" else "none" if pw == "" else "locked"
+        users: dict[str, User] = {}
+        for line in sec[""]:
+            p = line.split(":")
+            if len(p) >= 7:
+                users[p[0]] = User(
+                    uid=int(p[2]),
+                    group=gid_name.get(int(p[3]), p[3]),
+                    groups=sorted(members.get(p[0], [])),
+                    home=p[5],
+                    shell=p[6],
+                    comment=p[4],
+                    password=shadow.get(p[0], "locked"),
+                )
+        files: dict[str, Secret] = {}
+        blobs: dict[str, bytes] = {}
+        for line in sec.get("files", []):
+            p = line.split("\t")
+            if len(p) == 5:
+                data = base64.b64decode(p[4])
+                sha = hashlib.sha256(data).hexdigest()
+                blobs[sha] = data
+                files[p[0]] = Secret(owner=p[1], group=p[2], mode=int(p[3], 8), sha256=sha)
+        state = UsersState(users=users, groups=groups, files=files)
+        state._blobs = blobs
+        return state
+
+    def take_blobs(self, state: UsersState) -> dict[str, bytes]:
+        blobs, state._blobs = state._blobs, {}
+        return blobs
+
+    def diff(self, before: UsersState, after: UsersState, ctx: DiffContext) -> list[Change]:
+        changes: list[Change] = []
+        package_ran = bool(ctx.after.state("packages").dpkg_windows(since=ctx.before.taken_at))
+        for kind, b_map, a_map in (
+            ("group", before.groups, after.groups),
+            ("user", before.users, after.users),
+        ):
+            for name in sorted(set(b_map) | set(a_map)):
+                b, a = b_map.get(name), a_map.get(name)
+                if b == a:
+                    continue
+                ch = _change(self.name, f"{kind} {name}", b, a)
+                ident = a or b
+                system = (ident.gid if kind == "group" else ident.uid) < 1000  # type: ignore
+                if b is None and system and package_ran:
+                    ch.exported, ch.note = False, "system account made by a package"
+                if kind == "user" and a is not None and a.password == "set":
+                    ch.note = "a password is set in the sandbox; it is not exported"
+                changes.append(ch)
+        for path in sorted(set(before.files) | set(after.files)):
+            b, a = before.files.get(path), after.files.get(path)
+            if b == a:
+                continue
+            ch = _change(self.name, path, b, a)
+            new = ctx.blob(a.sha256) if a else None
+            old = ctx.blob(b.sha256) if b else b""
+            if new is not None and old is not None:
+                import difflib
+
+                ch.text_diff = "".join(
+                    difflib.unified_diff(
+                        old.decode(errors="replace").splitlines(True),
+                        new.decode(errors="replace").splitlines(True),
+                        fromfile=f"a{path}" if b else "/dev/null",
+                        tofile=f"b{path}",
+                    )
+                )
+            changes.append(ch)
+        return changes
+
+    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        bundle = TaskBundle()
+        done = [c for c in changes if c.exported]
+        for c in (c for c in done if c.key.startswith("group ")):
+            name = c.key.removeprefix("group ")
+            args = (
+                {"name": name, "state": "absent"}
+                if c.action == "removed"
+                else {"name": name, "gid": c.after["gid"], "state": "present"}
+            )
+            bundle.tasks.append({"name": f"group {name}", "ansible.builtin.group": args})
+        for c in (c for c in done if c.key.startswith("user ")):
+            name = c.key.removeprefix("user ")
+            if c.action == "removed":
+                args = {"name": name, "state": "absent"}
+            else:
+                a = c.after
+                args = {
+                    "name": name,
+                    "uid": a["uid"],
+                    "group": a["group"],
+                    "groups": a["groups"],
+                    "append": False,
+                    "home": a["home"],
+                    "shell": a["shell"],
+                    "comment": a["comment"],
+                    "state": "present",
+                    "create_home": a["home"].startswith("/home/"),
+                }
+                if a["password"] == "locked":
+                    args["password_lock"] = True
+            bundle.tasks.append({"name": f"user {name}", "ansible.builtin.user": args})
+        for c in (c for c in done if c.key.startswith("/")):
+            if c.action == "removed":
+                bundle.tasks.append(
+                    {
+                        "name": f"remove {c.key}",
+                        "ansible.builtin.file": {"path": c.key, "state": "absent"},
+                    }
+                )
+                continue
+            a = c.after
+            if c.key.endswith("/authorized_keys"):
+                bundle.tasks.append(
+                    {
+                        "name": f"directory of {c.key}",
+                        "ansible.builtin.file": {
+                            "path": c.key.rsplit("/", 1)[0],
+                            "state": "directory",
+                            "mode": "0700",
+                            "owner": a["owner"],
+                            "group": a["group"],
+                        },
+                    }
+                )
+            copy: dict[str, Any] = {
+                "src": a["sha256"],
+                "dest": c.key,
+                "owner": a["owner"],
+                "group": a["group"],
+                "mode": f"{a['mode']:04o}",
+            }
+            if c.key.startswith("/etc/sudoers.d/"):
+                copy["validate"] = "visudo -cf %s"
+            bundle.files[a["sha256"]] = a["sha256"]
+            bundle.tasks.append({"name": f"write {c.key}", "ansible.builtin.copy": copy})
+        return bundle
+
+
+def _change(kind: str, key: str, b: BaseModel | None, a: BaseModel | None) -> Change:
+    bd, ad = (b.model_dump() if b else None), (a.model_dump() if a else None)
+    details = []
+    if bd and ad:
+        details = [f"{k} {bd[k]} → {ad[k]}" for k in ad if bd.get(k) != ad[k] and k != "sha256"]
+        if bd.get("sha256") != ad.get("sha256") and "sha256" in ad:
+            details.append("content changed")
+    action = "added" if b is None else "removed" if a is None else "modified"
+    return Change(kind=kind, key=key, action=action, before=bd, after=ad, details=details)
