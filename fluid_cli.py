@@ -218,6 +218,65 @@ def cmd_sandbox_destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- change: diff, export, verify ---------------------------------------------------------
+
+
+def _changeset(args: argparse.Namespace):
+    from infra.state import capture
+    from infra.state.diff import compare
+
+    before = capture.load(args.sandbox, args.from_cp)
+    after = capture.load(args.sandbox, args.to_cp)
+    return compare(before, after)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from infra.state.diff import markdown, terminal
+
+    cs = _changeset(args)
+    if args.json:
+        print(cs.model_dump_json(indent=2))
+    elif args.markdown:
+        print(markdown(cs))
+    else:
+        print(terminal(cs, color=sys.stdout.isatty()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from infra.state.export import export
+
+    out = export(_changeset(args), Path(args.out))
+    digest = (out / "DIGEST").read_text().strip()
+    _emit(
+        args,
+        {"out": str(out), "digest": digest},
+        lambda: print(
+            f"playbook written to {out} (digest {digest[:16]}…); run it with "
+            f"ansible-playbook -i INVENTORY {out / 'site.yml'}"
+        ),
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from infra.verification import verify
+
+    report = verify(Path(args.dir), image=args.image, progress=_log)
+    _emit(args, report, lambda: _print_report(report))
+    return 0 if report.passed else 1
+
+
+def _print_report(report) -> None:
+    from infra.state.base import ChangeSet
+    from infra.state.diff import terminal
+
+    print(report.summary())
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
+    if report.residual:
+        print(terminal(ChangeSet(changes=report.residual)))
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -281,6 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id")
     sp.add_argument("name", help="checkpoint to fork from")
     sp.add_argument("--name", dest="new_name", default=None, help="the new sandbox's name")
+
+    sp = sub(top, "diff", cmd_diff, "what changed in a sandbox between two checkpoints")
+    sp.add_argument("sandbox")
+    sp.add_argument("--from", dest="from_cp", required=True, help="checkpoint name")
+    sp.add_argument("--to", dest="to_cp", required=True, help="checkpoint name")
+    sp.add_argument("--markdown", action="store_true")
+    sp = sub(top, "export", cmd_export, "export a change as an Ansible playbook directory")
+    sp.add_argument("sandbox")
+    sp.add_argument("--from", dest="from_cp", required=True)
+    sp.add_argument("--to", dest="to_cp", required=True)
+    sp.add_argument("--out", required=True, help="new directory for the playbook")
+    sp = sub(top, "verify", cmd_verify, "replay a playbook on a fresh sandbox and compare")
+    sp.add_argument("dir")
+    sp.add_argument("--image", default=None, help="image name (default: the one recorded)")
     return p
 
 

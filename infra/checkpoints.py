@@ -52,6 +52,10 @@ def create(sandbox_id: str, name: str, settings: FluidSettings | None = None) ->
         dom = _running_domain(conn, sandbox_id, settings)
         if name in dom.snapshotListNames():
             raise CheckpointExists(f"sandbox {sandbox_id} already has a checkpoint {name!r}")
+        # Every checkpoint stores what the guest looked like when it was made.
+        from infra.state import capture
+
+        capture.capture(sandbox_id, checkpoint=name, settings=settings)
         # The memory image holds unwritten page cache; flush it so the disk state alone
         # (what a fork boots from) matches what the guest saw.
         sandboxes.run(sandbox_id, "sync", timeout=60, actor="fluid:checkpoint", settings=settings)
@@ -134,6 +138,9 @@ def delete(sandbox_id: str, name: str, settings: FluidSettings | None = None) ->
         if dom is None:
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no VM")
         _snapshot(dom, sandbox_id, name).delete(0)
+        from infra.state import capture
+
+        capture.delete(sandbox_id, name, settings)
         with store.session(settings) as s:
             row = s.exec(
                 select(CheckpointRecord).where(

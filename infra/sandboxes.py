@@ -397,6 +397,9 @@ def _teardown(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings
         if path.exists():
             found = True
             path.unlink()
+    from infra.state import capture
+
+    capture.delete_all(sandbox_id, settings)
     with store.session(settings) as s:
         if s.get(SandboxRecord, sandbox_id) is not None:
             found = True

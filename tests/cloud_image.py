@@ -28,8 +28,12 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP_CACHE = Path("/var/lib/fluid/cache/debootstrap")
 DISK_BYTES = 2 << 30
+# Debian's smaller linux-image-cloud-amd64 has no AHCI driver, and fluid attaches the seed
+# as a SATA cdrom (infra/domains.py), which that kernel cannot see: cloud-init then falls
+# back to DataSourceNone and the guest never trusts fluid's CA. The generic kernel has AHCI.
+KERNEL = "linux-image-amd64"
 PACKAGES = (
-    "linux-image-cloud-amd64",
+    KERNEL,
     "initramfs-tools",
     "kmod",
     "grub-pc",
@@ -65,7 +69,12 @@ FILES = {
         "GRUB_DISABLE_OS_PROBER=true\n"
         "GRUB_DISABLE_RECOVERY=true\n"
     ),
-    "etc/cloud/cloud.cfg.d/90-datasource.cfg": "datasource_list: [NoCloud, None]\n",
+    "etc/cloud/cloud.cfg.d/90-image.cfg": (
+        "datasource_list: [NoCloud, None]\n"
+        # Debian's locale-gen makes only what /etc/locale.gen enables (nothing here), so
+        # cloud-init's default en_US.UTF-8 fails update-locale; C.UTF-8 is built into glibc.
+        "locale: C.UTF-8\n"
+    ),
     # A fallback for boots where cloud-init renders no network config of its own.
     "etc/systemd/network/90-dhcp.network": "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n",
     "etc/hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",

@@ -64,6 +64,9 @@ def test_an_imported_cloud_image_boots_and_trusts_fluid(
             assert _run("cat /etc/ssh/fluid_principals", settings).split() == [
                 sandboxes.principal(SANDBOX)
             ]
+            # cloud-init found the seed and finished without errors.
+            assert _run("cloud-id", settings).strip() == "nocloud"
+            assert "status: done" in _run("cloud-init status --wait", settings)
             # GRUB booted the image's own kernel (fluid's direct boot passes fluid.ca=).
             cmdline = _run("cat /proc/cmdline", settings)
             assert "BOOT_IMAGE=" in cmdline and "root=UUID=" in cmdline

@@ -63,6 +63,13 @@ def test_create_exec_checkpoint_restore_fork_destroy(golden_image, settings):
         assert original[1] != forked[1], "SSH host key differs"
         assert (original[2], forked[2]) == ("life", fork_id)
 
+        # stop powers off and keeps the disk; start boots it again with the same identity
+        assert fluid_json("sandbox", "stop", fork_id)["state"] == "shut off"
+        assert fluid_json("sandbox", "start", fork_id)["state"] == "running"
+        after_restart = fluid("sandbox", "exec", fork_id, "--",
+                              "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname")
+        assert after_restart.stdout.decode().splitlines() == forked
+
         listed = fluid_json("sandbox", "list")
         assert {s["id"] for s in listed["sandboxes"]} >= {"life", fork_id}
         ours = {"life", fork_id, "fluid-sbx-life", f"fluid-sbx-{fork_id}"}

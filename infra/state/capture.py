@@ -24,7 +24,7 @@ class CaptureNotFound(FluidError):
 
 def blob_store(settings: FluidSettings | None = None) -> BlobStore:
     """Where captured file contents are kept."""
-    return BlobStore((settings or get_settings()).home / "blobs")
+    return BlobStore((settings or get_settings()).storage_dir / "blobs")
 
 
 def _dir(sandbox_id: str, settings: FluidSettings) -> Path:
@@ -114,7 +114,19 @@ def load(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = None
 
 
 def _index_path(image: str, version: str, settings: FluidSettings) -> Path:
-    return settings.home / "captures" / "_hash-index" / f"{image}-{version}.json.gz"
+    return settings.cache_dir / "hash-index" / f"{image}-{version}.json.gz"
+
+
+def delete_all(sandbox_id: str, settings: FluidSettings | None = None) -> None:
+    """Remove every capture of a sandbox (when it is destroyed)."""
+    import shutil
+
+    shutil.rmtree(_dir(sandbox_id, settings or get_settings()), ignore_errors=True)
+
+
+def delete(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = None) -> None:
+    """Remove the capture of one checkpoint."""
+    (_dir(sandbox_id, settings or get_settings()) / f"{checkpoint}.json.gz").unlink(missing_ok=True)
 
 
 def _hash_index(

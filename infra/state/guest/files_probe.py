@@ -29,18 +29,33 @@ if params.get("index") and os.path.exists(params["index"]):
     with open(params["index"]) as f:
         index = json.load(f)
 
+# With merged /usr, dpkg lists /lib/x while the walk finds /usr/lib/x: map both spellings.
+aliases = {}
+for name in os.listdir("/"):
+    top = "/" + name
+    if os.path.islink(top):
+        aliases[top + "/"] = os.path.realpath(top) + "/"
+
+
+def canonical(path):
+    for alias, real in aliases.items():
+        if path.startswith(alias):
+            return real + path[len(alias):]
+    return path
+
+
 owner = {}
 for lst in glob.glob("/var/lib/dpkg/info/*.list"):
     pkg = os.path.basename(lst)[:-5].split(":")[0]
     with open(lst, errors="surrogateescape") as f:
         for line in f:
-            owner.setdefault(line.rstrip("\n"), pkg)
+            owner.setdefault(canonical(line.rstrip("\n")), pkg)
 md5s = {}
 for path in glob.glob("/var/lib/dpkg/info/*.md5sums"):
     with open(path, errors="surrogateescape") as f:
         for line in f:
             digest, _, name = line.rstrip("\n").partition("  ")
-            md5s["/" + name] = digest
+            md5s[canonical("/" + name)] = digest
 in_conffiles = False
 with open("/var/lib/dpkg/status", errors="surrogateescape") as f:
     for line in f:
@@ -49,7 +64,7 @@ with open("/var/lib/dpkg/status", errors="surrogateescape") as f:
         elif in_conffiles and line.startswith(" "):
             parts = line.split()
             if len(parts) >= 2:
-                md5s[parts[0]] = parts[1]
+                md5s[canonical(parts[0])] = parts[1]
         else:
             in_conffiles = False
 

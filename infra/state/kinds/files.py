@@ -151,6 +151,7 @@ class Files(ResourceKind[FilesState]):
         )
         old_users, new_users = ctx.before.state("users").users, ctx.after.state("users").users
         homes = {u.home for n, u in new_users.items() if n not in old_users and u.home != "/"}
+        made = _package_made_dirs(before, after, windows)
         changes: list[Change] = []
         for path in sorted(set(before.entries) | set(after.entries)):
             if noise.is_noise(path, ignore) or any(_glob(path, g) for g in owned):
@@ -158,7 +159,7 @@ class Files(ResourceKind[FilesState]):
             b, a = before.entries.get(path), after.entries.get(path)
             if b and a and b.compared() == a.compared():
                 continue
-            if a is not None and _package_made(a, b, windows):
+            if a is not None and (_package_made(a, b, windows) or path in made):
                 continue
             if a is not None and b is None and _made_by_useradd(path, a, after, homes):
                 continue
@@ -328,6 +329,24 @@ def _package_made(a: FileEntry, b: FileEntry | None, windows: list[tuple[float, 
     ):
         return False  # chmod and chown leave mtime alone: someone decided them
     return bool(a.package and (a.type != "file" or a.pristine))
+
+
+def _package_made_dirs(before: FilesState, after: FilesState,
+                       windows: list[tuple[float, float]]) -> set[str]:
+    """New directories holding something a package made: the package made them too.
+
+    A directory's mtime moves whenever an entry is added to it later, so the dpkg time
+    windows cannot tell who made it; its package-made contents can.
+    """
+    made: set[str] = set()
+    for path, a in after.entries.items():
+        if path in before.entries or not _package_made(a, None, windows):
+            continue
+        parent = path.rsplit("/", 1)[0]
+        while parent and parent not in before.entries and parent not in made:
+            made.add(parent)
+            parent = parent.rsplit("/", 1)[0]
+    return made
 
 
 def _made_by_useradd(path: str, a: FileEntry, after: FilesState, homes: set[str]) -> bool:

@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Benchmark fluid's change pipeline (capture, diff, export, replay) and print a markdown table.
+
+Run from the repository root, as root (libvirt's system URI, nftables), when no other VM work
+is using the CPU:
+
+    .venv/bin/python scripts/bench_change.py [--runs N]
+
+It boots one sandbox from the real golden image (a fresh FLUID_HOME in a temporary directory:
+own database, SSH CA and captures; the configured storage dir, so disks, the blob store and the
+hash index are the real ones), changes it the way an agent would, and replays the exported
+playbook once with ``verify()``, which boots a second sandbox after the first one is gone. At
+most one VM runs at a time. Every sandbox is destroyed again, also on errors, Ctrl-C, SIGTERM
+and SIGHUP, and the temporary directory is removed.
+
+Rows (wall-clock time.perf_counter; n = number of samples; --runs N, default 3, samples for
+the repeatable rows):
+
+- create -> SSH-ready: ``sandboxes.create()`` of the benchmark sandbox (context).
+- first capture: the first ``capture.capture()`` of the freshly booted sandbox. The guest
+  hashes every file the image's hash index does not cover; the label says whether the index
+  (STORAGE/cache/hash-index/<image>-<version>.json.gz) existed before, i.e. whether this was
+  a full hash or an indexed one.
+- capture, unchanged sandbox: N more captures of the same, still unchanged sandbox (index hot).
+- change (agent work): one SSH command in the sandbox: ``apt-get update && apt-get install -y
+  nginx``, a custom /etc/nginx/sites-available/bench and ``useradd -m bench``; for context,
+  it is mostly apt under TCG plus the mirror's speed.
+- capture, changed sandbox: one capture after the change (the new files are hashed and sent).
+- diff (compare): ``diff.compare(before, after)`` of the last unchanged capture and the changed
+  one, N times; host CPU only (plus reading blobs for text diffs).
+- export to temp dir: ``export.export(changeset, new dir)``, N times, each into a new directory.
+- destroy: ``sandboxes.destroy()`` of the benchmark sandbox.
+- replay: <step>: ``verification.verify()`` run once on the first export; its own timings
+  (time.monotonic, rounded to 10 ms by fluid): create, capture before, converge, capture
+  after, idempotence, destroy.
+- replay total: wall time of the whole ``verify()`` call.
+
+The header shows nproc, the load average at the start, the domain type, the guest size, the
+number of files in a capture and the number of changes. The exit status is non-zero when the
+replay did not pass (its summary and residual are printed), when the change set lacks one of
+the expected changes, or when any step or the cleanup failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+import yaml
+
+from infra import images, sandboxes
+from infra.errors import SandboxNotFound
+from infra.libvirt_host import connect, domain_type, lookup
+from infra.settings import FluidSettings
+from infra.state import capture as captures
+from infra.state.base import Capture, ChangeSet, kinds
+from infra.state.diff import compare, terminal
+from infra.state.export import ROLE, export
+from infra.verification import VerificationReport, verify
+
+T = TypeVar("T")
+SITE = "server {\n    listen 8081;\n    root /var/www/html;\n    server_name bench.local;\n}\n"
+CHANGE = f"""set -e
+apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
+cat > /etc/nginx/sites-available/bench <<'EOF_BENCH'
+{SITE}EOF_BENCH
+useradd -m bench
+"""
+# (kind, key, action) that the change set must contain.
+EXPECTED = (
+    ("packages", "nginx", "added"),
+    ("users", "user bench", "added"),
+    ("files", "/etc/nginx/sites-available/bench", "added"),
+)
+CHANGE_TIMEOUT_S = 1800.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+@dataclass
+class Row:
+    step: str
+    unit: str
+    samples: list[float] = field(default_factory=list)
+
+
+class Results:
+    """Samples per step, printed as one markdown table in insertion order."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Row] = {}
+
+    def add(self, step: str, value: float, unit: str) -> None:
+        self.rows.setdefault(step, Row(step, unit)).samples.append(value)
+
+    def timed(self, step: str, unit: str, fn: Callable[[], T]) -> T:
+        """Run fn, record its wall time in `unit` ("s" or "ms"), return its result."""
+        scale = 1000.0 if unit == "ms" else 1.0
+        start = time.perf_counter()
+        out = fn()
+        elapsed = (time.perf_counter() - start) * scale
+        self.add(step, elapsed, unit)
+        log(f"{step}: {elapsed:.1f} {unit}")
+        return out
+
+    def table(self) -> str:
+        header = ("step", "n", "median", "min", "max", "unit")
+        lines = [header]
+        for r in self.rows.values():
+            if not r.samples:
+                continue
+            lines.append(
+                (
+                    r.step,
+                    str(len(r.samples)),
+                    _fmt(statistics.median(r.samples)),
+                    _fmt(min(r.samples)),
+                    _fmt(max(r.samples)),
+                    r.unit,
+                )
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        right = {1, 2, 3, 4}
+
+        def render(cells: tuple[str, ...]) -> str:
+            padded = [
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
+            return "| " + " | ".join(padded) + " |"
+
+        sep = (
+            "|"
+            + "|".join(
+                "-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)
+            )
+            + "|"
+        )
+        return "\n".join([render(lines[0]), sep, *(render(line) for line in lines[1:])])
+
+
+def _fmt(v: float) -> str:
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Let cleanup finish: a second Ctrl-C or SIGTERM must not leave a VM behind."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+@dataclass
+class Facts:
+    """What the header reports besides the host."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _files(cap: Capture) -> int:
+    return len(cap.state("files").entries)
+
+
+def _describe(cs: ChangeSet) -> str:
+    per_kind = ", ".join(f"{len(cs.of(k))} {k}" for k in kinds() if cs.of(k))
+    exported = sum(1 for c in cs.changes if c.exported)
+    return f"{len(cs.changes)} changes ({exported} exported): {per_kind or 'none'}"
+
+
+def _missing_expected(cs: ChangeSet) -> list[str]:
+    got = {(c.kind, c.key, c.action) for c in cs.changes}
+    return [f"{k} {key} {action}" for k, key, action in EXPECTED if (k, key, action) not in got]
+
+
+def bench(
+    res: Results,
+    facts: Facts,
+    name: str,
+    runs: int,
+    root: Path,
+    settings: FluidSettings,
+    golden: images.ImageManifest,
+) -> VerificationReport:
+    """Every step on one sandbox, then the replay; the caller cleans up on failure."""
+    res.timed(
+        "create -> SSH-ready",
+        "s",
+        lambda: sandboxes.create(name, image=golden.name, ttl_minutes=120, settings=settings),
+    )
+
+    index = captures._index_path(golden.name, golden.version, settings)
+    label = "first capture (hash index present)" if index.exists() else "first capture (no index)"
+    log(f"hash index {index}: {'present' if index.exists() else 'absent'} before first capture")
+    before = res.timed(label, "s", lambda: captures.capture(name, settings=settings))
+    first_files = _files(before)
+    for i in range(runs):
+        log(f"capture of the unchanged sandbox {i + 1}/{runs}")
+        before = res.timed(
+            "capture, unchanged sandbox", "s", lambda: captures.capture(name, settings=settings)
+        )
+
+    log("change: apt-get update, install nginx, a site file, useradd (minutes under TCG)")
+    r = res.timed(
+        "change (agent work: apt + file + useradd)",
+        "s",
+        lambda: sandboxes.run(
+            name, CHANGE, timeout=CHANGE_TIMEOUT_S, actor="bench", settings=settings
+        ),
+    )
+    if r.exit_status != 0:
+        raise BenchError(
+            f"the change exited {r.exit_status} in sandbox {name}:\n"
+            f"{r.stdout_text[-1500:]}\n{r.stderr_text[-1500:]}"
+        )
+
+    after = res.timed(
+        "capture, changed sandbox", "s", lambda: captures.capture(name, settings=settings)
+    )
+    facts.lines.append(
+        f"capture: {first_files} files at first, {_files(before)} before the change, "
+        f"{_files(after)} after; hash index {index} "
+        f"({index.stat().st_size // 1024 if index.exists() else 0} KiB now)"
+    )
+
+    changesets = [
+        res.timed("diff (compare)", "ms", lambda: compare(before, after, settings=settings))
+        for _ in range(runs)
+    ]
+    cs = changesets[-1]
+    facts.lines.append(f"change set: {_describe(cs)}")
+    if missing := _missing_expected(cs):
+        facts.problems.append(f"the change set lacks {', '.join(missing)}")
+
+    exports = root / "exports"
+    exports.mkdir()
+    dirs = [exports / f"run-{i}" for i in range(1, runs + 1)]
+    for d in dirs:
+        res.timed("export to temp dir", "ms", lambda d=d: export(cs, d, settings))
+    tasks = yaml.safe_load((dirs[0] / "roles" / ROLE / "tasks" / "main.yml").read_text())
+    n_files = sum(1 for p in dirs[0].rglob("*") if p.is_file())
+    facts.lines.append(f"export: {len(tasks)} tasks, {n_files} files in the playbook directory")
+
+    # One VM at a time: the replay's sandbox boots after this one is gone.
+    res.timed("destroy", "ms", lambda: sandboxes.destroy(name, settings))
+
+    log("replay: verify() on a fresh sandbox (create, capture, converge, capture, idempotence)")
+    start = time.perf_counter()
+    report = verify(dirs[0], settings=settings, progress=lambda m: log(f"  {m}"))
+    total = time.perf_counter() - start
+    for step, seconds in report.timings.items():
+        res.add(f"replay: {step}", seconds, "s")
+    res.add("replay total", total, "s")
+    log(f"replay: {report.summary()} in {total:.1f} s")
+    return report
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+
+def my_sandboxes(settings: FluidSettings) -> list[str]:
+    """Every sandbox recorded in the benchmark's own database (nobody else's)."""
+    try:
+        return [s.id for s in sandboxes.list_sandboxes(settings).sandboxes]
+    except Exception as e:
+        log(f"cleanup: cannot list the benchmark's sandboxes: {e}")
+        return []
+
+
+def destroy_quietly(sandbox_id: str, settings: FluidSettings) -> str | None:
+    """Destroy sandbox `sandbox_id` if anything of it is left; an error message or None."""
+    try:
+        sandboxes.destroy(sandbox_id, settings)
+        log(f"cleanup: destroyed sandbox {sandbox_id}")
+    except SandboxNotFound:
+        pass
+    except Exception as e:  # report it and keep cleaning up
+        return f"could not destroy sandbox {sandbox_id}: {e}"
+    return None
+
+
+def leftovers(ids: list[str], settings: FluidSettings) -> list[str]:
+    """Anything still left of the benchmark's sandboxes: domains, disks, console logs."""
+    out: list[str] = []
+    conn = connect(settings)
+    try:
+        out += [
+            f"domain {sandboxes.domain_name(i)}"
+            for i in ids
+            if lookup(conn, sandboxes.domain_name(i)) is not None
+        ]
+    finally:
+        conn.close()
+    for d in (settings.disks_dir, settings.logs_dir):
+        if d.is_dir():
+            out += [str(p) for i in ids for p in d.glob(f"{i}.*")]
+    return out
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def host_line(settings: FluidSettings, golden: images.ImageManifest) -> str:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"host: nproc={os.cpu_count()} load={load} domain_type={domain_type(settings)} "
+        f"guest={settings.memory_mib} MiB/{settings.vcpus} vCPU "
+        f"tb_cache={settings.tb_cache_mib} MiB image={golden.name}:{golden.version}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--runs", type=int, default=3, help="samples for the repeatable rows (default 3)"
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if os.geteuid() != 0:
+        print("error: run as root (libvirt's system URI, nftables)", file=sys.stderr)
+        return 2
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    root = Path(tempfile.mkdtemp(prefix="fluid-bench-cap-"))
+    # Own database, CA and captures; the configured storage dir so the real golden image is used.
+    settings = FluidSettings(home=root / "home", database_url=None, ca_private_key=None)
+    tag = "".join(c for c in root.name.removeprefix("fluid-bench-cap-").lower() if c.isalnum())
+    name = f"bcap-{tag[:8] or 'x'}"
+    res = Results()
+    facts = Facts()
+    report: VerificationReport | None = None
+    error: str | None = None
+    code = 0
+    ids = [name]
+    try:
+        golden = images.resolve(settings.image, settings=settings)
+        print(host_line(settings, golden), flush=True)
+        report = bench(res, facts, name, args.runs, root, settings, golden)
+    except KeyboardInterrupt as e:
+        error, code = f"interrupted ({e or 'Ctrl-C'})", 130
+    except Exception as e:  # any failure ends the run, with its message
+        error, code = f"{type(e).__name__}: {e}", 1
+    finally:
+        with signals_ignored():
+            ids += [i for i in my_sandboxes(settings) if i not in ids]
+            if report is not None and report.sandbox_id not in ids:
+                ids.append(report.sandbox_id)
+            problems = [p for i in ids if (p := destroy_quietly(i, settings))]
+            try:
+                problems += [f"leaked {x}" for x in leftovers(ids, settings)]
+            except Exception as e:
+                problems.append(f"cannot check for leftovers: {e}")
+            shutil.rmtree(root, ignore_errors=True)
+            if root.exists():
+                problems.append(f"could not remove {root}")
+
+    for line in facts.lines:
+        print(line)
+    if report is not None:
+        residual = len(report.residual)
+        print(f"replay: {'passed' if report.passed else 'FAILED'}, residual {residual} change(s)")
+    if res.rows:
+        print(res.table(), flush=True)
+    if report is not None and not report.passed:
+        print(f"error: the replay did not pass: {report.summary()}", file=sys.stderr)
+        if report.residual:
+            print(terminal(ChangeSet(changes=report.residual)), file=sys.stderr)
+        code = code or 1
+    for p in facts.problems:
+        print(f"error: {p}", file=sys.stderr)
+        code = code or 1
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+    for p in problems:
+        print(f"error: cleanup: {p}", file=sys.stderr)
+        code = code or 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Prefect tasks over infra's change capture: capture, diff, export and replay verification.
+
+Markdown artifacts show the change and the verification in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from infra.settings import FluidSettings
+from infra.state import capture as captures
+from infra.state.base import Capture, ChangeSet
+from infra.state.diff import compare, markdown
+from infra.state.export import export
+from infra.verification import VerificationReport, verify
+
+
+@task(
+    name="capture",
+    task_run_name="capture {sandbox_id}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def capture_state(
+    sandbox_id: str, checkpoint: str | None = None, settings: FluidSettings | None = None
+) -> Capture:
+    """Capture a sandbox's state (read-only in the guest, so one retry is safe)."""
+    cap = captures.capture(sandbox_id, checkpoint=checkpoint, settings=settings)
+    get_run_logger().info(
+        "captured %s in %.1f s (%d files)",
+        sandbox_id,
+        cap.duration_s,
+        len(cap.state("files").entries),
+    )
+    return cap
+
+
+@task(name="diff", cache_policy=NO_CACHE, persist_result=False)
+def diff_captures(
+    before: Capture,
+    after: Capture,
+    settings: FluidSettings | None = None,
+    artifact_key: str | None = "change",
+) -> ChangeSet:
+    """Compare two captures and publish the change as a Markdown artifact."""
+    cs = compare(before, after, settings=settings)
+    get_run_logger().info("%d change(s) in %s", len(cs.changes), cs.sandbox_id)
+    if artifact_key:
+        create_markdown_artifact(
+            markdown=markdown(cs), key=artifact_key, description="What the agent changed"
+        )
+    return cs
+
+
+@task(name="export playbook", cache_policy=NO_CACHE, persist_result=False)
+def export_playbook(changeset: ChangeSet, out: Path, settings: FluidSettings | None = None) -> Path:
+    """Write the change as an Ansible playbook directory."""
+    path = export(changeset, Path(out), settings)
+    get_run_logger().info("playbook %s, digest %s", path, (path / "DIGEST").read_text().strip())
+    return path
+
+
+@task(name="verify playbook", cache_policy=NO_CACHE, persist_result=False)
+def verify_playbook(
+    playbook_dir: Path,
+    image: str | None = None,
+    settings: FluidSettings | None = None,
+    artifact_key: str | None = "verification",
+) -> VerificationReport:
+    """Replay the playbook on a fresh sandbox (create → converge → idempotence → verify)."""
+    logger = get_run_logger()
+    report = verify(Path(playbook_dir), image=image, settings=settings, progress=logger.info)
+    logger.info(report.summary())
+    if artifact_key:
+        lines = [
+            f"# Verification: {report.summary()}",
+            "",
+            "| step | seconds |",
+            "|---|---|",
+            *(f"| {k} | {v:.1f} |" for k, v in report.timings.items()),
+        ]
+        if report.residual:
+            lines += ["", markdown(ChangeSet(changes=report.residual))]
+        create_markdown_artifact(
+            markdown="\n".join(lines),
+            key=artifact_key,
+            description="Replay of the playbook on a fresh sandbox",
+        )
+    return report

@@ -1,0 +1,237 @@
+"""See exactly what changed: capture, diff, Ansible export and proof by replay, on real VMs.
+
+One sandbox receives every kind of change at once and one replay proves the playbook, to keep
+CI short; each test checks one promise about that change.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import checkpoints, sandboxes
+from infra.state import capture
+from infra.state.base import ChangeSet
+from infra.state.diff import compare, markdown, terminal
+from infra.state.export import export, verify_digest
+from tests.conftest import fluid, fluid_json
+
+SANDBOX = "change"
+TEMPLATED = "listen {{ port }};\n{% if tls %}ssl on;{% endif %}\n{# not a comment #}\n"
+STEPS = f"""
+set -e
+apt-get update -q >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null
+mkdir -p /var/www/hello
+echo 'Hello from fluid' > /var/www/hello/index.html
+printf 'server {{\\n  listen 8080;\\n  root /var/www/hello;\\n}}\\n' \\
+  > /etc/nginx/sites-available/hello
+ln -s /etc/nginx/sites-available/hello /etc/nginx/sites-enabled/hello
+systemctl enable nginx
+systemctl reload nginx
+useradd -m -s /bin/bash deploy
+echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy
+chmod 0440 /etc/sudoers.d/deploy
+install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
+echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops' \\
+  > /home/deploy/.ssh/authorized_keys
+chown deploy:deploy /home/deploy/.ssh/authorized_keys
+chmod 0600 /home/deploy/.ssh/authorized_keys
+echo 'vm.swappiness = 10' > /etc/sysctl.d/60-fluid.conf
+echo '17 3 * * * root /usr/bin/true backup' > /etc/cron.d/fluid-backup
+DEBIAN_FRONTEND=noninteractive apt-get remove -y -q less >/dev/null
+rm /etc/motd
+chmod 0600 /etc/issue.net
+chown nobody:nogroup /etc/issue.net
+cat > /etc/fluid-app.conf <<'EOF_T'
+{TEMPLATED}EOF_T
+head -c 3000 /dev/urandom > /opt/blob.bin
+printf '\\000\\001\\002' >> /opt/blob.bin
+ln -s /opt/blob.bin /opt/current
+echo 'spaced out' > '/etc/with space.conf'
+"""
+
+EXPECTED = {
+    "packages": {("nginx", "added"), ("less", "removed")},
+    "users": {
+        ("group deploy", "added"),
+        ("user deploy", "added"),
+        ("/etc/sudoers.d/deploy", "added"),
+        ("/home/deploy/.ssh/authorized_keys", "added"),
+    },
+    "files": {
+        ("/var/www/hello", "added"),
+        ("/var/www/hello/index.html", "added"),
+        ("/etc/nginx/sites-available/hello", "added"),
+        ("/etc/nginx/sites-enabled/hello", "added"),
+        ("/home/deploy/.ssh", "added"),
+        ("/etc/motd", "removed"),
+        ("/etc/issue.net", "modified"),
+        ("/etc/fluid-app.conf", "added"),
+        ("/opt/blob.bin", "added"),
+        ("/opt/current", "added"),
+        ("/etc/with space.conf", "added"),
+    },
+    "cron": {("/etc/cron.d/fluid-backup: 17 3 * * * /usr/bin/true backup", "added")},
+    "sysctl": {("/etc/sysctl.d/60-fluid.conf", "added")},
+    "services": {("nginx.service", "added")},
+}
+
+
+@pytest.fixture(scope="module")
+def changed(golden_image, settings) -> Iterator[ChangeSet]:
+    """A sandbox checkpointed before and after every kind of change; its ChangeSet."""
+    sandboxes.create(SANDBOX, settings=settings)
+    try:
+        checkpoints.create(SANDBOX, "before", settings)
+        r = sandboxes.run(SANDBOX, STEPS, timeout=900, settings=settings)
+        assert r.exit_status == 0, r.stderr_text
+        checkpoints.create(SANDBOX, "after", settings)
+        yield compare(
+            capture.load(SANDBOX, "before", settings),
+            capture.load(SANDBOX, "after", settings),
+            settings=settings,
+        )
+    finally:
+        sandboxes.destroy(SANDBOX, settings)
+
+
+@pytest.fixture(scope="module")
+def playbook(changed, settings, tmp_path_factory) -> Path:
+    return export(changed, tmp_path_factory.mktemp("export") / "playbook", settings)
+
+
+def test_the_diff_lists_exactly_the_change(changed):
+    for kind, expected in EXPECTED.items():
+        exported = {(c.key, c.action) for c in changed.of(kind) if c.exported}
+        assert exported == expected, kind
+    hidden = [c for c in changed.changes if not c.exported]
+    assert all(c.kind == "packages" and c.action == "added" for c in hidden), hidden
+    assert {c.key for c in hidden} <= {"nginx-common"}
+
+
+def test_the_diff_shows_details_text_diffs_and_flags_binaries(changed):
+    by_key = {c.key: c for c in changed.changes}
+    assert by_key["/etc/issue.net"].details == [
+        "mode 0644 → 0600",
+        "owner root → nobody",
+        "group root → nogroup",
+    ]
+    assert by_key["/opt/blob.bin"].binary and by_key["/opt/blob.bin"].text_diff is None
+    assert "+listen {{ port }};" in by_key["/etc/fluid-app.conf"].text_diff
+    assert by_key["/opt/current"].after["target"] == "/opt/blob.bin"
+    assert by_key["nginx.service"].after == {"enablement": "enabled", "active": "active"}
+    assert by_key["user deploy"].after["shell"] == "/bin/bash"
+    md = markdown(changed)
+    assert "## Packages" in md and "`/etc/with space.conf`" in md and "```diff" in md
+    assert "nginx-common` *(not exported)*" in md
+    assert "+ /etc/with space.conf" in terminal(changed)
+    assert ChangeSet.model_validate_json(changed.model_dump_json()) == changed
+
+
+def test_an_unchanged_sandbox_captures_an_empty_diff(changed, settings):
+    # the "after" checkpoint is the sandbox's current state
+    again = capture.capture(SANDBOX, settings=settings) if _alive(settings) else None
+    if again is None:
+        pytest.fail("the module's sandbox is gone")
+    assert compare(capture.load(SANDBOX, "after", settings), again, settings=settings).empty
+
+
+def _alive(settings) -> bool:
+    return sandboxes.get(SANDBOX, settings).state == "running"
+
+
+def test_the_export_is_a_self_contained_playbook(playbook, tmp_path):
+    site = yaml.safe_load((playbook / "site.yml").read_text())
+    assert site[0]["hosts"] == "all" and site[0]["become"] is True
+    tasks = yaml.safe_load((playbook / "roles/fluid_change/tasks/main.yml").read_text())
+    modules = {k for t in tasks for k in t if k.startswith("ansible.")}
+    assert modules <= {
+        "ansible.builtin.apt",
+        "ansible.builtin.group",
+        "ansible.builtin.user",
+        "ansible.builtin.copy",
+        "ansible.builtin.file",
+        "ansible.builtin.cron",
+        "ansible.builtin.systemd_service",
+    }
+    order = [next(k for k in t if k.startswith("ansible.")) for t in tasks]
+    assert (
+        order.index("ansible.builtin.apt")
+        < order.index("ansible.builtin.group")
+        < order.index("ansible.builtin.user")
+        < order.index("ansible.builtin.copy")
+        < order.index("ansible.builtin.cron")
+        < order.index("ansible.builtin.systemd_service")
+    )
+    apt = next(t["ansible.builtin.apt"] for t in tasks if "ansible.builtin.apt" in t)
+    assert apt["update_cache"] is True and apt["cache_valid_time"] > 0
+    # a file containing {{ }} and {% %} is copied from files/, byte for byte
+    copy = next(
+        t["ansible.builtin.copy"]
+        for t in tasks
+        if t.get("ansible.builtin.copy", {}).get("dest") == "/etc/fluid-app.conf"
+    )
+    assert (playbook / "roles/fluid_change/files" / copy["src"]).read_text() == TEMPLATED
+    handlers = yaml.safe_load((playbook / "roles/fluid_change/handlers/main.yml").read_text())
+    assert {
+        "name": "restart nginx",
+        "ansible.builtin.systemd_service": {"name": "nginx", "state": "restarted"},
+    } in handlers
+    assert "sysctl --system" in (playbook / "site.yml").read_text(), "command flagged"
+    assert json.loads((playbook / "changeset.json").read_text())["sandbox_id"] == SANDBOX
+    assert verify_digest(playbook)
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "--syntax-check",
+            "-i",
+            "nowhere,",
+            str(playbook / "site.yml"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_changed_playbook_no_longer_matches_its_digest(playbook, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(playbook, copy)
+    tasks = copy / "roles/fluid_change/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + "\n# sneaky\n")
+    assert verify_digest(playbook) and not verify_digest(copy)
+
+
+def test_the_playbook_replays_with_no_residual_and_a_second_run_changes_nothing(playbook):
+    report = fluid_json("verify", str(playbook))
+    assert report["error"] is None, report["error"]
+    assert report["residual"] == []
+    assert report["converge"]["changed"] and sum(report["converge"]["changed"].values()) > 0
+    assert sum(report["idempotence"]["changed"].values()) == 0
+    assert report["passed"] is True
+    assert set(report["timings"]) >= {"create", "converge", "idempotence", "destroy"}
+
+
+def test_the_cli_diffs_and_exports_between_checkpoints(changed, tmp_path):
+    as_json = json.loads(
+        fluid("diff", SANDBOX, "--from", "before", "--to", "after", "--json").stdout
+    )
+    assert ChangeSet.model_validate(as_json) == changed
+    md = fluid("diff", SANDBOX, "--from", "before", "--to", "after", "--markdown").stdout
+    assert md.decode().startswith("# Changes in change")
+    out = fluid_json(
+        "export", SANDBOX, "--from", "before", "--to", "after", "--out", str(tmp_path / "pb")
+    )
+    assert out["digest"] == (tmp_path / "pb" / "DIGEST").read_text().strip()
+    r = fluid("diff", SANDBOX, "--from", "before", "--to", "nope", check=False)
+    assert r.returncode == 1 and b"no capture of change at checkpoint 'nope'" in r.stderr
