@@ -69,9 +69,10 @@ def render(spec: DomainSpec) -> str:
     features = "<acpi/><apic/>"
     if spec.domain_type == "qemu":
         features += f"<tcg><tb-cache unit='MiB'>{spec.tb_cache_mib}</tb-cache></tcg>"
+    # The seed is an IDE cdrom: Debian's cloud kernel has ata_piix but no AHCI (SATA) driver.
     seed = (
         "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
-        f"<source file={quoteattr(str(spec.seed_iso))}/><target dev='sda' bus='sata'/>"
+        f"<source file={quoteattr(str(spec.seed_iso))}/><target dev='hdc' bus='ide'/>"
         "<readonly/></disk>"
         if spec.seed_iso
         else ""

@@ -30,9 +30,12 @@ the repeatable rows):
   one, N times; host CPU only (plus reading blobs for text diffs).
 - export to temp dir: ``export.export(changeset, new dir)``, N times, each into a new directory.
 - destroy: ``sandboxes.destroy()`` of the benchmark sandbox.
-- replay: <step>: ``verification.verify()`` run once on the first export; its own timings
-  (time.monotonic, rounded to 10 ms by fluid): create, capture before, converge, capture
-  after, idempotence, destroy.
+- replay: <step>: ``verification.verify()`` run once on the first export, per step: create,
+  capture before, converge, capture after, idempotence, destroy. Taken from the report's
+  ``timings`` when it has any; otherwise (``VerificationReport`` validates, i.e. copies, the
+  dict verify() fills in afterwards, so ``report.timings`` stays empty) from the times between
+  verify()'s "verify: <step>" progress messages, the last step ending when verify() returns.
+  The line above the table says which source was used.
 - replay total: wall time of the whole ``verify()`` call.
 
 The header shows nproc, the load average at the start, the domain type, the guest size, the
@@ -85,6 +88,7 @@ EXPECTED = (
     ("files", "/etc/nginx/sites-available/bench", "added"),
 )
 CHANGE_TIMEOUT_S = 1800.0
+STEP_PREFIX = "verify: "  # verify() announces each step with this
 
 
 class BenchError(Exception):
@@ -263,6 +267,7 @@ def bench(
     ]
     cs = changesets[-1]
     facts.lines.append(f"change set: {_describe(cs)}")
+    log(f"change set:\n{terminal(cs)}")
     if missing := _missing_expected(cs):
         facts.problems.append(f"the change set lacks {', '.join(missing)}")
 
@@ -279,14 +284,36 @@ def bench(
     res.timed("destroy", "ms", lambda: sandboxes.destroy(name, settings))
 
     log("replay: verify() on a fresh sandbox (create, capture, converge, capture, idempotence)")
+    marks: list[tuple[str, float]] = []
+
+    def progress(msg: str) -> None:
+        log(f"  {msg}")
+        if msg.startswith(STEP_PREFIX):
+            marks.append((msg.removeprefix(STEP_PREFIX), time.perf_counter()))
+
     start = time.perf_counter()
-    report = verify(dirs[0], settings=settings, progress=lambda m: log(f"  {m}"))
-    total = time.perf_counter() - start
-    for step, seconds in report.timings.items():
+    report = verify(dirs[0], settings=settings, progress=progress)
+    end = time.perf_counter()
+    total = end - start
+    if report.timings:
+        steps, source = dict(report.timings), "the report's timings"
+    else:
+        steps, source = step_times(marks, end), "verify()'s progress messages"
+    for step, seconds in steps.items():
         res.add(f"replay: {step}", seconds, "s")
     res.add("replay total", total, "s")
+    facts.lines.append(f"replay step times from {source}")
     log(f"replay: {report.summary()} in {total:.1f} s")
     return report
+
+
+def step_times(marks: list[tuple[str, float]], end: float) -> dict[str, float]:
+    """Seconds per step from (step, start time) marks; the last step lasts until `end`."""
+    ends = [t for _, t in marks[1:]] + [end]
+    out: dict[str, float] = {}
+    for (step, t), until in zip(marks, ends, strict=True):
+        out[step] = out.get(step, 0.0) + until - t
+    return out
 
 
 # --- cleanup --------------------------------------------------------------------------------

@@ -28,10 +28,9 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP_CACHE = Path("/var/lib/fluid/cache/debootstrap")
 DISK_BYTES = 2 << 30
-# Debian's smaller linux-image-cloud-amd64 has no AHCI driver, and fluid attaches the seed
-# as a SATA cdrom (infra/domains.py), which that kernel cannot see: cloud-init then falls
-# back to DataSourceNone and the guest never trusts fluid's CA. The generic kernel has AHCI.
-KERNEL = "linux-image-amd64"
+# The kernel real Debian cloud images carry; it has no AHCI driver, which is why fluid
+# attaches the seed as an IDE cdrom (infra/domains.py).
+KERNEL = "linux-image-cloud-amd64"
 PACKAGES = (
     KERNEL,
     "initramfs-tools",
@@ -214,7 +213,9 @@ def _loop_device(raw: Path) -> Iterator[tuple[str, str]]:
                 raise RuntimeError(f"{part} did not appear after attaching {raw}")
         yield loop, part
     finally:
-        subprocess.run(["losetup", "-d", loop], capture_output=True)
+        r = subprocess.run(["losetup", "-d", loop], capture_output=True, text=True)
+        if r.returncode != 0:
+            _say(f"  could not detach {loop}: {r.stderr.strip()}")
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ def golden_image(settings: FluidSettings) -> images.ImageManifest:
     return images.build(progress=None, settings=settings)
 
 
-def fluid(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def fluid(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run the real `fluid` command line; stdout and stderr as bytes."""
     r = subprocess.run([FLUID, *args], capture_output=True, timeout=timeout)
     if check and r.returncode != 0:

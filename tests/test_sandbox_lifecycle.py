@@ -66,8 +66,13 @@ def test_create_exec_checkpoint_restore_fork_destroy(golden_image, settings):
         # stop powers off and keeps the disk; start boots it again with the same identity
         assert fluid_json("sandbox", "stop", fork_id)["state"] == "shut off"
         assert fluid_json("sandbox", "start", fork_id)["state"] == "running"
-        after_restart = fluid("sandbox", "exec", fork_id, "--",
-                              "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname")
+        after_restart = fluid(
+            "sandbox",
+            "exec",
+            fork_id,
+            "--",
+            "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname",
+        )
         assert after_restart.stdout.decode().splitlines() == forked
 
         listed = fluid_json("sandbox", "list")

@@ -40,7 +40,7 @@ for name in os.listdir("/"):
 def canonical(path):
     for alias, real in aliases.items():
         if path.startswith(alias):
-            return real + path[len(alias):]
+            return real + path[len(alias) :]
     return path
 
 

@@ -331,8 +331,9 @@ def _package_made(a: FileEntry, b: FileEntry | None, windows: list[tuple[float, 
     return bool(a.package and (a.type != "file" or a.pristine))
 
 
-def _package_made_dirs(before: FilesState, after: FilesState,
-                       windows: list[tuple[float, float]]) -> set[str]:
+def _package_made_dirs(
+    before: FilesState, after: FilesState, windows: list[tuple[float, float]]
+) -> set[str]:
     """New directories holding something a package made: the package made them too.
 
     A directory's mtime moves whenever an entry is added to it later, so the dpkg time
