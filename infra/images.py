@@ -418,6 +418,9 @@ def _delete_locked(manifest: ImageManifest, settings: FluidSettings) -> None:
         )
     assert manifest.directory is not None
     shutil.rmtree(manifest.directory)
+    # the name's folder goes with its last version
+    if not any(manifest.directory.parent.iterdir()):
+        manifest.directory.parent.rmdir()
 
 
 def _prune_locked(name: str, settings: FluidSettings, say: Progress) -> None:

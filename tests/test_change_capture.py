@@ -107,6 +107,7 @@ def playbook(changed, settings, tmp_path_factory) -> Path:
     return export(changed, tmp_path_factory.mktemp("export") / "playbook", settings)
 
 
+@pytest.mark.timeout(1800)  # the module's sandbox is made here: apt, nginx, two captures
 def test_the_diff_lists_exactly_the_change(changed):
     for kind, expected in EXPECTED.items():
         exported = {(c.key, c.action) for c in changed.of(kind) if c.exported}
@@ -212,6 +213,7 @@ def test_a_changed_playbook_no_longer_matches_its_digest(playbook, tmp_path):
     assert verify_digest(playbook) and not verify_digest(copy)
 
 
+@pytest.mark.timeout(2400)  # two playbook runs of ~25 tasks on a TCG guest
 def test_the_playbook_replays_with_no_residual_and_a_second_run_changes_nothing(playbook):
     report = fluid_json("verify", str(playbook))
     assert report["error"] is None, report["error"]
