@@ -49,19 +49,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import TypeVar
 
 import yaml
+from bench_results import (
+    BenchError,
+    Results,
+    interrupt_on_termination,
+    log,
+    signals_ignored,
+)
 
 from infra import images, sandboxes
 from infra.errors import SandboxNotFound
@@ -73,7 +74,6 @@ from infra.state.diff import compare, terminal
 from infra.state.export import ROLE, export
 from infra.verification import VerificationReport, verify
 
-T = TypeVar("T")
 SITE = "server {\n    listen 8081;\n    root /var/www/html;\n    server_name bench.local;\n}\n"
 CHANGE = f"""set -e
 apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
@@ -89,100 +89,6 @@ EXPECTED = (
 )
 CHANGE_TIMEOUT_S = 1800.0
 STEP_PREFIX = "verify: "  # verify() announces each step with this
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
-
-
-@dataclass
-class Row:
-    step: str
-    unit: str
-    samples: list[float] = field(default_factory=list)
-
-
-class Results:
-    """Samples per step, printed as one markdown table in insertion order."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, Row] = {}
-
-    def add(self, step: str, value: float, unit: str) -> None:
-        self.rows.setdefault(step, Row(step, unit)).samples.append(value)
-
-    def timed(self, step: str, unit: str, fn: Callable[[], T]) -> T:
-        """Run fn, record its wall time in `unit` ("s" or "ms"), return its result."""
-        scale = 1000.0 if unit == "ms" else 1.0
-        start = time.perf_counter()
-        out = fn()
-        elapsed = (time.perf_counter() - start) * scale
-        self.add(step, elapsed, unit)
-        log(f"{step}: {elapsed:.1f} {unit}")
-        return out
-
-    def table(self) -> str:
-        header = ("step", "n", "median", "min", "max", "unit")
-        lines = [header]
-        for r in self.rows.values():
-            if not r.samples:
-                continue
-            lines.append(
-                (
-                    r.step,
-                    str(len(r.samples)),
-                    _fmt(statistics.median(r.samples)),
-                    _fmt(min(r.samples)),
-                    _fmt(max(r.samples)),
-                    r.unit,
-                )
-            )
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        right = {1, 2, 3, 4}
-
-        def render(cells: tuple[str, ...]) -> str:
-            padded = [
-                c.rjust(w) if i in right else c.ljust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ]
-            return "| " + " | ".join(padded) + " |"
-
-        sep = (
-            "|"
-            + "|".join(
-                "-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)
-            )
-            + "|"
-        )
-        return "\n".join([render(lines[0]), sep, *(render(line) for line in lines[1:])])
-
-
-def _fmt(v: float) -> str:
-    if abs(v) >= 100:
-        return f"{v:.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-@contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Let cleanup finish: a second Ctrl-C or SIGTERM must not leave a VM behind."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 # --- the benchmark --------------------------------------------------------------------------
@@ -382,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: run as root (libvirt's system URI, nftables)", file=sys.stderr)
         return 2
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_termination()
     root = Path(tempfile.mkdtemp(prefix="fluid-bench-cap-"))
     # Own database, CA and captures; the configured storage dir so the real golden image is used.
     settings = FluidSettings(home=root / "home", database_url=None, ca_private_key=None)

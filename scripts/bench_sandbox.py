@@ -3,7 +3,7 @@
 
 Run from the repository root (as root, like fluid itself):
 
-    .venv/bin/python scripts/bench_sandbox.py [--runs N] [--skip-build] [--online-build]
+    .venv/bin/python scripts/bench_sandbox.py [--runs N] [--skip-build]
 
 Everything it makes lives in a temporary directory under /var/lib (removed at the end) and
 every VM it starts is destroyed again, also on errors, Ctrl-C and SIGTERM. VMs boot one at a
@@ -13,11 +13,8 @@ storage dir, so they boot from the real golden image.
 Rows (wall-clock time.perf_counter; n = number of samples):
 
 - image build: ``images.build(force=True)`` into a throwaway storage dir whose
-  ``cache/debootstrap`` is a symlink to the real package cache, so no .deb is fetched again.
-  By default debootstrap reads the suite's signed InRelease and Packages index from this host's
-  apt lists through a ``file://`` mirror, so the build sends no traffic off the host (it fails
-  when the apt lists and the package cache disagree: then use --online-build, which fetches the
-  indices from the configured mirror, or --skip-build). One sample.
+  ``cache/debootstrap`` is a symlink to the real package cache, so no .deb is fetched again
+  (only the suite's package index). One sample.
 - overlay creation: ``qemu-img create -f qcow2 -b <golden disk>`` (10 samples).
 - create -> SSH-ready: ``sandboxes.create()``; returns once SSH runs a command.
 - first command after ready: ``sandboxes.run(id, "true")`` (new SSH connection + certificate).
@@ -36,200 +33,38 @@ TCG the numbers are noisy; the header shows nproc and the load average at the st
 from __future__ import annotations
 
 import argparse
-import hashlib
-import lzma
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import TypeVar
+
+from bench_results import (
+    BenchError,
+    Results,
+    interrupt_on_termination,
+    log,
+    signals_ignored,
+)
 
 from infra import checkpoints, images, sandboxes
 from infra.errors import FluidError, SandboxNotFound
 from infra.libvirt_host import connect, domain_type, lookup
 from infra.settings import FluidSettings
 
-T = TypeVar("T")
 OVERLAY_SAMPLES = 10
 CHECKPOINT = "bench"
-APT_LISTS = Path("/var/lib/apt/lists")
 REAL_DEBOOTSTRAP_CACHE = Path("/var/lib/fluid/cache/debootstrap")
 QEMU_PID_DIR = Path("/run/libvirt/qemu")
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
-
-
-@dataclass
-class Row:
-    step: str
-    unit: str
-    scale: float = 1.0  # seconds -> unit
-    samples: list[float] = field(default_factory=list)
-
-
-class Results:
-    """Samples per step, printed as one markdown table in insertion order."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, Row] = {}
-
-    def row(self, step: str, unit: str, scale: float = 1.0) -> Row:
-        return self.rows.setdefault(step, Row(step, unit, scale))
-
-    def add(self, step: str, value: float, unit: str, scale: float = 1.0) -> None:
-        self.row(step, unit, scale).samples.append(value * scale)
-
-    def timed(self, step: str, unit: str, fn: Callable[[], T]) -> T:
-        """Run fn, record its wall time in `unit` ("s" or "ms"), return its result."""
-        start = time.perf_counter()
-        out = fn()
-        elapsed = time.perf_counter() - start
-        self.add(step, elapsed, unit, 1000.0 if unit == "ms" else 1.0)
-        log(f"{step}: {elapsed * (1000.0 if unit == 'ms' else 1.0):.1f} {unit}")
-        return out
-
-    def table(self) -> str:
-        header = ("step", "n", "median", "min", "max", "unit")
-        lines = [header]
-        for r in self.rows.values():
-            if not r.samples:
-                continue
-            lines.append(
-                (
-                    r.step,
-                    str(len(r.samples)),
-                    _fmt(statistics.median(r.samples)),
-                    _fmt(min(r.samples)),
-                    _fmt(max(r.samples)),
-                    r.unit,
-                )
-            )
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        right = {1, 2, 3, 4}
-
-        def render(cells: tuple[str, ...]) -> str:
-            padded = [
-                c.rjust(w) if i in right else c.ljust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ]
-            return "| " + " | ".join(padded) + " |"
-
-        sep = (
-            "|"
-            + "|".join(
-                "-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)
-            )
-            + "|"
-        )
-        return "\n".join([render(lines[0]), sep, *(render(line) for line in lines[1:])])
-
-
-def _fmt(v: float) -> str:
-    if abs(v) >= 100:
-        return f"{v:.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-@contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Let cleanup finish: a second Ctrl-C or SIGTERM must not leave a VM behind."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 # --- image build ----------------------------------------------------------------------------
 
 
-def _release_sha256(inrelease: Path, index: str) -> str | None:
-    """The SHA256 of `index` (e.g. main/binary-amd64/Packages) listed in a Release file."""
-    in_sha256 = False
-    for line in inrelease.read_text(errors="replace").splitlines():
-        if not line.startswith(" "):
-            in_sha256 = line.startswith("SHA256:")
-            continue
-        parts = line.split()
-        if in_sha256 and len(parts) == 3 and parts[2] == index:
-            return parts[0]
-    return None
-
-
-def _decompress(src: Path, dest: Path) -> None:
-    if src.suffix == ".lz4":
-        with dest.open("wb") as out:
-            subprocess.run(["lz4", "-dc", str(src)], stdout=out, check=True)
-    elif src.suffix == ".xz":
-        with lzma.open(src) as f, dest.open("wb") as out:
-            shutil.copyfileobj(f, out)
-    elif src.suffix == ".gz":
-        import gzip
-
-        with gzip.open(src) as f, dest.open("wb") as out:
-            shutil.copyfileobj(f, out)
-    else:
-        shutil.copyfile(src, dest)
-
-
-def loopback_mirror(mirror_url: str, suite: str, dest: Path) -> str:
-    """A file:// mirror holding this host's signed InRelease and Packages index for `suite`.
-
-    The .debs come from the debootstrap cache; only the indices would be fetched otherwise.
-    """
-    arch = subprocess.run(
-        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    prefix = mirror_url.split("://", 1)[-1].rstrip("/").replace("/", "_")
-    inrelease = APT_LISTS / f"{prefix}_dists_{suite}_InRelease"
-    index = f"main/binary-{arch}/Packages"
-    want = _release_sha256(inrelease, index) if inrelease.is_file() else None
-    lists = sorted(APT_LISTS.glob(f"{prefix}_dists_{suite}_main_binary-{arch}_Packages*"))
-    if want is None or not lists:
-        raise BenchError(
-            f"no apt lists for {mirror_url} {suite} in {APT_LISTS} to build offline from; "
-            "run with --online-build (fetches the indices) or --skip-build"
-        )
-    suite_dir = dest / "dists" / suite
-    (suite_dir / f"main/binary-{arch}").mkdir(parents=True)
-    shutil.copyfile(inrelease, suite_dir / "InRelease")
-    packages = suite_dir / index
-    _decompress(lists[0], packages)
-    h = hashlib.sha256()
-    with packages.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != want:
-        raise BenchError(
-            f"{lists[0]} does not match its InRelease (apt is updating?); "
-            "run with --online-build or --skip-build"
-        )
-    return f"file://{dest}"
-
-
-def bench_build(res: Results, root: Path, base: FluidSettings, online: bool) -> None:
+def bench_build(res: Results, root: Path, base: FluidSettings) -> None:
     storage = root / "storage"
     (storage / "cache").mkdir(parents=True)
     if not REAL_DEBOOTSTRAP_CACHE.is_dir():
@@ -238,11 +73,14 @@ def bench_build(res: Results, root: Path, base: FluidSettings, online: bool) -> 
             "once (`fluid image build`) or use --skip-build"
         )
     (storage / "cache" / "debootstrap").symlink_to(REAL_DEBOOTSTRAP_CACHE)
-    mirror = base.mirror if online else loopback_mirror(base.mirror, base.suite, root / "mirror")
     settings = FluidSettings(
-        home=root / "home", storage_dir=storage, mirror=mirror, suite=base.suite, image=base.image
+        home=root / "home",
+        storage_dir=storage,
+        mirror=base.mirror,
+        suite=base.suite,
+        image=base.image,
     )
-    log(f"image build into {storage} (mirror {mirror}); a few minutes under load")
+    log(f"image build into {storage}; a few minutes under load")
 
     def build() -> images.ImageManifest:
         try:
@@ -250,15 +88,7 @@ def bench_build(res: Results, root: Path, base: FluidSettings, online: bool) -> 
                 base.image, force=True, settings=settings, progress=lambda m: log(f"  {m}")
             )
         except FluidError as e:
-            hint = (
-                ""
-                if online
-                else (
-                    "\n(offline build: apt lists and the debootstrap cache may disagree; "
-                    "try --online-build or --skip-build)"
-                )
-            )
-            raise BenchError(f"image build failed: {e}{hint}") from e
+            raise BenchError(f"image build failed: {e}") from e
 
     res.timed("image build", "s", build)
 
@@ -291,7 +121,7 @@ def bench_overlays(res: Results, root: Path, golden: Path) -> None:
         elapsed = time.perf_counter() - start
         if r.returncode != 0:
             raise BenchError(f"qemu-img create failed: {r.stderr.strip()}")
-        res.add("overlay creation", elapsed, "ms", 1000.0)
+        res.add("overlay creation", elapsed * 1000.0, "ms")
         target.unlink()
     samples = res.rows["overlay creation"].samples
     log(f"overlay creation: median {statistics.median(samples):.1f} ms over {len(samples)}")
@@ -400,11 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="sandboxes to boot (default 3)")
     parser.add_argument("--skip-build", action="store_true", help="skip the image build row")
-    parser.add_argument(
-        "--online-build",
-        action="store_true",
-        help="fetch the suite's indices from the configured mirror",
-    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -412,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: run as root (debootstrap, libvirt's system URI, nftables)", file=sys.stderr)
         return 2
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_termination()
     # Own database and CA; the configured storage dir so the real golden image is used.
     base = FluidSettings(database_url=None, ca_private_key=None)
     root = Path(tempfile.mkdtemp(prefix="fluid-bench-", dir="/var/lib"))
@@ -434,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if not args.skip_build:
-            bench_build(res, root, settings, args.online_build)
+            bench_build(res, root, settings)
         bench_overlays(res, root, golden.disk_path)
         for i, name in enumerate(names, 1):
             log(f"run {i}/{len(names)}: sandbox {name}")
