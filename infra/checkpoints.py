@@ -63,6 +63,7 @@ def create(sandbox_id: str, name: str, settings: FluidSettings | None = None) ->
         try:
             dom.snapshotCreateXML(xml, 0)
         except libvirt.libvirtError as e:
+            capture.delete(sandbox_id, name, settings)  # no checkpoint, so no capture of it
             raise FluidError(
                 f"checkpoint {name} of {sandbox_id} failed: {e.get_error_message()}"
             ) from e

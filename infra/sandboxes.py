@@ -20,6 +20,7 @@ from sqlmodel import delete, select
 
 from infra import domains, firewall, images, ports, ssh, store
 from infra.errors import (
+    CommandTimeout,
     FluidError,
     SandboxExists,
     SandboxNotFound,
@@ -525,8 +526,6 @@ def run(
 ) -> ssh.CommandResult:
     """Run a shell command in the sandbox as root and record it; CommandTimeout past `timeout`."""
     settings = settings or get_settings()
-    from infra.errors import CommandTimeout
-
     with guest(sandbox_id, settings) as g:
         try:
             result = g.run(command, timeout=timeout, output_cap=output_cap)

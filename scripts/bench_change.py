@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from bench_cleanup import destroy_quietly, leftovers
 from bench_results import (
     BenchError,
     Results,
@@ -65,8 +66,7 @@ from bench_results import (
 )
 
 from infra import images, sandboxes
-from infra.errors import SandboxNotFound
-from infra.libvirt_host import connect, domain_type, lookup
+from infra.libvirt_host import domain_type
 from infra.settings import FluidSettings
 from infra.state import capture as captures
 from infra.state.base import Capture, ChangeSet, kinds
@@ -232,36 +232,6 @@ def my_sandboxes(settings: FluidSettings) -> list[str]:
     except Exception as e:
         log(f"cleanup: cannot list the benchmark's sandboxes: {e}")
         return []
-
-
-def destroy_quietly(sandbox_id: str, settings: FluidSettings) -> str | None:
-    """Destroy sandbox `sandbox_id` if anything of it is left; an error message or None."""
-    try:
-        sandboxes.destroy(sandbox_id, settings)
-        log(f"cleanup: destroyed sandbox {sandbox_id}")
-    except SandboxNotFound:
-        pass
-    except Exception as e:  # report it and keep cleaning up
-        return f"could not destroy sandbox {sandbox_id}: {e}"
-    return None
-
-
-def leftovers(ids: list[str], settings: FluidSettings) -> list[str]:
-    """Anything still left of the benchmark's sandboxes: domains, disks, console logs."""
-    out: list[str] = []
-    conn = connect(settings)
-    try:
-        out += [
-            f"domain {sandboxes.domain_name(i)}"
-            for i in ids
-            if lookup(conn, sandboxes.domain_name(i)) is not None
-        ]
-    finally:
-        conn.close()
-    for d in (settings.disks_dir, settings.logs_dir):
-        if d.is_dir():
-            out += [str(p) for i in ids for p in d.glob(f"{i}.*")]
-    return out
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_cleanup import destroy_quietly, leftovers
 from bench_results import (
     BenchError,
     Results,
@@ -51,8 +52,8 @@ from bench_results import (
 )
 
 from infra import checkpoints, images, sandboxes
-from infra.errors import FluidError, SandboxNotFound
-from infra.libvirt_host import connect, domain_type, lookup
+from infra.errors import FluidError
+from infra.libvirt_host import domain_type
 from infra.settings import FluidSettings
 
 OVERLAY_SAMPLES = 10
@@ -175,36 +176,6 @@ def bench_sandbox(res: Results, name: str, settings: FluidSettings) -> None:
 
 
 # --- cleanup --------------------------------------------------------------------------------
-
-
-def destroy_quietly(name: str, settings: FluidSettings) -> str | None:
-    """Destroy sandbox `name` if anything of it is left; an error message or None."""
-    try:
-        sandboxes.destroy(name, settings)
-        log(f"cleanup: destroyed sandbox {name}")
-    except SandboxNotFound:
-        pass
-    except Exception as e:  # report it and keep cleaning up
-        return f"could not destroy sandbox {name}: {e}"
-    return None
-
-
-def leftovers(names: list[str], settings: FluidSettings) -> list[str]:
-    """Anything still left of the benchmark's sandboxes: domains, disks, console logs."""
-    out: list[str] = []
-    conn = connect(settings)
-    try:
-        out += [
-            f"domain {sandboxes.domain_name(n)}"
-            for n in names
-            if lookup(conn, sandboxes.domain_name(n)) is not None
-        ]
-    finally:
-        conn.close()
-    for d in (settings.disks_dir, settings.logs_dir):
-        if d.is_dir():
-            out += [str(p) for n in names for p in d.glob(f"{n}.*")]
-    return out
 
 
 def remove_tree(root: Path) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
@@ -64,6 +65,18 @@ class TaskBundle(BaseModel):
     handlers: list[dict[str, Any]] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict, description="files/ name → blob sha256")
     flagged: list[str] = Field(default_factory=list, description="tasks needing extra review")
+
+
+def unified_diff(path: str, old: bytes | None, new: bytes | None) -> str:
+    """A unified text diff; None content means the file did not exist on that side."""
+    return "".join(
+        difflib.unified_diff(
+            (old or b"").decode(errors="replace").splitlines(True),
+            (new or b"").decode(errors="replace").splitlines(True),
+            fromfile=f"a{path}" if old is not None else "/dev/null",
+            tofile=f"b{path}" if new is not None else "/dev/null",
+        )
+    )
 
 
 S = TypeVar("S", bound=BaseModel)

@@ -40,10 +40,8 @@ def capture(
     settings = settings or get_settings()
     start = time.monotonic()
     rec = sandboxes._record(sandbox_id, settings)
-    params: dict[str, Any] = {
-        "index": _hash_index(sandbox_id, rec.image, rec.image_version, settings)
-    }
-    script = [f"mkdir -p {STAGING}"]
+    params: dict[str, Any] = {"index": _hash_index(rec.image, rec.image_version, settings)}
+    script: list[str] = []
     with sandboxes.guest(sandbox_id, settings) as g:
         g.run(f"mkdir -p {STAGING}", timeout=30)
         for k in kinds().values():
@@ -134,9 +132,7 @@ def delete(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = No
     (_dir(sandbox_id, settings or get_settings()) / f"{checkpoint}.json.gz").unlink(missing_ok=True)
 
 
-def _hash_index(
-    sandbox_id: str, image: str, version: str, settings: FluidSettings
-) -> dict[str, list[Any]] | None:
+def _hash_index(image: str, version: str, settings: FluidSettings) -> dict[str, list[Any]] | None:
     """Hashes from an earlier capture of the same image, so unchanged files are not re-read."""
     import json
 
@@ -151,7 +147,7 @@ def _save_index(cap: Capture, image: str, version: str, settings: FluidSettings)
 
     path = _index_path(image, version, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    index = _hash_index(cap.sandbox_id or "", image, version, settings) or {}
+    index = _hash_index(image, version, settings) or {}
     # Entries are keyed by stat data, so merging captures of different clones stays correct.
     index.update(cap.state("files").hash_index())
     tmp = path.with_suffix(".tmp")

@@ -8,7 +8,6 @@ kinds; edited package files are caught by comparing with dpkg's own checksums.
 from __future__ import annotations
 
 import base64
-import difflib
 import json
 import shlex
 from importlib import resources
@@ -17,7 +16,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, PrivateAttr
 
 from infra.state import noise
-from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.base import (
+    Change,
+    DiffContext,
+    ExportContext,
+    ResourceKind,
+    TaskBundle,
+    unified_diff,
+)
 
 PROBE_PATH = "/run/fluid-state/files_probe.py"
 INDEX_PATH = "/run/fluid-state/index.json"
@@ -144,7 +150,7 @@ class Files(ResourceKind[FilesState]):
 
     def diff(self, before: FilesState, after: FilesState, ctx: DiffContext) -> list[Change]:
         ignore = tuple(ctx.ignore)
-        owned = _owned_by_other_kinds(ctx)
+        owned = _owned_by_other_kinds()
         windows = ctx.after.state("packages").dpkg_windows(since=ctx.before.taken_at)
         gone_packages = set(ctx.before.state("packages").installed) - set(
             ctx.after.state("packages").installed
@@ -154,7 +160,7 @@ class Files(ResourceKind[FilesState]):
         made = _package_made_dirs(before, after, windows)
         changes: list[Change] = []
         for path in sorted(set(before.entries) | set(after.entries)):
-            if noise.is_noise(path, ignore) or any(_glob(path, g) for g in owned):
+            if noise.is_noise(path, ignore) or (owned and noise.is_noise(path, owned)):
                 continue
             b, a = before.entries.get(path), after.entries.get(path)
             if b and a and b.compared() == a.compared():
@@ -208,14 +214,7 @@ class Files(ResourceKind[FilesState]):
             elif not _is_text(new) or (old is not None and not _is_text(old)):
                 ch.binary = True
             elif old is not None and old != new:
-                ch.text_diff = "".join(
-                    difflib.unified_diff(
-                        old.decode().splitlines(keepends=True),
-                        new.decode().splitlines(keepends=True),
-                        fromfile=f"a{path}" if b else "/dev/null",
-                        tofile=f"b{path}",
-                    )
-                )
+                ch.text_diff = unified_diff(path, old if b else None, new)
         return ch
 
     # --- export --------------------------------------------------------------------------
@@ -302,11 +301,7 @@ class Files(ResourceKind[FilesState]):
         return bundle
 
 
-def _glob(path: str, pattern: str) -> bool:
-    return noise.is_noise(path, (pattern,))
-
-
-def _owned_by_other_kinds(ctx: DiffContext) -> tuple[str, ...]:
+def _owned_by_other_kinds() -> tuple[str, ...]:
     from infra.state.base import kinds
 
     globs: list[str] = []

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
-import difflib
 import hashlib
 from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
-from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.base import (
+    Change,
+    DiffContext,
+    ExportContext,
+    ResourceKind,
+    TaskBundle,
+    unified_diff,
+)
 
 
 class SysctlFile(BaseModel):
@@ -100,14 +106,7 @@ class Sysctl(ResourceKind[SysctlState]):
             old = ctx.blob(b.sha256) if b else b""
             new = ctx.blob(a.sha256) if a else b""
             if old is not None and new is not None:
-                ch.text_diff = "".join(
-                    difflib.unified_diff(
-                        old.decode(errors="replace").splitlines(True),
-                        new.decode(errors="replace").splitlines(True),
-                        fromfile=f"a{path}" if b else "/dev/null",
-                        tofile=f"b{path}" if a else "/dev/null",
-                    )
-                )
+                ch.text_diff = unified_diff(path, old if b else None, new if a else None)
             changes.append(ch)
         return changes
 

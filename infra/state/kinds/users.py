@@ -11,7 +11,14 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
-from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.base import (
+    Change,
+    DiffContext,
+    ExportContext,
+    ResourceKind,
+    TaskBundle,
+    unified_diff,
+)
 from infra.state.kinds.packages import _sections
 
 
@@ -154,16 +161,7 @@ class Users(ResourceKind[UsersState]):
             new = ctx.blob(a.sha256) if a else None
             old = ctx.blob(b.sha256) if b else b""
             if new is not None and old is not None:
-                import difflib
-
-                ch.text_diff = "".join(
-                    difflib.unified_diff(
-                        old.decode(errors="replace").splitlines(True),
-                        new.decode(errors="replace").splitlines(True),
-                        fromfile=f"a{path}" if b else "/dev/null",
-                        tofile=f"b{path}",
-                    )
-                )
+                ch.text_diff = unified_diff(path, old if b else None, new)
             changes.append(ch)
         return changes
 

@@ -1,0 +1,40 @@
+"""Shared by the benchmark scripts: destroy their sandboxes and prove nothing is left."""
+
+from __future__ import annotations
+
+from bench_results import log
+
+from infra import sandboxes
+from infra.errors import SandboxNotFound
+from infra.libvirt_host import connect, lookup
+from infra.settings import FluidSettings
+
+
+def destroy_quietly(sandbox_id: str, settings: FluidSettings) -> str | None:
+    """Destroy sandbox `sandbox_id` if anything of it is left; an error message or None."""
+    try:
+        sandboxes.destroy(sandbox_id, settings)
+        log(f"cleanup: destroyed sandbox {sandbox_id}")
+    except SandboxNotFound:
+        pass
+    except Exception as e:  # report it and keep cleaning up
+        return f"could not destroy sandbox {sandbox_id}: {e}"
+    return None
+
+
+def leftovers(ids: list[str], settings: FluidSettings) -> list[str]:
+    """Anything still left of the benchmark's sandboxes: domains, disks, console logs."""
+    out: list[str] = []
+    conn = connect(settings)
+    try:
+        out += [
+            f"domain {sandboxes.domain_name(i)}"
+            for i in ids
+            if lookup(conn, sandboxes.domain_name(i)) is not None
+        ]
+    finally:
+        conn.close()
+    for d in (settings.disks_dir, settings.logs_dir):
+        if d.is_dir():
+            out += [str(p) for i in ids for p in d.glob(f"{i}.*")]
+    return out
