@@ -110,13 +110,22 @@ def cmd_sandbox_list(args: argparse.Namespace) -> int:
 def cmd_sandbox_exec(args: argparse.Namespace) -> int:
     from infra import sandboxes
 
+    return _exec(
+        args, "fluid sandbox exec ID", lambda cmd: sandboxes.run(args.id, cmd, timeout=args.timeout)
+    )
+
+
+def _exec(args: argparse.Namespace, usage: str, run: Callable[[str], Any]) -> int:
+    """The exec contract: output byte for byte, the command's exit status (124 on timeout)."""
+    from infra.sandboxes import quote_command
+
     argv = list(args.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise FluidError("nothing to run: fluid sandbox exec ID -- COMMAND...")
+        raise FluidError(f"nothing to run: {usage} -- COMMAND...")
     try:
-        r = sandboxes.run(args.id, sandboxes.quote_command(argv), timeout=args.timeout)
+        r = run(quote_command(argv))
     except CommandTimeout as e:
         _pass_through(e.result)
         raise
@@ -218,6 +227,143 @@ def cmd_sandbox_destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- production: the persistent VM changes are applied to --------------------------------
+
+
+def _save_production_block(vm: Any) -> bool:
+    """Save the ProductionTarget block named after production VM `vm`; False when skipped.
+
+    The only production code path that imports Prefect. ProductionBlockError (with how to
+    retry) when saving fails; the VM is left as it is.
+    """
+    from infra.errors import ProductionBlockError
+
+    try:
+        from infra import control_plane
+    except ModuleNotFoundError as e:
+        if e.name != "infra.control_plane":
+            raise
+        _log(
+            "fluid: note: infra.control_plane is not available, so no Prefect block was saved; "
+            f"run `fluid production save-block {vm.name}` once it is"
+        )
+        return False
+    try:
+        control_plane.use_prefect(progress=_log)
+        from blocks.production_target import ProductionTarget
+
+        ProductionTarget.for_vm(vm).save(vm.name, overwrite=True)
+    except Exception as e:  # Prefect raises many types (HTTP, validation, server start)
+        raise ProductionBlockError(
+            f"production VM {vm.name} is up (ssh port {vm.ssh_port}), but saving its Prefect "
+            f"block production-target/{vm.name} failed: {type(e).__name__}: {e}. Fix that, "
+            f"then run `fluid production save-block {vm.name}` (create would refuse: the VM "
+            "exists)"
+        ) from e
+    return True
+
+
+def cmd_production_create(args: argparse.Namespace) -> int:
+    from infra import production
+
+    vm = production.create(args.name, image=args.image, progress=_log)
+    block_error: FluidError | None = None
+    saved = False
+    if not args.no_block:
+        try:
+            saved = _save_production_block(vm)
+        except FluidError as e:
+            block_error = e
+    block = f"production-target/{vm.name}" if saved else None
+    _emit(
+        args,
+        vm.model_dump(mode="json") | {"block": block},
+        lambda: print(
+            f"{vm.name} ready: ssh port {vm.ssh_port} (fluid production exec {vm.name} -- CMD)"
+            + (f"; Prefect block {block}" if block else "")
+        ),
+    )
+    if block_error is not None:
+        raise block_error
+    return 0
+
+
+def cmd_production_save_block(args: argparse.Namespace) -> int:
+    from infra import production
+
+    vm = production.get(args.name)
+    saved = _save_production_block(vm)
+    block = f"production-target/{vm.name}" if saved else None
+    _emit(
+        args,
+        {"name": vm.name, "block": block},
+        lambda: print(f"saved Prefect block {block}" if block else "no block saved"),
+    )
+    return 0 if saved else 1
+
+
+def cmd_production_list(args: argparse.Namespace) -> int:
+    from infra import production
+
+    listing = production.list_production()
+
+    def human() -> None:
+        print(f"{'NAME':<20} {'STATE':<9} {'PORT':>5}  {'IMAGE':<16} CREATED")
+        for vm in listing.vms:
+            print(
+                f"{vm.name:<20} {vm.state:<9} {vm.ssh_port:>5}  "
+                f"{vm.image + ' ' + vm.image_version:<16} {vm.created_at:%Y-%m-%d %H:%M}"
+            )
+        for label, items in (
+            ("domains without a record", listing.orphan_domains),
+            ("records without a domain", listing.orphan_records),
+        ):
+            if items:
+                print(f"orphans ({label}): {', '.join(items)}")
+
+    _emit(args, listing, human)
+    return 0
+
+
+def cmd_production_exec(args: argparse.Namespace) -> int:
+    from infra import production
+
+    return _exec(
+        args,
+        "fluid production exec NAME",
+        lambda cmd: production.run(args.name, cmd, timeout=args.timeout),
+    )
+
+
+def cmd_production_start(args: argparse.Namespace) -> int:
+    from infra import production
+
+    vm = production.start(args.name, progress=_log)
+    _emit(args, vm, lambda: print(f"{vm.name} {vm.state}"))
+    return 0
+
+
+def cmd_production_stop(args: argparse.Namespace) -> int:
+    from infra import production
+
+    vm = production.stop(args.name)
+    _emit(args, vm, lambda: print(f"{vm.name} {vm.state}"))
+    return 0
+
+
+def cmd_production_destroy(args: argparse.Namespace) -> int:
+    from infra import production
+
+    production.destroy(args.name)
+    # Deleting the block would import Prefect here; say how instead.
+    _log(
+        f"fluid: note: a Prefect block production-target/{args.name}, if one was saved, "
+        f"stays; `prefect block delete production-target/{args.name}` removes it"
+    )
+    _emit(args, {"name": args.name, "destroyed": True}, lambda: print(f"{args.name} destroyed"))
+    return 0
+
+
 # --- change: diff, export, verify ---------------------------------------------------------
 
 
@@ -275,6 +421,154 @@ def _print_report(report) -> None:
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
     if report.residual:
         print(terminal(ChangeSet(changes=report.residual)))
+
+
+# --- runs: agent tasks through Prefect -----------------------------------------------------
+
+
+def _prefect(args: argparse.Namespace | None = None) -> None:
+    """Point Prefect at fluid's API (starting the local server and worker if needed)."""
+    from infra import control_plane
+
+    control_plane.use_prefect(progress=_log)
+
+
+def _run_url(run_id: object) -> str:
+    import os
+
+    from infra import control_plane
+
+    ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
+    return control_plane.ControlPlane(
+        api_url=os.environ["PREFECT_API_URL"], ui_url=ui, auth_string=""
+    ).run_url(str(run_id))
+
+
+def _agent_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from infra.agents.scripted import load_steps
+
+    if not args.steps:
+        raise FluidError("give the agent's steps: --steps FILE (a YAML list of run/write steps)")
+    # Read here, not on the worker: the file may only exist where the command runs.
+    steps = load_steps(Path(args.steps))
+    return {"kind": "scripted", "steps": [st.model_dump(exclude_defaults=True) for st in steps]}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    agent = _agent_from_args(args)
+    auto = args.auto_approve or os.environ.get("FLUID_AUTO_APPROVE", "") not in ("", "0")
+    own_server = bool(os.environ.get("PREFECT_API_URL"))
+    _prefect()
+    from flows import client
+
+    params: dict[str, Any] = {
+        "task": args.task,
+        "production": args.production,
+        "agent": agent,
+        "auto_approve": auto,
+    }
+    if args.image:
+        params["image"] = args.image
+    if args.timeout:
+        params["approval_timeout_s"] = args.timeout
+    fr = client.submit(params)
+    print(f"run id: {fr.id}", flush=True)
+    print(f"UI: {_run_url(fr.id)}", flush=True)
+
+    login = "" if own_server else f" (UI password: the string in {_auth_path()})"
+
+    def waiting(_fr: object) -> None:
+        print(
+            f"\n>>> waiting for approval: open {_run_url(fr.id)}{login}\n"
+            ">>> and choose Resume (in the run's menu), or run\n"
+            f">>>   fluid approve {fr.id} [--comment TEXT]\n"
+            f">>>   fluid reject {fr.id} --comment TEXT\n",
+            flush=True,
+        )
+
+    final = client.follow(
+        fr.id, print_line=lambda line: print(line, flush=True), on_waiting=waiting
+    )
+    code = client.exit_code(final)
+    state = final.state
+    print(f"run {fr.id} ended {state.name if state else '?'}: {state.message if state else ''}")
+    return code
+
+
+def _approver(args: argparse.Namespace) -> str:
+    import getpass
+    import os
+
+    return args.approver or os.environ.get("FLUID_APPROVER") or getpass.getuser()
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    _prefect()
+    from uuid import UUID
+
+    from flows import client
+
+    client.decide(UUID(args.run_id), "approve", _approver(args), args.comment or "")
+    print(f"approved run {args.run_id} as {_approver(args)}")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    _prefect()
+    from uuid import UUID
+
+    from flows import client
+
+    client.decide(UUID(args.run_id), "reject", _approver(args), args.comment)
+    print(f"rejected run {args.run_id} as {_approver(args)}: {args.comment}")
+    return 0
+
+
+def cmd_server_start(args: argparse.Namespace) -> int:
+    from infra import control_plane
+
+    cp = control_plane.ensure_running(progress=_log)
+    print(f"Prefect UI: {cp.ui_url} (password: the string in {_auth_path()})")
+    return 0
+
+
+def _auth_path() -> Path:
+    from infra.settings import get_settings
+
+    return get_settings().prefect_dir / "auth-string"
+
+
+def cmd_server_stop(args: argparse.Namespace) -> int:
+    from infra import control_plane
+
+    control_plane.stop(progress=_log)
+    return 0
+
+
+def cmd_server_status(args: argparse.Namespace) -> int:
+    from infra import control_plane
+
+    st = control_plane.status()
+    _emit(args, st, lambda: print("\n".join(f"{k}: {v}" for k, v in st.items())))
+    return 0
+
+
+def cmd_janitor(args: argparse.Namespace) -> int:
+    _prefect()
+    from flows.janitor import janitor
+
+    report = janitor(grace_s=args.grace)
+    _emit(
+        args,
+        report,
+        lambda: print(
+            "\n".join(f"reaped {r.sandbox_id}: {r.reason}" for r in report.reaped)
+            or "nothing to reap"
+        ),
+    )
+    return 1 if report.errors else 0
 
 
 # --- parser ------------------------------------------------------------------------------
@@ -341,6 +635,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="checkpoint to fork from")
     sp.add_argument("--name", dest="new_name", default=None, help="the new sandbox's name")
 
+    production = top.add_parser(
+        "production", help="the persistent production VM changes are applied to"
+    ).add_subparsers(dest="cmd", required=True)
+    sp = sub(
+        production,
+        "create",
+        cmd_production_create,
+        "create a production VM (a full copy of an image) and save its Prefect block",
+    )
+    sp.add_argument("name")
+    sp.add_argument("--image", default=None)
+    sp.add_argument(
+        "--no-block",
+        action="store_true",
+        help="do not save the ProductionTarget block (later: fluid production save-block NAME)",
+    )
+    sp = sub(production, "exec", cmd_production_exec, "run a command as root", json_flag=False)
+    sp.add_argument("name")
+    sp.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    sp.add_argument("command", nargs=argparse.REMAINDER)
+    sub(production, "list", cmd_production_list, "list production VMs and orphans")
+    for name, fn, help in (
+        ("save-block", cmd_production_save_block, "save (again) its ProductionTarget block"),
+        ("start", cmd_production_start, "start a stopped production VM, wait for SSH"),
+        ("stop", cmd_production_stop, "power a production VM off"),
+        ("destroy", cmd_production_destroy, "destroy a production VM and its disk"),
+    ):
+        sub(production, name, fn, help).add_argument("name")
+
     sp = sub(top, "diff", cmd_diff, "what changed in a sandbox between two checkpoints")
     sp.add_argument("sandbox")
     sp.add_argument("--from", dest="from_cp", required=True, help="checkpoint name")
@@ -354,6 +677,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub(top, "verify", cmd_verify, "replay a playbook on a fresh sandbox and compare")
     sp.add_argument("dir")
     sp.add_argument("--image", default=None, help="image name (default: the one recorded)")
+
+    sp = sub(top, "run", cmd_run, "run an agent task as a Prefect flow run", json_flag=False)
+    sp.add_argument("task", help="what the agent should do, in words")
+    sp.add_argument("--steps", help="YAML file of the scripted agent's steps")
+    sp.add_argument("--production", required=True, help="ProductionTarget block name")
+    sp.add_argument("--image", default=None)
+    sp.add_argument("--timeout", type=int, default=None, help="approval timeout in seconds")
+    sp.add_argument(
+        "--auto-approve",
+        action="store_true",
+        help="apply without a human (also FLUID_AUTO_APPROVE=1); stored as automatic",
+    )
+    for name, fn, help in (
+        ("approve", cmd_approve, "approve a run waiting for approval"),
+        ("reject", cmd_reject, "reject a run; the agent gets the comment"),
+    ):
+        sp = sub(top, name, fn, help, json_flag=False)
+        sp.add_argument("run_id")
+        sp.add_argument("--comment", required=name == "reject", default=None)
+        sp.add_argument("--approver", default=None, help="your name (default: login name)")
+    server = top.add_parser("server", help="the local Prefect server and worker").add_subparsers(
+        dest="cmd", required=True
+    )
+    sub(server, "start", cmd_server_start, "start server, worker and deployments", False)
+    sub(server, "stop", cmd_server_stop, "stop the local worker and server", False)
+    sub(server, "status", cmd_server_status, "is the local server up?")
+    sp = sub(top, "janitor", cmd_janitor, "reap expired and orphaned sandboxes now")
+    sp.add_argument("--grace", type=int, default=600, help="minimum age of orphans, seconds")
     return p
 
 

@@ -108,10 +108,12 @@ def restore(sandbox_id: str, name: str, settings: FluidSettings | None = None) -
         if dom is None:
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no VM")
         snap = _snapshot(dom, sandbox_id, name)
+        taken = _taken_at(sandbox_id, name, settings)
         dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
     finally:
         conn.close()
-    # The guest resumes with the clock it had at the checkpoint; it has no NTP.
+    # The guest resumes with the clock it had at the checkpoint (it has no NTP), so the
+    # certificate that sets the clock must already be valid back then.
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -120,6 +122,7 @@ def restore(sandbox_id: str, name: str, settings: FluidSettings | None = None) -
                 f"date -u -s @{time.time():.3f} >/dev/null",
                 timeout=20,
                 actor="fluid:restore",
+                valid_since=taken,
                 settings=settings,
             )
             return
@@ -127,6 +130,16 @@ def restore(sandbox_id: str, name: str, settings: FluidSettings | None = None) -
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def _taken_at(sandbox_id: str, name: str, settings: FluidSettings) -> datetime | None:
+    with store.session(settings) as s:
+        rec = s.exec(
+            select(CheckpointRecord).where(
+                CheckpointRecord.sandbox_id == sandbox_id, CheckpointRecord.name == name
+            )
+        ).first()
+    return rec.created_at if rec else None
 
 
 def delete(sandbox_id: str, name: str, settings: FluidSettings | None = None) -> None:

@@ -109,6 +109,16 @@ def render(spec: DomainSpec) -> str:
 </domain>"""
 
 
+def write_metadata(dom: libvirt.virDomain, meta: FluidMetadata) -> None:
+    """Replace fluid's metadata of a defined domain (persistent and, if running, live)."""
+    flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    if dom.isActive():
+        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+    dom.setMetadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT, _metadata_xml(meta), METADATA_KEY, METADATA_NS, flags
+    )
+
+
 def read_metadata(dom: libvirt.virDomain) -> FluidMetadata | None:
     """fluid's metadata of a domain, or None for a domain fluid did not make."""
     try:

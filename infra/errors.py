@@ -77,3 +77,27 @@ class CommandTimeout(FluidError):
 
 class CAKeyPermissions(FluidError):
     """The SSH CA private key file is accessible by group or others."""
+
+
+class ProductionNotFound(FluidError):
+    """No production VM by that name."""
+
+
+class ProductionExists(FluidError):
+    """A production VM by that name already exists."""
+
+
+class ProductionNotReady(FluidError):
+    """A production VM did not answer over SSH before its deadline."""
+
+
+class ProductionNotRunning(FluidError):
+    """The operation needs a running production VM."""
+
+
+class ProductionBlockError(FluidError):
+    """Saving a production VM's ProductionTarget Prefect block failed (the VM itself is fine)."""
+
+
+class DiskError(FluidError):
+    """Copying or preparing a VM's disk (or its kernel, initrd or seed) failed."""

@@ -57,3 +57,19 @@ def lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
         return conn.lookupByName(name)
     except libvirt.libvirtError:
         return None
+
+
+def remove_domain(conn: libvirt.virConnect, name: str) -> bool:
+    """Power off and undefine domain `name` with its snapshots' metadata; False if absent."""
+    dom = lookup(conn, name)
+    if dom is None:
+        return False
+    if dom.isActive():
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            # It may have stopped on its own between the check and the call.
+            if dom.isActive():
+                raise
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    return True

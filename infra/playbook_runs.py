@@ -27,6 +27,9 @@ class AnsibleHost(BaseModel):
     key_path: Path
     cert_path: Path | None = None
     known_hosts_path: Path | None = None
+    # Connect as `user`, then run tasks as `become_user` through sudo (ansible_become).
+    become: bool = False
+    become_user: str = "root"
 
 
 class PlaybookRun(BaseModel):
@@ -93,6 +96,8 @@ def inventory(hosts: list[AnsibleHost]) -> dict:
             "ansible_ssh_common_args": " ".join(ssh_args),
             "ansible_python_interpreter": "/usr/bin/python3",
         }
+        if h.become:
+            entries[h.name] |= {"ansible_become": True, "ansible_become_user": h.become_user}
     return {"all": {"hosts": entries}}
 
 

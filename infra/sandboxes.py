@@ -28,8 +28,9 @@ from infra.errors import (
     SandboxNotRunning,
     SSHError,
 )
-from infra.libvirt_host import connect, domain_type, lookup
+from infra.libvirt_host import connect, domain_type, lookup, remove_domain
 from infra.names import validate_name
+from infra.owners import Owner
 from infra.settings import FluidSettings, get_settings
 from infra.ssh_ca import CertificateAuthority
 from infra.store import CheckpointRecord, CommandRecord, SandboxRecord
@@ -159,23 +160,48 @@ def wait_ready(
     timeout: float | None = None,
 ) -> str:
     """Wait until SSH runs a command; return the host key learned from the console."""
+    return wait_for_ssh(
+        f"sandbox {rec.id}",
+        rec.id,
+        rec.ssh_port,
+        Path(rec.console_log),
+        dom,
+        settings,
+        timeout=timeout,
+    )
+
+
+def wait_for_ssh(
+    what: str,
+    instance_id: str,
+    port: int,
+    console: Path,
+    dom: libvirt.virDomain,
+    settings: FluidSettings,
+    *,
+    host_key: str | None = None,
+    timeout: float | None = None,
+    not_ready: type[FluidError] = SandboxNotReady,
+) -> str:
+    """Wait until any fluid VM's SSH on 127.0.0.1:`port` runs a command; return its host key.
+
+    `instance_id` is the guest's fluid.sandbox id (principal fluid-<id>); `what` names the VM
+    in errors. A known `host_key` is pinned instead of learned from the console, for guests
+    that print it only at their first boot (cloud-init).
+    """
     deadline = time.monotonic() + (timeout or settings.ready_timeout_s)
     ca = authority(settings)
-    console = Path(rec.console_log)
-    host_key = None
     while time.monotonic() < deadline:
         if not dom.isActive():
-            raise SandboxNotReady(
-                f"sandbox {rec.id} stopped while booting; console:\n{_console_tail(console)}"
-            )
+            raise not_ready(f"{what} stopped while booting; console:\n{_console_tail(console)}")
         host_key = host_key or _host_key_from_console(console)
         if host_key:
-            creds = ca.issue(principal(rec.id), timedelta(minutes=settings.cert_ttl_minutes))
-            if ssh.ping("127.0.0.1", rec.ssh_port, creds, host_key):
+            creds = ca.issue(principal(instance_id), timedelta(minutes=settings.cert_ttl_minutes))
+            if ssh.ping("127.0.0.1", port, creds, host_key):
                 return host_key
         time.sleep(0.5)
-    raise SandboxNotReady(
-        f"sandbox {rec.id} did not answer SSH on 127.0.0.1:{rec.ssh_port} within "
+    raise not_ready(
+        f"{what} did not answer SSH on 127.0.0.1:{port} within "
         f"{timeout or settings.ready_timeout_s:.0f} s (FLUID_READY_TIMEOUT_S); "
         f"console tail:\n{_console_tail(console)}"
     )
@@ -200,12 +226,14 @@ def create(
     ttl_minutes: int | None = None,
     base_disk: Path | None = None,
     parent: tuple[str, str] | None = None,
+    owner: Owner | None = None,
     progress: Progress | None = None,
     settings: FluidSettings | None = None,
 ) -> Sandbox:
     """Create a sandbox and wait until SSH answers; on any failure nothing is left behind.
 
-    `base_disk` replaces the fresh overlay with a prepared disk (used by fork).
+    `base_disk` replaces the fresh overlay with a prepared disk (used by fork); `owner` names
+    the flow run (and process) it works for, so the janitor can reap it when they are gone.
     """
     settings = settings or get_settings()
     say = progress or _say
@@ -244,6 +272,9 @@ def create(
             expires_at=now + timedelta(minutes=ttl_minutes or settings.sandbox_ttl_minutes),
             parent_id=parent[0] if parent else None,
             parent_checkpoint=parent[1] if parent else None,
+            owner_run=owner.run if owner else None,
+            owner_pid=owner.pid if owner else None,
+            owner_pid_start=owner.pid_start if owner else None,
         )
         try:
             _provision(conn, rec, manifest, ca, base_disk, settings, say)
@@ -285,7 +316,11 @@ def _provision(
             check=True,
             capture_output=True,
         )
-    seed = _seed_iso(rec, ca, settings) if manifest.cloud_init else None
+    seed = (
+        _seed_iso(rec.id, ca, settings.disks_dir / f"{rec.id}.seed.iso")
+        if manifest.cloud_init
+        else None
+    )
     with ports.allocation_lock(settings.storage_dir):
         rec.ssh_port = ports.pick(settings.port_range, _reserved_ports(conn, settings))
         with store.session(settings) as s:
@@ -327,8 +362,8 @@ def _provision(
     say(f"sandbox {rec.id}: ready in {time.monotonic() - start:.1f} s")
 
 
-def _seed_iso(rec: SandboxRecord, ca: CertificateAuthority, settings: FluidSettings) -> Path:
-    """A cloud-init NoCloud seed that makes an imported image trust fluid's CA."""
+def _seed_iso(instance_id: str, ca: CertificateAuthority, iso: Path) -> Path:
+    """A cloud-init NoCloud seed at `iso` that makes an imported image trust fluid's CA."""
     import tempfile
 
     user_data = f"""#cloud-config
@@ -340,7 +375,7 @@ write_files:
   - path: /etc/ssh/fluid_user_ca.pub
     content: "{ca.public_key_line()}"
   - path: /etc/ssh/fluid_principals
-    content: "{principal(rec.id)}"
+    content: "{principal(instance_id)}"
   - path: /etc/ssh/sshd_config.d/10-fluid.conf
     content: |
       PermitRootLogin prohibit-password
@@ -352,8 +387,7 @@ runcmd:
   - [passwd, -l, root]
   - [sh, -c, "systemctl restart ssh || systemctl restart sshd"]
 """
-    meta_data = f"instance-id: {rec.id}\nlocal-hostname: {rec.id}\n"
-    iso = settings.disks_dir / f"{rec.id}.seed.iso"
+    meta_data = f"instance-id: {instance_id}\nlocal-hostname: {instance_id}\n"
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "user-data").write_text(user_data)
         Path(tmp, "meta-data").write_text(meta_data)
@@ -378,17 +412,7 @@ runcmd:
 
 def _teardown(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> bool:
     """Remove every trace of a sandbox; True when anything existed."""
-    found = False
-    dom = lookup(conn, domain_name(sandbox_id))
-    if dom is not None:
-        found = True
-        if dom.isActive():
-            try:
-                dom.destroy()
-            except libvirt.libvirtError:
-                if dom.isActive():
-                    raise
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    found = remove_domain(conn, domain_name(sandbox_id))
     for path in (
         settings.disks_dir / f"{sandbox_id}.qcow2",
         settings.disks_dir / f"{sandbox_id}.seed.iso",
@@ -417,6 +441,41 @@ def destroy(sandbox_id: str, settings: FluidSettings | None = None) -> None:
     try:
         if not _teardown(conn, sandbox_id, settings):
             raise SandboxNotFound(f"no sandbox {sandbox_id!r} to destroy (nothing left of it)")
+    finally:
+        conn.close()
+
+
+def set_owner(sandbox_id: str, owner: Owner, settings: FluidSettings | None = None) -> None:
+    """Record which run and process own a sandbox now (a resumed run is a new process)."""
+    settings = settings or get_settings()
+    with store.session(settings) as s:
+        rec = s.get(SandboxRecord, sandbox_id)
+        if rec is None:
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
+        rec.owner_run, rec.owner_pid, rec.owner_pid_start = owner.run, owner.pid, owner.pid_start
+        s.add(rec)
+
+
+def extend(sandbox_id: str, until: datetime, settings: FluidSettings | None = None) -> Sandbox:
+    """Move a sandbox's expiry to `until` if that is later (record and domain metadata)."""
+    settings = settings or get_settings()
+    with store.session(settings) as s:
+        rec = s.get(SandboxRecord, sandbox_id)
+        if rec is None:
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
+        current = rec.expires_at if rec.expires_at.tzinfo else rec.expires_at.replace(tzinfo=UTC)
+        if until > current:
+            rec.expires_at = until
+            s.add(rec)
+    conn = connect(settings)
+    try:
+        dom = lookup(conn, rec.domain_name)
+        if dom is not None:
+            meta = domains.read_metadata(dom)
+            if meta is not None:
+                meta.expires_at = rec.expires_at
+                domains.write_metadata(dom, meta)
+        return _view(rec, dom)
     finally:
         conn.close()
 
@@ -492,14 +551,24 @@ def stop(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
         conn.close()
 
 
-def guest(sandbox_id: str, settings: FluidSettings | None = None) -> ssh.GuestConnection:
-    """An SSH connection to a running sandbox with a fresh short-lived certificate."""
+def guest(
+    sandbox_id: str,
+    settings: FluidSettings | None = None,
+    *,
+    valid_since: datetime | None = None,
+) -> ssh.GuestConnection:
+    """An SSH connection to a running sandbox with a fresh short-lived certificate.
+
+    `valid_since` backdates the certificate for a guest whose clock is behind (see ssh_ca).
+    """
     settings = settings or get_settings()
     rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
     if not rec.host_key:
         raise SandboxNotRunning(f"sandbox {sandbox_id} never finished booting")
     creds = authority(settings).issue(
-        principal(rec.id), timedelta(minutes=settings.cert_ttl_minutes)
+        principal(rec.id),
+        timedelta(minutes=settings.cert_ttl_minutes),
+        valid_since=valid_since,
     )
     try:
         return ssh.GuestConnection("127.0.0.1", rec.ssh_port, creds, rec.host_key)
@@ -522,11 +591,12 @@ def run(
     timeout: float = 300.0,
     output_cap: int = 30_000,
     actor: str | None = None,
+    valid_since: datetime | None = None,
     settings: FluidSettings | None = None,
 ) -> ssh.CommandResult:
     """Run a shell command in the sandbox as root and record it; CommandTimeout past `timeout`."""
     settings = settings or get_settings()
-    with guest(sandbox_id, settings) as g:
+    with guest(sandbox_id, settings, valid_since=valid_since) as g:
         try:
             result = g.run(command, timeout=timeout, output_cap=output_cap)
         except CommandTimeout as e:

@@ -40,6 +40,10 @@ class FluidSettings(BaseSettings):
     port_range: tuple[int, int] = (22200, 22999)
     mirror: str = "http://deb.debian.org/debian"
     suite: str = "bookworm"
+    prefect_port: int = Field(
+        default=4200, description="Port of the local Prefect server fluid starts on 127.0.0.1."
+    )
+    work_pool: str = Field(default="fluid", description="The process work pool fluid deploys to.")
 
     @property
     def db_url(self) -> str:
@@ -64,6 +68,16 @@ class FluidSettings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.storage_dir / "cache"
+
+    @property
+    def prefect_dir(self) -> Path:
+        """The local Prefect server's home: its database, results, logs and auth string."""
+        return self.home / "prefect"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Playbooks and reports of agent-task runs, one folder per flow run."""
+        return self.home / "runs"
 
 
 @lru_cache

@@ -106,11 +106,13 @@ class CertificateAuthority:
         *,
         key_id: str | None = None,
         now: datetime | None = None,
+        valid_since: datetime | None = None,
     ) -> SessionCredentials:
         """Issue a fresh key pair and a user certificate for principal, valid for ttl.
 
         `now` (naive values are taken as UTC) lets callers issue certificates for another moment,
-        e.g. an already expired one in tests.
+        e.g. an already expired one in tests. `valid_since` backdates the start of validity, for
+        a guest whose clock is behind: one just reverted to an older checkpoint.
         """
         if not isinstance(ttl, timedelta) or not MIN_TTL <= ttl <= MAX_TTL:
             raise InvalidCertificateTTL(
@@ -126,7 +128,11 @@ class CertificateAuthority:
         elif now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
         # Certificates carry whole seconds; keep the model's timestamps equal to the signed ones.
-        valid_after = int((now - CLOCK_SKEW).timestamp())
+        start = now
+        if valid_since is not None:
+            since = valid_since if valid_since.tzinfo else valid_since.replace(tzinfo=UTC)
+            start = min(now, since)
+        valid_after = int((start - CLOCK_SKEW).timestamp())
         valid_before = int((now + ttl).timestamp())
         serial = secrets.randbits(64)
         if key_id is None:

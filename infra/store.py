@@ -40,6 +40,11 @@ class SandboxRecord(SQLModel, table=True):
     expires_at: datetime
     parent_id: str | None = None
     parent_checkpoint: str | None = None
+    # The flow run and process that own the sandbox, so the janitor can tell a live owner
+    # from a dead one. No process while a run waits (suspended) for an approval.
+    owner_run: str | None = Field(default=None, index=True)
+    owner_pid: int | None = None
+    owner_pid_start: int | None = None
 
 
 class CheckpointRecord(SQLModel, table=True):
@@ -71,6 +76,72 @@ class CommandRecord(SQLModel, table=True):
     actor: str = "user"
 
 
+class AgentRunRecord(SQLModel, table=True):
+    """One agent-task flow run: what was asked, where it stands, how it ended."""
+
+    __tablename__ = "agent_runs"
+
+    flow_run_id: str = Field(primary_key=True)
+    task: str
+    production: str
+    sandbox_id: str | None = None
+    status: str = "running"
+    attempts: int = 0
+    digest: str | None = None
+    message: str = ""
+    started_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DecisionRecord(SQLModel, table=True):
+    """A reviewer's (or the automatic) decision on one proposed playbook."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (UniqueConstraint("flow_run_id", "attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    flow_run_id: str = Field(index=True)
+    attempt: int
+    outcome: str  # approved | rejected | timed-out | refused
+    approver: str | None = None
+    automatic: bool = False
+    comment: str = ""
+    digest: str | None = None
+    decided_at: datetime = Field(default_factory=utcnow)
+
+
+class ApplyRecord(SQLModel, table=True):
+    """The result of applying an approved playbook to one production host."""
+
+    __tablename__ = "applies"
+
+    id: int | None = Field(default=None, primary_key=True)
+    flow_run_id: str = Field(index=True)
+    host: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    digest: str
+    applied_at: datetime = Field(default_factory=utcnow)
+
+
+class ProductionRecord(SQLModel, table=True):
+    """One persistent "production" VM (a full copy of a golden image) and how to reach it."""
+
+    __tablename__ = "production_vms"
+
+    name: str = Field(primary_key=True)
+    domain_name: str = Field(index=True)
+    image: str
+    image_version: str
+    ssh_port: int
+    host_key: str | None = None
+    disk_path: str
+    console_log: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL + a busy timeout: the CLI, flows and tests write concurrently.
     cur = dbapi_conn.cursor()
@@ -90,7 +161,22 @@ def _engine_for(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     SQLModel.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add columns newer fluid versions introduced (all nullable) to an existing database."""
+    from sqlalchemy import inspect, text
+
+    insp = inspect(engine)
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have and col.nullable:
+                    ddl = col.type.compile(engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
 
 
 def engine(settings: FluidSettings | None = None) -> Engine:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from infra import sandboxes
+from infra.owners import Owner
 from infra.playbook_runs import PlaybookRun, run_playbook, sandbox_host
 from infra.settings import FluidSettings, get_settings
 from infra.state import capture as captures
@@ -53,6 +54,7 @@ def verify(
     *,
     image: str | None = None,
     settings: FluidSettings | None = None,
+    owner: Owner | None = None,
     progress=None,
 ) -> VerificationReport:
     """Replay `playbook_dir` on a fresh sandbox and compare with its changeset.json."""
@@ -83,7 +85,7 @@ def verify(
         timed(
             "create",
             lambda: sandboxes.create(
-                sid, image=name, image_version=version or None, settings=settings
+                sid, image=name, image_version=version or None, owner=owner, settings=settings
             ),
         )
         before = timed("capture before", lambda: captures.capture(sid, settings=settings))

@@ -1,29 +1,31 @@
 #!/usr/bin/env bash
-# A tour of a sandbox: create, run as root, checkpoint, break, restore, fork, destroy.
+# make demo: the whole product on this machine. An agent installs nginx and a hello page in a
+# sandbox; fluid turns the change into a playbook, proves it on a fresh clone, waits for your
+# approval in the Prefect UI (or `fluid approve`), applies it to the production VM `demo` and
+# prints the page production now serves. FLUID_AUTO_APPROVE=1 approves without you.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fluid=.venv/bin/fluid
-id="demo-$(date +%s)"
-cleanup() { $fluid sandbox destroy "$id-fork" >/dev/null 2>&1 || true
-            $fluid sandbox destroy "$id" >/dev/null 2>&1 || true; }
-trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
 
-step "create sandbox $id (a linked clone of the golden image)"
-$fluid sandbox create --name "$id"
-step "run commands in it as root, over SSH with a 5-minute certificate"
-$fluid sandbox exec "$id" -- 'echo "Hello from fluid" > /root/hello; uname -sr; id -un'
-step "checkpoint it, then break something"
-$fluid sandbox checkpoint "$id" clean
-$fluid sandbox exec "$id" -- 'rm -f /usr/bin/apt-get /root/hello; ls /usr/bin/apt-get || true'
-step "restore the checkpoint: the damage is gone"
-$fluid sandbox restore "$id" clean
-$fluid sandbox exec "$id" -- 'ls -l /usr/bin/apt-get; cat /root/hello'
-step "fork a second sandbox from the checkpoint"
-$fluid sandbox fork "$id" clean --name "$id-fork"
-$fluid sandbox exec "$id-fork" -- 'cat /root/hello; hostname'
-$fluid sandbox list
-step "destroy both: nothing is left behind"
-$fluid sandbox destroy "$id-fork"
-$fluid sandbox destroy "$id"
-$fluid sandbox list
+step "local Prefect server, worker and deployments"
+$fluid server start
+
+step "production VM 'demo' (a full copy of the golden image; it stays after the demo)"
+$fluid production start demo 2>/dev/null || $fluid production create demo
+
+step "agent task: install nginx and serve a hello page"
+set +e
+$fluid run "install nginx and serve a hello page" --steps examples/hello-nginx.yaml --production demo
+code=$?
+set -e
+if [ "$code" -ne 0 ]; then
+  echo "the run was not applied (exit $code); production is unchanged"
+  exit "$code"
+fi
+
+step "the page production serves now"
+$fluid production exec demo -- python3 -c \
+  'import urllib.request; print(urllib.request.urlopen("http://localhost/").read().decode())'
+echo "production VM 'demo' stays: fluid production exec demo -- ... ; fluid production destroy demo"
+echo "Prefect UI: $($fluid server status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ui_url"])')"

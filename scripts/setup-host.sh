@@ -8,6 +8,7 @@ packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   libvirt-dev pkg-config gcc python3-dev python3-venv debootstrap openssh-client openssh-server
   nftables genisoimage tmux make curl fdisk
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -78,18 +78,25 @@ def verify_playbook(
     report = verify(Path(playbook_dir), image=image, settings=settings, progress=logger.info)
     logger.info(report.summary())
     if artifact_key:
-        lines = [
-            f"# Verification: {report.summary()}",
-            "",
-            "| step | seconds |",
-            "|---|---|",
-            *(f"| {k} | {v:.1f} |" for k, v in report.timings.items()),
-        ]
-        if report.residual:
-            lines += ["", markdown(ChangeSet(changes=report.residual))]
         create_markdown_artifact(
-            markdown="\n".join(lines),
+            markdown=verification_markdown(report),
             key=artifact_key,
             description="Replay of the playbook on a fresh sandbox",
         )
     return report
+
+
+def verification_markdown(report: VerificationReport) -> str:
+    """A replay's verdict, its step timings and any residual difference, as Markdown."""
+    lines = [
+        f"# Verification: {report.summary()}",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *(f"| {k} | {v:.1f} |" for k, v in report.timings.items()),
+    ]
+    if report.residual:
+        lines += ["", "Residual difference:", "", markdown(ChangeSet(changes=report.residual))]
+    if report.error:
+        lines += ["", "```", report.error[-3000:], "```"]
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import contextlib
 
-from infra import images, sandboxes, store  # noqa: E402
+from infra import control_plane, images, sandboxes, store  # noqa: E402
 from infra.libvirt_host import connect, lookup  # noqa: E402
 from infra.settings import FluidSettings, get_settings  # noqa: E402
 
@@ -30,8 +30,41 @@ def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test session gets its own database and CA; images are shared with the host."""
     home = tmp_path_factory.mktemp("fluid-home")
     os.environ["FLUID_HOME"] = str(home)
+    # The session's own Prefect server, so a developer's server on 4200 is never touched.
+    os.environ["FLUID_PREFECT_PORT"] = str(free_port())
+    os.environ.pop("PREFECT_API_URL", None)
     get_settings.cache_clear()
     return home
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(fluid_home: Path) -> Iterator[control_plane.ControlPlane]:
+    """fluid's real control plane for the session: Prefect server (with its auth string), the
+    work pool, fluid's deployments and a process worker, as `fluid run` starts them."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    settings = FluidSettings()
+    cp = control_plane.ensure_running(settings)
+    os.environ.update(cp.client_env())  # for the CLIs the tests start
+    try:
+        with temporary_settings(
+            {
+                PREFECT_API_URL: cp.api_url,
+                PREFECT_API_AUTH_STRING: cp.auth_string.get_secret_value(),
+            }
+        ):
+            yield cp
+    finally:
+        control_plane.stop(settings)
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +133,16 @@ def two_sandboxes(
             for name in names.values():
                 with contextlib.suppress(Exception):
                     sandboxes.destroy(name, settings)
+
+
+@pytest.fixture(scope="session")
+def production_vm(
+    prefect_stack: control_plane.ControlPlane, golden_image: images.ImageManifest
+) -> Iterator[dict]:
+    """One production VM for the session, made by `fluid production create NAME --json` (which
+    also saves its ProductionTarget block). tests/test_production.py destroys it at its end."""
+    name = "t-prod"
+    try:
+        yield fluid_json("production", "create", name)
+    finally:
+        fluid("production", "destroy", name, check=False)

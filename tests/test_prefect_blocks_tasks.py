@@ -11,15 +11,12 @@ os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 import contextlib  # noqa: E402
 import subprocess  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
-from prefect.settings import PREFECT_API_URL  # noqa: E402
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks import GoldenImage, LibvirtHost, SSHAuthority  # noqa: E402
 from infra import sandboxes  # noqa: E402
@@ -36,14 +33,13 @@ from tasks.sandbox import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parent.parent
-BLOCK_SLUGS = ("libvirt-host", "golden-image", "ssh-authority")
+BLOCK_SLUGS = ("libvirt-host", "golden-image", "ssh-authority", "production-target")
 
 
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    """One Prefect server (temporary SQLite) for the whole session; returns its API URL."""
-    with prefect_test_harness(server_startup_timeout=60):
-        yield PREFECT_API_URL.value()
+@pytest.fixture(scope="module")
+def prefect_api(prefect_stack) -> str:
+    """The session's real Prefect server (with its auth string); returns its API URL."""
+    return prefect_stack.api_url
 
 
 def _prefect_cli(api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,7 +68,7 @@ def test_blocks_register_and_the_ca_key_loads_back_masked(prefect_api: str, tmp_
 
     registered = _prefect_cli(prefect_api, "block", "register", "-m", "blocks")
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    assert "Successfully registered 3 blocks" in registered.stdout
+    assert "Successfully registered 4 blocks" in registered.stdout
 
     listed = _prefect_cli(prefect_api, "block", "type", "ls")
     assert listed.returncode == 0, listed.stdout + listed.stderr

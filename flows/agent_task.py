@@ -1,0 +1,284 @@
+"""The agent-task flow: sandbox → agent → proven playbook → human approval → production.
+
+One flow run is one agent task. The agent works in a fresh sandbox; its change is captured,
+exported as a playbook, proven by replay on another fresh sandbox and previewed against
+production in check mode. Then the run waits for a typed approval in the Prefect UI (or
+`fluid approve`): approve applies exactly the approved playbook; reject hands the comment to
+the agent and starts again from the "before" checkpoint; no answer in time applies nothing.
+
+Run from a deployment, the wait is a suspension: no process is held, and on resume the flow
+function runs again from the top while every task before the approval comes back from the
+cache. Called directly from Python, it pauses in process instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger
+from prefect.exceptions import FlowPauseTimeout, Pause
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.input import RunInput
+from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled, Completed, Failed, State
+from pydantic import BaseModel, Field
+
+from blocks.production_target import ProductionTarget
+from infra import agents, runs, sandboxes
+from infra.errors import ProductionBlockError, SandboxNotFound
+from infra.owners import Owner
+from infra.settings import get_settings
+from tasks.agent_task import (
+    PlaybookChanged,
+    Proposal,
+    apply_to_production,
+    diff_attempt,
+    export_attempt,
+    extend_for_approval,
+    prepare_sandbox,
+    preview_on_production,
+    prove_playbook,
+    run_agent,
+)
+from tasks.sandbox import destroy_sandbox
+
+AUTOMATIC_APPROVER = "fluid (automatic)"
+
+
+class Approval(RunInput):
+    """The reviewer's decision on the proposed playbook."""
+
+    # Rejecting is the default: a resume without a decision must never apply anything.
+    decision: Literal["approve", "reject"] = Field(
+        default="reject", description="approve applies the playbook to production"
+    )
+    approver: str = Field(min_length=1, description="Your name, stored with the decision")
+    comment: str = Field(
+        default="", description="Why; on reject the agent gets it as feedback for its next try"
+    )
+
+
+class AgentTaskResult(BaseModel):
+    """How an agent task ended."""
+
+    flow_run_id: str
+    outcome: Literal["applied", "rejected", "timed-out", "no-change", "apply-failed"]
+    attempts: int
+    production: str
+    digest: str | None = None
+    approver: str | None = None
+    hosts: dict[str, dict[str, int]] = {}
+
+
+def _review_description(task: str, proposal: Proposal, production: str, max_attempts: int) -> str:
+    return "\n".join(
+        [
+            f"## Approve this change to **{production}**?",
+            "",
+            f"Task: {task}",
+            "",
+            f"Attempt {proposal.attempt} of {max_attempts}. Replay on a fresh sandbox: "
+            f"{proposal.verification}",
+            "",
+            f"Playbook digest: `{proposal.digest}`",
+            "",
+            proposal.summary,
+            "",
+            "The full diff, the playbook and the check-mode preview are in this run's "
+            "Artifacts. Approve applies exactly this playbook; reject sends your comment "
+            "to the agent, which tries again from a clean sandbox.",
+        ]
+    )
+
+
+def _summary(proposal_changes: list[str]) -> str:
+    shown = proposal_changes[:30]
+    more = len(proposal_changes) - len(shown)
+    return "\n".join(f"- {c}" for c in shown) + (f"\n- … and {more} more" if more > 0 else "")
+
+
+def _ask(description: str, timeout_s: int, suspend: bool) -> Approval:
+    form = Approval.with_initial_data(description=description)
+    if suspend:
+        return suspend_flow_run(wait_for_input=form, timeout=timeout_s)
+    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=2)
+
+
+@flow(name="agent-task", persist_result=True)
+def agent_task(
+    task: str,
+    production: str,
+    agent: agents.AgentSpec,
+    image: str = "debian-12",
+    approval_timeout_s: Annotated[int, Field(ge=10)] = 3600,
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3,
+    auto_approve: bool = False,
+    sandbox_ttl_minutes: Annotated[int, Field(ge=10)] = 120,
+) -> State:
+    """Do `task` in a sandbox with `agent`; apply the proven change to `production` once approved.
+
+    `auto_approve` skips the human (the approval is stored as automatic). Ends Completed when
+    applied (or nothing changed), Cancelled when rejected or not approved in time, Failed
+    otherwise. The sandbox is destroyed however the run ends.
+    """
+    logger = get_run_logger()
+    run_id = str(flow_run.get_id())
+    # A deployment's run can suspend (no process held while waiting); a direct call pauses.
+    suspend = deployment.id is not None
+    runs.start(run_id, task, production)
+    # Fail on a bad production name or agent spec before any VM exists.
+    _load_target(production)
+    agents.build(agent)
+
+    box = prepare_sandbox(run_id, image, sandbox_ttl_minutes)
+    sandboxes.set_owner(box.id, Owner.this_process(run_id))
+    runs.update(run_id, sandbox_id=box.id)
+    suspended = False
+    try:
+        feedback: str | None = None
+        for attempt in range(1, max_attempts + 1):
+            runs.update(run_id, status="working", attempts=attempt)
+            run_agent(run_id, box.id, task, agent, attempt, feedback)
+            changeset = diff_attempt(run_id, box.id, attempt)
+            if changeset.empty:
+                runs.finish(run_id, "no-change", "the agent changed nothing")
+                logger.info("the agent changed nothing: there is nothing to approve")
+                return Completed(
+                    message="no change",
+                    data=AgentTaskResult(
+                        flow_run_id=run_id,
+                        outcome="no-change",
+                        attempts=attempt,
+                        production=production,
+                    ),
+                )
+            playbook = export_attempt(run_id, changeset, attempt)
+            report = prove_playbook(run_id, playbook, attempt)
+            if not report.passed:
+                runs.finish(run_id, "failed", f"replay failed: {report.summary()}")
+                return Failed(
+                    message=f"the playbook did not reproduce the change on a fresh sandbox: "
+                    f"{report.summary()}; nothing was applied"
+                )
+            preview_on_production(run_id, playbook, production, attempt)
+            proposal = Proposal(
+                attempt=attempt,
+                playbook_dir=str(playbook),
+                digest=(playbook / "DIGEST").read_text().strip(),
+                changes=len(changeset.changes),
+                summary=_summary(
+                    [
+                        f"{c.action} {c.kind} `{c.key}`"
+                        + (f" ({'; '.join(c.details)})" if c.details else "")
+                        for c in changeset.changes
+                    ]
+                ),
+                verification=report.summary(),
+                verified=report.passed,
+            )
+            runs.update(run_id, status="awaiting-approval", digest=proposal.digest)
+
+            if auto_approve:
+                decision = Approval(
+                    decision="approve", approver=AUTOMATIC_APPROVER, comment="auto-approve"
+                )
+            else:
+                extend_for_approval(box.id, approval_timeout_s)
+                logger.info(
+                    "waiting up to %d s for approval of digest %s (attempt %d)",
+                    approval_timeout_s,
+                    proposal.digest,
+                    attempt,
+                )
+                if suspend:
+                    # Nothing runs while suspended: the janitor must not think we crashed.
+                    sandboxes.set_owner(box.id, Owner(run=run_id))
+                try:
+                    decision = _ask(
+                        _review_description(task, proposal, production, max_attempts),
+                        approval_timeout_s,
+                        suspend,
+                    )
+                except FlowPauseTimeout:
+                    runs.decide(run_id, attempt, "timed-out", digest=proposal.digest)
+                    runs.finish(run_id, "timed-out", "no approval in time; nothing applied")
+                    return Cancelled(message="no approval in time: nothing was applied")
+                sandboxes.set_owner(box.id, Owner.this_process(run_id))
+
+            outcome = "approved" if decision.decision == "approve" else "rejected"
+            runs.decide(
+                run_id,
+                attempt,
+                outcome,
+                approver=decision.approver,
+                automatic=auto_approve,
+                comment=decision.comment,
+                digest=proposal.digest,
+            )
+            logger.info(
+                "%s by %s%s",
+                outcome,
+                decision.approver,
+                f": {decision.comment}" if decision.comment else "",
+            )
+            if decision.decision == "reject":
+                feedback = decision.comment or "rejected without a comment"
+                continue
+
+            try:
+                applied = apply_to_production(run_id, playbook, proposal.digest, production)
+            except PlaybookChanged as e:
+                runs.decide(run_id, attempt, "refused", digest=proposal.digest, comment=str(e))
+                runs.finish(run_id, "refused", str(e))
+                return Failed(message=str(e))
+            runs.record_apply(run_id, applied, proposal.digest)
+            result = AgentTaskResult(
+                flow_run_id=run_id,
+                outcome="applied" if applied.succeeded else "apply-failed",
+                attempts=attempt,
+                production=production,
+                digest=proposal.digest,
+                approver=decision.approver,
+                hosts={
+                    h: {"ok": applied.ok.get(h, 0), "changed": applied.changed.get(h, 0)}
+                    for h in set(applied.ok) | set(applied.changed)
+                },
+            )
+            if not applied.succeeded:
+                runs.finish(run_id, "apply-failed", applied.output_tail[-500:])
+                return Failed(message=f"applying to {production} failed", data=result)
+            runs.finish(run_id, "applied", f"approved by {decision.approver}")
+            return Completed(message=f"applied to {production}", data=result)
+
+        runs.finish(run_id, "rejected", f"rejected {max_attempts} time(s)")
+        return Cancelled(message=f"rejected {max_attempts} time(s): nothing was applied")
+    except Pause:
+        suspended = True
+        raise
+    except BaseException as e:
+        runs.finish(run_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if not suspended:
+            _destroy(box.id)
+
+
+def _load_target(production: str) -> ProductionTarget:
+    try:
+        return ProductionTarget.load(production)
+    except ValueError as e:
+        raise ProductionBlockError(
+            f"no ProductionTarget block named {production!r}: create one with `fluid production "
+            f"create {production}` (a VM) or save a ProductionTarget for your hosts ({e})"
+        ) from e
+
+
+def _destroy(sandbox_id: str) -> None:
+    """Destroy the sandbox as a task; directly when the run is going down too fast for one."""
+    try:
+        destroy_sandbox(sandbox_id)
+    except BaseException:
+        with contextlib.suppress(SandboxNotFound):
+            sandboxes.destroy(sandbox_id, get_settings())
+        raise

@@ -1,0 +1,102 @@
+"""The janitor flow: reap sandboxes past their TTL, of ended or dead runs, and orphans.
+
+Deployed to run every 10 minutes. A run suspended for approval that times out runs no code
+of its own, so this is also where such a run's sandbox goes and its timeout is recorded.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
+
+from infra import janitor as sweeper
+from infra import runs
+from infra.janitor import JanitorReport, RunPhase
+from infra.settings import get_settings
+
+PAUSE_EXPIRED = "paused and never resumed"
+
+
+def _phase(client: SyncPrefectClient, run_id: str) -> RunPhase:
+    try:
+        fr = client.read_flow_run(UUID(run_id))
+    except ObjectNotFound:
+        return "missing"
+    state = fr.state
+    if state is None:
+        return "active"
+    if state.is_final():
+        return "ended"
+    if state.is_paused():
+        return "waiting"
+    return "active"
+
+
+def _settle_records(client: SyncPrefectClient) -> list[str]:
+    """Give ended runs whose record is still open their final status (e.g. a timeout)."""
+    from sqlmodel import select
+
+    from infra import store
+    from infra.store import AgentRunRecord
+
+    settled = []
+    with store.session(get_settings()) as s:
+        open_runs = list(
+            s.exec(select(AgentRunRecord).where(AgentRunRecord.status.not_in(runs.FINAL)))
+        )
+    for rec in open_runs:
+        try:
+            fr = client.read_flow_run(UUID(rec.flow_run_id))
+        except ObjectNotFound:
+            runs.finish(rec.flow_run_id, "failed", "its flow run no longer exists")
+            continue
+        if fr.state is None or not fr.state.is_final():
+            continue
+        message = fr.state.message or ""
+        if rec.status == "awaiting-approval" and PAUSE_EXPIRED in message:
+            runs.decide(rec.flow_run_id, rec.attempts, "timed-out", digest=rec.digest)
+            runs.finish(rec.flow_run_id, "timed-out", "no approval in time; nothing applied")
+        else:
+            runs.finish(rec.flow_run_id, "failed", f"{fr.state.name}: {message}")
+        settled.append(rec.flow_run_id)
+    return settled
+
+
+@flow(name="janitor")
+def janitor(grace_s: int = sweeper.DEFAULT_GRACE_S) -> JanitorReport:
+    """One sweep; orphans must be `grace_s` seconds old (a sandbox being made is not one)."""
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        report = sweeper.sweep(
+            lambda run_id: _phase(client, run_id), grace_s=grace_s, settings=get_settings()
+        )
+        for r in report.reaped:
+            logger.info("reaped sandbox %s: %s", r.sandbox_id, r.reason)
+            if r.owner_dead and r.owner_run:
+                # Its process is gone, so nothing else will ever end this run.
+                client.set_flow_run_state(
+                    UUID(r.owner_run),
+                    Crashed(
+                        message=f"its process died; the janitor removed sandbox {r.sandbox_id}"
+                    ),
+                    force=True,
+                )
+        for run_id in _settle_records(client):
+            logger.info("recorded the end of run %s", run_id)
+    for e in report.errors:
+        logger.error(e)
+    if report.reaped:
+        create_table_artifact(
+            table=[r.model_dump() for r in report.reaped],
+            key="janitor-reaped",
+            description="Sandboxes the janitor removed",
+        )
+    logger.info(
+        "%d reaped, %d kept, %d errors", len(report.reaped), len(report.kept), len(report.errors)
+    )
+    return report

@@ -1,0 +1,40 @@
+"""The agent interface: a task, a sandbox, the reviewer's feedback in; a report out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from infra.errors import FluidError
+from infra.settings import FluidSettings
+
+Progress = Callable[[str], None]
+
+
+class AgentFailed(FluidError):
+    """The agent could not finish its attempt (a step failed, a limit was reached)."""
+
+
+class AgentContext(BaseModel):
+    """What an agent is given for one attempt."""
+
+    task: str
+    sandbox_id: str
+    attempt: int = 1
+    # The reviewer's comment on the previous attempt's playbook, when it was rejected.
+    feedback: str | None = None
+
+
+class AgentReport(BaseModel):
+    """What an agent says it did."""
+
+    summary: str
+    actions: int
+
+
+class Agent(Protocol):
+    """Anything that can work on a task inside a sandbox."""
+
+    def work(self, ctx: AgentContext, *, say: Progress, settings: FluidSettings) -> AgentReport: ...

@@ -1,0 +1,124 @@
+"""Reaping what no one will remove: expired sandboxes, sandboxes of ended or dead runs, orphans.
+
+Touches only domains whose fluid metadata says kind=sandbox (never production VMs or
+anything fluid did not make). Whether a flow run has ended is asked through a callback, so
+this module needs no Prefect.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel
+from sqlmodel import select
+
+from infra import domains, sandboxes, store
+from infra.libvirt_host import connect
+from infra.owners import Owner
+from infra.settings import FluidSettings, get_settings
+from infra.store import SandboxRecord
+
+RunPhase = Literal["active", "waiting", "ended", "missing"]
+# Seconds an orphan must have existed before it is reaped: a sandbox being created has a
+# disk before its record and a record before its domain.
+DEFAULT_GRACE_S = 600
+
+
+class Reaped(BaseModel):
+    """One thing the janitor removed, and why."""
+
+    sandbox_id: str
+    reason: str
+    owner_run: str | None = None
+    owner_dead: bool = False
+
+
+class JanitorReport(BaseModel):
+    """What a sweep removed, what it kept and what went wrong."""
+
+    reaped: list[Reaped] = []
+    kept: list[str] = []
+    errors: list[str] = []
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def sweep(
+    run_phase: Callable[[str], RunPhase] | None = None,
+    *,
+    grace_s: float = DEFAULT_GRACE_S,
+    settings: FluidSettings | None = None,
+) -> JanitorReport:
+    """Remove every sandbox no one will come back for; `run_phase` tells a run's phase."""
+    settings = settings or get_settings()
+    now = datetime.now(UTC)
+    report = JanitorReport()
+    conn = connect(settings)
+    try:
+        with store.session(settings) as s:
+            records = list(s.exec(select(SandboxRecord)))
+        doms = {meta.id: dom for dom, meta in domains.fluid_domains(conn, "sandbox")}
+        metas = {meta.id: meta for _d, meta in domains.fluid_domains(conn, "sandbox")}
+
+        def reap(sid: str, reason: str, rec: SandboxRecord | None = None, dead=False) -> None:
+            try:
+                sandboxes._teardown(conn, sid, settings)
+                report.reaped.append(
+                    Reaped(
+                        sandbox_id=sid,
+                        reason=reason,
+                        owner_run=rec.owner_run if rec else None,
+                        owner_dead=dead,
+                    )
+                )
+            except Exception as e:  # one stuck sandbox must not stop the sweep
+                report.errors.append(f"{sid}: {type(e).__name__}: {e}")
+
+        for rec in records:
+            age = (now - _aware(rec.created_at)).total_seconds()
+            if _aware(rec.expires_at) < now:
+                reap(rec.id, f"past its TTL (expired {rec.expires_at:%Y-%m-%d %H:%M} UTC)", rec)
+                continue
+            if rec.owner_run and run_phase is not None:
+                try:
+                    phase = run_phase(rec.owner_run)
+                except Exception as e:
+                    report.errors.append(f"run {rec.owner_run}: {type(e).__name__}: {e}")
+                    phase = "active"
+                if phase in ("ended", "missing"):
+                    reap(rec.id, f"its flow run {rec.owner_run} has ended", rec)
+                    continue
+                owner = Owner(run=rec.owner_run, pid=rec.owner_pid, pid_start=rec.owner_pid_start)
+                if phase == "active" and owner.process_alive() is False:
+                    reap(
+                        rec.id,
+                        f"the process (pid {rec.owner_pid}) of its run {rec.owner_run} is gone",
+                        rec,
+                        dead=True,
+                    )
+                    continue
+            if rec.id not in doms and age > grace_s:
+                reap(rec.id, "a record without a VM", rec)
+                continue
+            report.kept.append(rec.id)
+
+        known = {r.id for r in records}
+        for sid, meta in metas.items():
+            if sid not in known and (now - _aware(meta.created_at)).total_seconds() > grace_s:
+                reap(sid, "a VM without a record")
+
+        if settings.disks_dir.is_dir():
+            for disk in settings.disks_dir.glob("*.qcow2"):
+                sid = disk.name.split(".")[0]
+                if sid in known or sid in doms:
+                    continue
+                if time.time() - disk.stat().st_mtime > grace_s:
+                    reap(sid, f"a disk without a record ({disk.name})")
+    finally:
+        conn.close()
+    return report

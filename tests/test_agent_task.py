@@ -1,0 +1,462 @@
+"""The agent-task flow end to end: a real Prefect server and worker, real VMs, real Ansible.
+
+Each test's agent writes under its own /srv/<tag>/ so the shared production VM shows exactly
+which runs reached it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.flow_runs import resume_flow_run
+from sqlmodel import select
+
+from infra import control_plane, runs, sandboxes, store
+from infra.settings import FluidSettings
+from tests.conftest import FLUID, fluid, leftovers
+
+T = TypeVar("T")
+RUN_ID_LINE = "run id: "
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 2.0) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def read_run(run_id: UUID | str) -> FlowRun:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(str(run_id)))
+
+
+def wait_waiting(run_id: UUID | str, attempt: int, timeout: float = 900) -> FlowRun:
+    """Wait until the run waits for a decision on `attempt`."""
+
+    def check() -> FlowRun | None:
+        fr = read_run(run_id)
+        assert fr.state is not None
+        if fr.state.is_final():
+            raise AssertionError(f"run ended {fr.state.name} ({fr.state.message}) while waited on")
+        rec = runs.get(str(run_id))
+        if fr.state.is_paused() and rec is not None and rec.attempts == attempt:
+            return fr
+        return None
+
+    return wait_for(check, timeout, f"run {run_id} to wait for approval of attempt {attempt}")
+
+
+def wait_final(run_id: UUID | str, timeout: float = 900) -> FlowRun:
+    return wait_for(
+        lambda: (fr := read_run(run_id)).state is not None and fr.state.is_final() and fr,
+        timeout,
+        f"run {run_id} to end",
+    )
+
+
+def scripted(tag: str) -> dict[str, Any]:
+    """An agent that writes a file and records the reviewer's feedback next to it."""
+    return {
+        "kind": "scripted",
+        "steps": [
+            {"write": f"/srv/{tag}/hello.txt", "content": f"hello from {tag}\n"},
+            {"run": f'printf "%s\\n" "$FLUID_FEEDBACK" > /srv/{tag}/feedback.txt'},
+        ],
+    }
+
+
+def on_production(name: str, command: str) -> subprocess.CompletedProcess:
+    return fluid("production", "exec", name, "--", command, check=False)
+
+
+def sandbox_of(run_id: UUID | str) -> str:
+    rec = runs.get(str(run_id))
+    assert rec is not None and rec.sandbox_id, f"run {run_id} has no sandbox on record"
+    return rec.sandbox_id
+
+
+@pytest.fixture(scope="module")
+def production(production_vm: dict) -> str:
+    """The session's production VM (tests/conftest.py) with its ProductionTarget block."""
+    return production_vm["name"]
+
+
+def test_reject_then_approve_from_the_cli(
+    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings, tmp_path
+) -> None:
+    """`fluid run` waits; a rejection reaches the agent; only the approved attempt is applied."""
+    steps = tmp_path / "steps.yml"
+    steps.write_text(json.dumps(scripted("reviewed")["steps"]))  # JSON is YAML
+    proc = subprocess.Popen(
+        [
+            FLUID,
+            "run",
+            "write the reviewed file",
+            "--steps",
+            str(steps),
+            "--production",
+            production,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith(RUN_ID_LINE):
+                break
+        run_id = output[-1].removeprefix(RUN_ID_LINE).strip()
+        wait_waiting(run_id, attempt=1)
+        sid = sandbox_of(run_id)
+        assert on_production(production, "test -e /srv/reviewed").returncode == 1
+
+        # A suspended run holds no process: the worker can restart and the sandbox waits.
+        assert control_plane.stop_worker(settings)
+        assert sandboxes.get(sid, settings).state == "running"
+        control_plane.start_worker(settings)
+
+        fluid("reject", run_id, "--comment", "please say please", "--approver", "bob")
+        wait_waiting(run_id, attempt=2)
+        assert on_production(production, "test -e /srv/reviewed").returncode == 1
+
+        fluid("approve", run_id, "--comment", "looks right", "--approver", "alice")
+        rest, _ = proc.communicate(timeout=900)
+        output.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(output)
+    assert proc.returncode == 0, text[-3000:]
+    assert f"fluid approve {run_id}" in text  # told the user how to decide
+
+    feedback = on_production(production, "cat /srv/reviewed/feedback.txt")
+    assert feedback.stdout == b"please say please\n"
+    assert (
+        on_production(production, "cat /srv/reviewed/hello.txt").stdout == b"hello from reviewed\n"
+    )
+
+    decided = runs.decisions(run_id)
+    assert [(d.attempt, d.outcome, d.approver) for d in decided] == [
+        (1, "rejected", "bob"),
+        (2, "approved", "alice"),
+    ]
+    assert decided[0].comment == "please say please" and not decided[1].automatic
+    rec = runs.get(run_id)
+    assert rec is not None and rec.status == "applied" and decided[1].digest == rec.digest
+    applied = runs.applies(run_id)
+    assert len(applied) == 1 and applied[0].changed > 0 and applied[0].failed == 0
+    assert leftovers(sid, settings) == []
+
+
+@pytest.fixture(scope="module")
+def late_run(production: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    """`fluid run --timeout 10` that nobody answers, started in the background next to the
+    tampered run (the two pipelines overlap, which saves CI time)."""
+    steps = tmp_path_factory.mktemp("late") / "steps.yml"
+    steps.write_text(json.dumps(scripted("late")["steps"]))
+    proc = subprocess.Popen(
+        [FLUID, "run", "write the late file", "--steps", str(steps)]
+        + ["--production", production, "--timeout", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.usefixtures("late_run")
+def test_tampered_playbook_is_refused_and_the_sandbox_cannot_resume_the_run(
+    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings
+) -> None:
+    """Only fluid holds the API credential; a playbook edited after review is never applied."""
+    fr = run_deployment(
+        "agent-task/agent-task",
+        parameters={"task": "write a file", "production": production, "agent": scripted("tamper")},
+        timeout=0,
+    )
+    wait_waiting(fr.id, attempt=1)
+    sid = sandbox_of(fr.id)
+    # The sandbox outlives the approval deadline (3600 s by default), not just its 2 h TTL.
+    expires = sandboxes.get(sid, settings).expires_at
+    assert expires.replace(tzinfo=expires.tzinfo or UTC) > datetime.now(UTC) + timedelta(hours=1)
+    secret = prefect_stack.auth_string.get_secret_value()
+    port = prefect_stack.api_url.split(":")[2].split("/")[0]
+
+    # From inside the sandbox: no credential anywhere, and the API is out of reach.
+    probe = f"""
+grep -rIlF -e '{secret}' /etc /root /home /srv /opt /tmp /var/tmp /run 2>/dev/null && echo LEAKED
+env | grep -i prefect && echo LEAKED
+python3 - <<'EOF'
+import json, urllib.request
+req = urllib.request.Request(
+    "http://10.0.2.2:{port}/api/flow_runs/{fr.id}/resume",
+    data=json.dumps({{"run_input": {{"decision": "approve", "approver": "agent"}}}}).encode(),
+    headers={{"Content-Type": "application/json"}}, method="POST")
+try:
+    print("REACHED", urllib.request.urlopen(req, timeout=10).status)
+except urllib.error.HTTPError as e:
+    print("REACHED", e.code)
+except OSError as e:
+    print("BLOCKED", e)
+EOF
+"""
+    r = sandboxes.run(sid, probe, timeout=120, settings=settings)
+    assert "LEAKED" not in r.stdout_text
+    assert "BLOCKED" in r.stdout_text, r.stdout_text + r.stderr_text
+    # Even on the host, the API refuses a resume without fluid's auth string.
+    req = urllib.request.Request(
+        f"{prefect_stack.api_url}/flow_runs/{fr.id}/resume",
+        data=b'{"run_input": {"decision": "approve", "approver": "x"}}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 401
+    state = read_run(fr.id).state
+    assert state is not None and state.is_paused()
+
+    # Someone edits the reviewed playbook, then the reviewer approves what they saw.
+    rec = runs.get(str(fr.id))
+    assert rec is not None and rec.digest
+    playbook = settings.runs_dir / str(fr.id) / "attempt-1" / "playbook"
+    tasks_file = playbook / "roles" / "fluid_change" / "tasks" / "main.yml"
+    tasks_file.write_text(
+        tasks_file.read_text()
+        + "- name: sneaky\n  ansible.builtin.copy:\n    dest: /srv/tamper/sneaky\n    content: x\n"
+    )
+    resume_flow_run(fr.id, run_input={"decision": "approve", "approver": "carol"})
+    final = wait_final(fr.id)
+    assert final.state is not None and final.state.is_failed()
+    assert "changed after approval" in (final.state.message or "")
+    assert on_production(production, "test -e /srv/tamper").returncode == 1
+    decided = runs.decisions(str(fr.id))
+    assert [(d.outcome, d.approver) for d in decided] == [("refused", "carol")]
+    assert decided[0].digest == rec.digest
+    assert leftovers(sid, settings) == []
+
+
+def test_a_run_not_approved_in_time_applies_nothing(
+    production: str, late_run: subprocess.Popen, settings: FluidSettings
+) -> None:
+    """The approval deadline passes while suspended: exit 3, nothing applied, sandbox reaped."""
+    stdout, _ = late_run.communicate(timeout=1200)
+    out = stdout.decode()
+    assert late_run.returncode == 3, out[-3000:]
+    run_id = next(
+        line.removeprefix(RUN_ID_LINE) for line in out.splitlines() if line.startswith(RUN_ID_LINE)
+    )
+    sid = sandbox_of(run_id)
+    # No code of the suspended run runs again: the janitor removes its sandbox (this call, or
+    # the deployment's scheduled sweep if it came first).
+    from flows.janitor import janitor
+
+    janitor()
+    assert leftovers(sid, settings) == []
+    assert on_production(production, "test -e /srv/late").returncode == 1
+    assert [d.outcome for d in runs.decisions(run_id)] == ["timed-out"]
+    rec = runs.get(run_id)
+    assert rec is not None and rec.status == "timed-out"
+
+
+def test_the_janitor_reaps_the_sandbox_of_a_killed_worker(
+    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings
+) -> None:
+    """Worker and flow process die mid-run: the janitor removes the sandbox, the run is Crashed."""
+    agent = {"kind": "scripted", "steps": [{"run": "sleep 900"}]}
+    fr = run_deployment(
+        "agent-task/agent-task",
+        parameters={"task": "sleep", "production": production, "agent": agent},
+        timeout=0,
+    )
+
+    def agent_started() -> str | None:
+        rec = runs.get(str(fr.id))
+        return rec.sandbox_id if rec and rec.sandbox_id and rec.status == "working" else None
+
+    sid = wait_for(agent_started, 600, "the agent to start working")
+    owner_pid = sandboxes._record(sid, settings).owner_pid
+    assert owner_pid
+    worker_pid = int((settings.prefect_dir / "worker.pid").read_text())
+    try:
+        os.killpg(worker_pid, signal.SIGKILL)
+        os.kill(owner_pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{owner_pid}").exists(), 30, "the flow process to die")
+        assert sandboxes.get(sid, settings).state == "running"
+
+        from flows.janitor import janitor
+
+        report = janitor()
+        reaped = {x.sandbox_id: x for x in report.reaped}
+        assert sid in reaped and reaped[sid].owner_dead
+        assert leftovers(sid, settings) == []
+        state = read_run(fr.id).state
+        assert state is not None and state.is_crashed()
+    finally:
+        control_plane.start_worker(settings)
+
+
+def test_auth_string_is_required_for_the_api(prefect_stack: control_plane.ControlPlane) -> None:
+    """The local API answers health checks to anyone, everything else only with the string."""
+    assert urllib.request.urlopen(f"{prefect_stack.api_url}/health", timeout=10).status == 200
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{prefect_stack.api_url}/admin/version", timeout=10)
+    assert e.value.code == 401
+    token = base64.b64encode(prefect_stack.auth_string.get_secret_value().encode()).decode()
+    req = urllib.request.Request(
+        f"{prefect_stack.api_url}/admin/version", headers={"Authorization": f"Basic {token}"}
+    )
+    assert urllib.request.urlopen(req, timeout=10).status == 200
+    mode = (FluidSettings().prefect_dir / "auth-string").stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+HELLO_SERVICE = {
+    "kind": "scripted",
+    "steps": [
+        {"write": "/srv/hello-web/index.html", "content": "<h1>Hello from fluid</h1>\n"},
+        {
+            "write": "/etc/systemd/system/hello-web.service",
+            "content": (
+                "[Unit]\nDescription=fluid's hello page\n\n[Service]\n"
+                "ExecStart=/usr/bin/python3 -m http.server 8080 --bind 127.0.0.1 "
+                "--directory /srv/hello-web\n\n[Install]\nWantedBy=multi-user.target\n"
+            ),
+        },
+        {"run": "systemctl daemon-reload && systemctl enable --now hello-web"},
+    ],
+}
+UI_TASK = "serve a hello page on port 8080"
+
+
+def test_a_reviewer_approves_in_the_prefect_ui(
+    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings, tmp_path
+) -> None:
+    """Called from Python, the run pauses; a person approves it in the UI; production serves."""
+    from tests import prefect_ui
+
+    shots = Path(os.environ.get("FLUID_TEST_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    script = (
+        "import json, sys\n"
+        "from flows.agent_task import agent_task\n"
+        "state = agent_task(task=sys.argv[1], production=sys.argv[2], "
+        "agent=json.loads(sys.argv[3]), return_state=True)\n"
+        "print('STATE', state.type.value)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, UI_TASK, production, json.dumps(HELLO_SERVICE)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def paused_run() -> str | None:
+            with store.session(settings) as s:
+                rec = s.exec(
+                    select(store.AgentRunRecord).where(store.AgentRunRecord.task == UI_TASK)
+                ).first()
+            if rec is None or rec.status != "awaiting-approval":
+                assert proc.poll() is None, proc.communicate()[0][-3000:]
+                return None
+            fr = read_run(rec.flow_run_id)
+            return rec.flow_run_id if fr.state is not None and fr.state.is_paused() else None
+
+        run_id = wait_for(paused_run, 900, "the run to wait for approval")
+        sid = sandbox_of(run_id)
+        assert on_production(production, "test -e /srv/hello-web").returncode == 1
+
+        with prefect_ui.browser(shots) as page:
+            prefect_ui.login(
+                page, prefect_stack.ui_url, prefect_stack.auth_string.get_secret_value()
+            )
+            artifacts = prefect_ui.read_artifacts_text(
+                page,
+                prefect_stack.ui_url,
+                run_id,
+                shots,
+                expect=["/etc/systemd/system/hello-web.service", "Check-mode preview"],
+            )
+            result = prefect_ui.approve_paused_run(
+                page,
+                prefect_stack.ui_url,
+                run_id,
+                {"decision": "approve", "approver": "dana", "comment": "approved in the UI"},
+                shots,
+                expect_description=["Approve this change", "Playbook digest"],
+            )
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "STATE COMPLETED" in out, out[-3000:]
+    # The check-mode preview ran into the service that only the earlier tasks would create,
+    # and the run went on.
+    assert "with errors" in artifacts
+    rec = runs.get(run_id)
+    assert rec is not None and rec.digest and rec.digest in result.description_text
+    page_body = on_production(
+        production,
+        "python3 -c 'import urllib.request as u; "
+        'print(u.urlopen("http://127.0.0.1:8080/").read().decode())\'',
+    )
+    assert "Hello from fluid" in page_body.stdout.decode(), page_body
+    assert on_production(production, "systemctl is-enabled hello-web").stdout == b"enabled\n"
+    decided = runs.decisions(run_id)
+    assert [(d.outcome, d.approver, d.comment) for d in decided] == [
+        ("approved", "dana", "approved in the UI")
+    ]
+    assert leftovers(sid, settings) == []
+    assert sorted(p.name for p in shots.glob("*.png")), "screenshots are kept as test outputs"
+
+
+def test_deployments_are_scheduled_and_the_image_flow_runs(
+    prefect_stack: control_plane.ControlPlane,
+) -> None:
+    """prefect.yaml's deployments exist with their defaults and schedules; golden-image runs."""
+    with get_client(sync_client=True) as client:
+        agent = client.read_deployment_by_name("agent-task/agent-task")
+        assert agent.parameters["production"] == "demo"
+        assert agent.parameters["agent"]["steps_file"] == "examples/hello-nginx.yaml"
+        schedules = {
+            name: [s.schedule.cron for s in client.read_deployment_by_name(name).schedules]
+            for name in ("janitor/janitor", "golden-image/golden-image")
+        }
+    assert schedules == {
+        "janitor/janitor": ["*/10 * * * *"],
+        "golden-image/golden-image": ["0 3 * * 0"],
+    }
+    # Without refresh, an up-to-date image is kept: the run proves the deployment works.
+    fr = run_deployment("golden-image/golden-image", parameters={"refresh": False}, timeout=0)
+    final = wait_final(fr.id, timeout=600)
+    assert final.state is not None and final.state.is_completed(), final.state

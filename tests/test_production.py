@@ -1,0 +1,157 @@
+"""The production VM through the real CLI: a full copy, its identity, exec, its Prefect block
+running a real playbook against it, and destroy. One VM boot for the whole module."""
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from blocks import ProductionTarget
+from infra import domains, production, store
+from infra.errors import InvalidName
+from infra.libvirt_host import connect, lookup
+from infra.playbook_runs import run_playbook
+from infra.settings import FluidSettings
+from tests.conftest import fluid, fluid_json
+
+NAME = "t-prod"
+
+
+def leftovers(name: str, settings: FluidSettings) -> list[str]:
+    """Everything still left of a production VM: domain, files, record."""
+    found = []
+    conn = connect(settings)
+    try:
+        if lookup(conn, production.domain_name(name)) is not None:
+            found.append("domain")
+    finally:
+        conn.close()
+    found += [str(p) for p in production.storage_dir(settings).glob(f"{name}.*")]
+    with store.session(settings) as s:
+        if s.get(store.ProductionRecord, name) is not None:
+            found.append("record")
+    return found
+
+
+@pytest.fixture(scope="module")
+def prod(production_vm: dict) -> dict:
+    """The session's production VM (tests/conftest.py); this module's last test destroys it."""
+    return production_vm
+
+
+@pytest.mark.parametrize("name", ["../x", "Upper", "-lead", "a/b", "x" * 70])
+def test_bad_names_are_refused_before_anything_boots(settings, name):
+    with pytest.raises(InvalidName, match="invalid production name"):
+        production.create(name, settings=settings)
+    r = fluid("production", "create", "--no-block", "--", name, check=False)
+    assert r.returncode == 1 and b"invalid production name" in r.stderr and r.stdout == b""
+
+
+def test_an_unknown_image_is_refused_and_nothing_is_left(golden_image, settings):
+    r = fluid("production", "create", "t-production-bad", "--image", "no-such-image", check=False)
+    assert r.returncode == 1 and b"no image 'no-such-image'" in r.stderr and r.stdout == b""
+    assert leftovers("t-production-bad", settings) == []
+
+
+def test_create_makes_a_full_copy_with_fluid_identity(prod, settings):
+    assert prod["name"] == NAME and prod["state"] == "running"
+    assert isinstance(prod["ssh_port"], int)
+    assert prod["principal"] == f"fluid-prod-{NAME}"
+    assert prod["host_key"].startswith("ssh-ed25519 ")
+    assert prod["block"] == f"production-target/{NAME}"
+
+    disk = production.storage_dir(settings) / f"{NAME}.qcow2"
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(disk)],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert info["format"] == "qcow2"
+    assert "backing-filename" not in info, "a full copy rests on no image"
+
+    conn = connect(settings)
+    try:
+        dom = lookup(conn, f"fluid-prod-{NAME}")
+        assert dom is not None and dom.isActive()
+        meta = domains.read_metadata(dom)
+    finally:
+        conn.close()
+    assert meta is not None
+    assert (meta.kind, meta.id, meta.expires_at) == ("production", NAME, None)
+
+    with store.session(settings) as s:
+        rec = s.get(store.ProductionRecord, NAME)
+    assert rec is not None and rec.ssh_port == prod["ssh_port"] and rec.disk_path == str(disk)
+
+    # a second create of the same name is refused at once, and the VM is untouched
+    r = fluid("production", "create", NAME, "--no-block", check=False)
+    assert r.returncode == 1 and b"already exists" in r.stderr
+    assert production.get(NAME, settings).state == "running"
+
+
+def test_exec_has_the_sandbox_exec_contract(prod):
+    r = fluid(
+        "production", "exec", NAME, "--", "printf 'a\\000\\377'; echo err >&2; exit 7", check=False
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"a\x00\xff", b"err\n")
+    r = fluid("production", "exec", NAME, "--", "printf", "%s|", "two words", "$HOME")
+    assert r.stdout == b"two words|$HOME|"
+    r = fluid(
+        "production", "exec", "--timeout", "2", NAME, "--", "echo early; sleep 30", check=False
+    )
+    assert r.returncode == 124 and r.stdout == b"early\n" and b"timeout" in r.stderr
+    # the guest took its identity from the kernel command line
+    r = fluid("production", "exec", NAME, "--", "hostname; cat /etc/ssh/fluid_principals")
+    assert r.stdout == f"prod-{NAME}\nfluid-prod-{NAME}\n".encode()
+
+
+def test_the_saved_block_runs_a_real_playbook(prod, prefect_stack, settings, tmp_path: Path):
+    saved = ProductionTarget.load(NAME)
+    fields = {"hosts", "user", "become", "become_user", "private_key", "certificate_principal"}
+    expected = ProductionTarget.for_vm(production.get(NAME, settings))
+    assert saved.model_dump(include=fields) == expected.model_dump(include=fields)
+    assert saved.hosts[0].port == prod["ssh_port"]
+    assert saved.certificate_principal == f"fluid-prod-{NAME}"
+
+    hosts = saved.ansible_hosts(tmp_path / "creds", settings)
+    assert [(h.address, h.port, h.user) for h in hosts] == [("127.0.0.1", prod["ssh_port"], "root")]
+    for f in (tmp_path / "creds").rglob("*"):
+        if f.is_file():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+    playbook = tmp_path / "change"
+    playbook.mkdir()
+    (playbook / "site.yml").write_text(
+        "- hosts: all\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - ansible.builtin.copy:\n"
+        '        content: "applied by fluid\\n"\n'
+        "        dest: /root/applied\n"
+        '        mode: "0640"\n'
+    )
+    run = run_playbook(playbook, hosts)
+    assert run.succeeded, run.output_tail
+    assert run.changed == {NAME: 1}
+    r = fluid("production", "exec", NAME, "--", "stat -c %a /root/applied; cat /root/applied")
+    assert r.stdout == b"640\napplied by fluid\n"
+
+
+def test_list_and_start_of_a_running_vm(prod):
+    listed = fluid_json("production", "list")
+    ours = [v for v in listed["vms"] if v["name"] == NAME]
+    assert len(ours) == 1 and ours[0]["state"] == "running"
+    assert f"fluid-prod-{NAME}" not in listed["orphan_domains"]
+    # start of a running VM changes nothing
+    assert fluid_json("production", "start", NAME)["state"] == "running"
+
+
+def test_destroy_leaves_nothing_and_a_second_destroy_says_so(prod, settings):
+    fluid("production", "destroy", NAME)
+    assert leftovers(NAME, settings) == []
+    r = fluid("production", "destroy", NAME, check=False)
+    assert r.returncode == 1 and f"no production VM '{NAME}'".encode() in r.stderr
