@@ -462,7 +462,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     own_server = bool(os.environ.get("PREFECT_API_URL"))
     _prefect()
     from flows import client
+    from flows.agent_task import load_target
 
+    load_target(args.production)  # a wrong name fails here, before a run exists
     params: dict[str, Any] = {
         "task": args.task,
         "production": args.production,
@@ -488,9 +490,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    final = client.follow(
-        fr.id, print_line=lambda line: print(line, flush=True), on_waiting=waiting
-    )
+    try:
+        final = client.follow(
+            fr.id, print_line=lambda line: print(line, flush=True), on_waiting=waiting
+        )
+    except KeyboardInterrupt:
+        _log(f"fluid: stopped following; run {fr.id} goes on: {_run_url(fr.id)}")
+        return 130
     code = client.exit_code(final)
     state = final.state
     print(f"run {fr.id} ended {state.name if state else '?'}: {state.message if state else ''}")

@@ -128,7 +128,7 @@ def agent_task(
     suspend = deployment.id is not None
     runs.start(run_id, task, production)
     # Fail on a bad production name or agent spec before any VM exists.
-    _load_target(production)
+    load_target(production)
     agents.build(agent)
 
     box = prepare_sandbox(run_id, image, sandbox_ttl_minutes)
@@ -264,7 +264,8 @@ def agent_task(
             _destroy(box.id)
 
 
-def _load_target(production: str) -> ProductionTarget:
+def load_target(production: str) -> ProductionTarget:
+    """The ProductionTarget block `production`; ProductionBlockError saying how to make one."""
     try:
         return ProductionTarget.load(production)
     except ValueError as e:

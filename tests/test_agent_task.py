@@ -460,3 +460,24 @@ def test_deployments_are_scheduled_and_the_image_flow_runs(
     fr = run_deployment("golden-image/golden-image", parameters={"refresh": False}, timeout=0)
     final = wait_final(fr.id, timeout=600)
     assert final.state is not None and final.state.is_completed(), final.state
+
+
+def test_bad_run_input_fails_before_any_run_or_vm_exists(
+    prefect_stack: control_plane.ControlPlane, settings: FluidSettings, tmp_path
+) -> None:
+    """A missing steps file, malformed steps, an unknown production: clear errors, nothing made."""
+    good = tmp_path / "good.yml"
+    good.write_text('- run: "true"\n')
+    bad = tmp_path / "bad.yml"
+    bad.write_text('- run: "true"\n  write: /etc/x\n')
+    before = sandboxes.list_sandboxes(settings).sandboxes
+    cases = [
+        (["--steps", str(tmp_path / "missing.yml"), "--production", "x"], b"cannot read steps"),
+        (["--steps", str(bad), "--production", "x"], b"exactly one of `run` or `write`"),
+        (["--steps", str(good), "--production", "nope"], b"no ProductionTarget block named 'nope'"),
+    ]
+    for args, message in cases:
+        r = fluid("run", "a task", *args, check=False)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+        assert b"run id:" not in r.stdout
+    assert sandboxes.list_sandboxes(settings).sandboxes == before
