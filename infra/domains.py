@@ -23,6 +23,9 @@ class FluidMetadata(BaseModel):
     agent_id: str | None = None
     expires_at: datetime | None = None
     created_at: datetime
+    # Which fluid database holds this VM's record (FluidSettings.store_id): a janitor reaps
+    # only the orphans of its own database, never those of another FLUID_HOME on this host.
+    store: str | None = None
 
 
 class DomainSpec(BaseModel):

@@ -109,12 +109,15 @@ def sweep(
 
         known = {r.id for r in records}
         for sid, meta in metas.items():
+            if meta.store != settings.store_id:
+                continue  # another database's sandbox (or one from before fluid recorded it)
             if sid not in known and (now - _aware(meta.created_at)).total_seconds() > grace_s:
                 reap(sid, "a VM without a record")
 
         if settings.disks_dir.is_dir():
             for disk in settings.disks_dir.glob("*.qcow2"):
                 sid = disk.name.split(".")[0]
+                # A disk whose VM exists belongs to that VM's database, whichever it is.
                 if sid in known or sid in doms:
                     continue
                 if time.time() - disk.stat().st_mtime > grace_s:

@@ -331,6 +331,7 @@ def _provision(
             agent_id=rec.agent_id,
             expires_at=rec.expires_at,
             created_at=rec.created_at,
+            store=settings.store_id,
         )
         spec = domains.DomainSpec(
             name=rec.domain_name,

@@ -50,6 +50,13 @@ class FluidSettings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'fluid.db'}"
 
     @property
+    def store_id(self) -> str:
+        """A short, stable name for this database, recorded in each VM's metadata."""
+        import hashlib
+
+        return hashlib.sha256(self.db_url.encode()).hexdigest()[:12]
+
+    @property
     def ca_key_path(self) -> Path:
         return self.home / "ca" / "fluid_ca"
 

@@ -30,7 +30,14 @@ def _blank_disk(path: Path, age_s: float = 0) -> Path:
     return path
 
 
-def _define(conn: libvirt.virConnect, name: str, kind: str | None, disk: Path, settings) -> None:
+def _define(
+    conn: libvirt.virConnect,
+    name: str,
+    kind: str | None,
+    disk: Path,
+    settings,
+    store_id: str | None = None,
+) -> None:
     """A defined (never started) VM, with fluid metadata of `kind` or none at all."""
     spec = domains.DomainSpec(
         name=name,
@@ -38,6 +45,7 @@ def _define(conn: libvirt.virConnect, name: str, kind: str | None, disk: Path, s
             kind=kind or "sandbox",
             id=name.removeprefix(sandboxes.DOMAIN_PREFIX),
             created_at=datetime.now(UTC) - timedelta(hours=1),
+            store=store_id or settings.store_id,
         ),
         domain_type="qemu",
         memory_mib=256,
@@ -57,13 +65,17 @@ def _define(conn: libvirt.virConnect, name: str, kind: str | None, disk: Path, s
 
 @pytest.fixture
 def foreign_and_production_domains(settings: FluidSettings) -> Iterator[list[str]]:
-    """Domains the janitor must leave alone: another tool's, and a production VM's."""
+    """Domains the janitor must leave alone: another tool's, a production VM's, and a sandbox
+    of another fluid database."""
     conn = connect(settings)
-    names = ["not-fluid-jt", "fluid-prod-jt"]
+    names = ["not-fluid-jt", "fluid-prod-jt", sandboxes.domain_name("jt-other")]
     _define(conn, names[0], None, _blank_disk(settings.storage_dir / "jt" / "a.qcow2"), settings)
     _define(
         conn, names[1], "production", _blank_disk(settings.storage_dir / "jt" / "b.qcow2"), settings
     )
+    # A sandbox of another FLUID_HOME (another database) on the same host, with its disk.
+    other_disk = _blank_disk(settings.disks_dir / "jt-other.qcow2", age_s=3600)
+    _define(conn, names[2], "sandbox", other_disk, settings, store_id="another-db")
     try:
         yield names
     finally:
@@ -73,6 +85,7 @@ def foreign_and_production_domains(settings: FluidSettings) -> Iterator[list[str
                 dom.undefine()
         for p in (settings.storage_dir / "jt").glob("*"):
             p.unlink()
+        other_disk.unlink(missing_ok=True)
         conn.close()
 
 
@@ -123,6 +136,7 @@ def test_janitor_reaps_expired_sandboxes_and_orphans_only(
         assert not lone.exists()
         for name in foreign_and_production_domains:
             assert lookup(conn, name) is not None, f"{name} was touched"
+        assert (settings.disks_dir / "jt-other.qcow2").exists()
     finally:
         fresh.unlink(missing_ok=True)
         conn.close()
