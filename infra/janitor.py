@@ -62,8 +62,8 @@ def sweep(
     try:
         with store.session(settings) as s:
             records = list(s.exec(select(SandboxRecord)))
-        doms = {meta.id: dom for dom, meta in domains.fluid_domains(conn, "sandbox")}
-        metas = {meta.id: meta for _d, meta in domains.fluid_domains(conn, "sandbox")}
+        # One pass over libvirt: each domain's metadata is an API call of its own.
+        metas = {meta.id: meta for _dom, meta in domains.fluid_domains(conn, "sandbox")}
 
         def reap(sid: str, reason: str, rec: SandboxRecord | None = None, dead=False) -> None:
             try:
@@ -102,7 +102,7 @@ def sweep(
                         dead=True,
                     )
                     continue
-            if rec.id not in doms and age > grace_s:
+            if rec.id not in metas and age > grace_s:
                 reap(rec.id, "a record without a VM", rec)
                 continue
             report.kept.append(rec.id)
@@ -118,7 +118,7 @@ def sweep(
             for disk in settings.disks_dir.glob("*.qcow2"):
                 sid = disk.name.split(".")[0]
                 # A disk whose VM exists belongs to that VM's database, whichever it is.
-                if sid in known or sid in doms:
+                if sid in known or sid in metas:
                     continue
                 if time.time() - disk.stat().st_mtime > grace_s:
                     reap(sid, f"a disk without a record ({disk.name})")
