@@ -158,6 +158,20 @@ def cmd_sandbox_ssh(args: argparse.Namespace) -> int:
         return subprocess.call(argv + remote)
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from infra import guest_shell
+
+    # Not exec: the certificate's private key stays on disk only while ssh runs.
+    with tempfile.TemporaryDirectory(prefix="fluid-attach-") as tmp:
+        argv = guest_shell.attach_argv(args.sandbox, Path(tmp), read_write=args.rw)
+        if sys.stdin.isatty():
+            mode = "taking over (your keys go to the agent's shell)" if args.rw else "read-only"
+            _log(f"fluid: attaching to the agent's shell in {args.sandbox}, {mode}; C-b d detaches")
+        return subprocess.call(argv)
+
+
 def cmd_sandbox_start(args: argparse.Namespace) -> int:
     from infra import sandboxes
 
@@ -224,6 +238,16 @@ def cmd_sandbox_destroy(args: argparse.Namespace) -> int:
 
     sandboxes.destroy(args.id)
     _emit(args, {"id": args.id, "destroyed": True}, lambda: print(f"{args.id} destroyed"))
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from infra import mcp_server
+    from infra.settings import get_settings
+
+    # A bad file is refused before anything is served.
+    guardrails = mcp_server.load_guardrails(Path(args.guardrails)) if args.guardrails else None
+    mcp_server.serve(args.sandbox, settings=get_settings(), guardrails=guardrails)
     return 0
 
 
@@ -445,13 +469,47 @@ def _run_url(run_id: object) -> str:
 
 
 def _agent_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
     from infra.agents.scripted import load_steps
 
-    if not args.steps:
-        raise FluidError("give the agent's steps: --steps FILE (a YAML list of run/write steps)")
-    # Read here, not on the worker: the file may only exist where the command runs.
-    steps = load_steps(Path(args.steps))
-    return {"kind": "scripted", "steps": [st.model_dump(exclude_defaults=True) for st in steps]}
+    llm = args.llm_block or args.llm_base_url or args.llm_model
+    if args.steps and llm:
+        raise FluidError("give either --steps (scripted agent) or --llm-* (LLM agent), not both")
+    if args.steps:
+        # Read here, not on the worker: the file may only exist where the command runs.
+        steps = load_steps(Path(args.steps))
+        return {"kind": "scripted", "steps": [st.model_dump(exclude_defaults=True) for st in steps]}
+    if args.llm_api_key_env and not os.environ.get(args.llm_api_key_env):
+        var = args.llm_api_key_env
+        raise FluidError(f"--llm-api-key-env {var}: the environment variable {var} is not set")
+    if args.llm_block:
+        if args.llm_base_url or args.llm_model:
+            raise FluidError("--llm-block names a saved endpoint: leave out --llm-base-url/-model")
+        return {"kind": "llm", "block": args.llm_block}
+    if llm:
+        if not (args.llm_base_url and args.llm_model):
+            raise FluidError("an LLM agent needs both --llm-base-url URL and --llm-model NAME")
+        return {"kind": "llm", "base_url": args.llm_base_url, "model": args.llm_model}
+    raise FluidError(
+        "say who does the work: --steps FILE (scripted), --llm-block NAME, or "
+        "--llm-base-url URL --llm-model NAME [--llm-api-key-env VAR]"
+    )
+
+
+def _llm_key_secret(var: str) -> str:
+    """Save the key in $VAR as a Prefect Secret block; flow parameters are stored in clear."""
+    import hashlib
+    import os
+
+    from prefect.blocks.system import Secret
+
+    key = os.environ.get(var)
+    if not key:
+        raise FluidError(f"--llm-api-key-env {var}: the environment variable {var} is not set")
+    name = "fluid-llm-key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    Secret(value=key).save(name, overwrite=True)
+    return name
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -465,6 +523,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.agent_task import load_target
 
     load_target(args.production)  # a wrong name fails here, before a run exists
+    if agent["kind"] == "llm" and args.llm_api_key_env:
+        agent["api_key_secret"] = _llm_key_secret(args.llm_api_key_env)
     params: dict[str, Any] = {
         "task": args.task,
         "production": args.production,
@@ -475,6 +535,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["image"] = args.image
     if args.timeout:
         params["approval_timeout_s"] = args.timeout
+    if args.guardrails:
+        params["guardrails"] = args.guardrails
     fr = client.submit(params)
     print(f"run id: {fr.id}", flush=True)
     print(f"UI: {_run_url(fr.id)}", flush=True)
@@ -577,6 +639,57 @@ def cmd_janitor(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+# --- audit -------------------------------------------------------------------------------
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`fluid audit verify [--head H]` checks the chain; `fluid audit SUBJECT` prints records."""
+    from infra import audit
+
+    if args.subject == "verify":
+        report = audit.verify(expected_head=args.head)
+
+        def human() -> None:
+            if report.ok:
+                print(f"OK: {report.count} records, head {report.head or '(empty)'}")
+            for p in report.problems:
+                print(f"TAMPERED: {p}")
+
+        _emit(args, report, human)
+        return 0 if report.ok else 1
+    if args.head is not None:
+        raise FluidError("--head goes with `fluid audit verify`")
+    records = audit.entries(args.subject)
+    if not records and not _known_subject(args.subject):
+        raise audit.AuditError(
+            f"nothing is known about {args.subject!r}: no sandbox, run or audit record by that "
+            "id (`fluid sandbox list` lists sandboxes; `fluid run` prints run ids)"
+        )
+
+    def human() -> None:
+        if not records:
+            print(f"no audit records for {args.subject}")
+        width = max((len(r.actor) for r in records), default=0)
+        for r in records:
+            print(
+                f"{r.seq:>6}  {r.at:%Y-%m-%d %H:%M:%S}Z  {r.kind:<12}  "
+                f"{r.actor:<{width}}  {r.summary}"
+            )
+
+    _emit(args, {"records": [r.model_dump(mode="json") for r in records]}, human)
+    return 0
+
+
+def _known_subject(subject: str) -> bool:
+    from infra import store
+
+    with store.session() as s:
+        return (
+            s.get(store.SandboxRecord, subject) is not None
+            or s.get(store.AgentRunRecord, subject) is not None
+        )
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -641,6 +754,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="checkpoint to fork from")
     sp.add_argument("--name", dest="new_name", default=None, help="the new sandbox's name")
 
+    sp = sub(
+        top,
+        "mcp",
+        cmd_mcp,
+        "serve a sandbox's agent tools over MCP on stdio (for an outside agent)",
+        json_flag=False,
+    )
+    sp.add_argument("sandbox")
+    sp.add_argument(
+        "--guardrails", default=None, metavar="FILE", help="YAML or JSON file (default: built in)"
+    )
+
+    sp = sub(
+        top,
+        "attach",
+        cmd_attach,
+        "watch the agent's shell in a sandbox live (tmux over ssh; C-b d detaches)",
+        json_flag=False,
+    )
+    sp.add_argument("sandbox")
+    sp.add_argument(
+        "--rw", action="store_true", help="take over: type into the agent's shell (default: watch)"
+    )
+
     production = top.add_parser(
         "production", help="the persistent production VM changes are applied to"
     ).add_subparsers(dest="cmd", required=True)
@@ -687,6 +824,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub(top, "run", cmd_run, "run an agent task as a Prefect flow run", json_flag=False)
     sp.add_argument("task", help="what the agent should do, in words")
     sp.add_argument("--steps", help="YAML file of the scripted agent's steps")
+    sp.add_argument("--llm-block", help="saved LLM endpoint block: an LLM agent does the work")
+    sp.add_argument("--llm-base-url", help="OpenAI-compatible API URL, e.g. http://host:8000/v1")
+    sp.add_argument("--llm-model", help="model name (with --llm-base-url)")
+    sp.add_argument(
+        "--llm-api-key-env",
+        metavar="VAR",
+        help="environment variable holding the API key (saved as a Prefect Secret block)",
+    )
+    sp.add_argument("--guardrails", help="Guardrails block name (default: fluid's defaults)")
     sp.add_argument("--production", required=True, help="ProductionTarget block name")
     sp.add_argument("--image", default=None)
     sp.add_argument("--timeout", type=int, default=None, help="approval timeout in seconds")
@@ -709,6 +855,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub(server, "start", cmd_server_start, "start server, worker and deployments", False)
     sub(server, "stop", cmd_server_stop, "stop the local worker and server", False)
     sub(server, "status", cmd_server_status, "is the local server up?")
+    sp = sub(
+        top,
+        "audit",
+        cmd_audit,
+        "print the audit trail of a sandbox or run; `fluid audit verify` checks the hash chain",
+    )
+    sp.add_argument("subject", metavar="SANDBOX_OR_RUN|verify")
+    sp.add_argument("--head", default=None, help="verify: this published head must be in the chain")
     sp = sub(top, "janitor", cmd_janitor, "reap expired and orphaned sandboxes now")
     sp.add_argument("--grace", type=int, default=600, help="minimum age of orphans, seconds")
     return p

@@ -25,7 +25,8 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from blocks.production_target import ProductionTarget
-from infra import agents, runs, sandboxes
+from infra import runs, sandboxes
+from infra.agents import AgentSpec
 from infra.errors import ProductionBlockError, SandboxNotFound
 from infra.owners import Owner
 from infra.settings import get_settings
@@ -39,8 +40,10 @@ from tasks.agent_task import (
     prepare_sandbox,
     preview_on_production,
     prove_playbook,
+    publish_audit,
     run_agent,
 )
+from tasks.agents import build_agent, load_guardrails
 from tasks.sandbox import destroy_sandbox
 
 AUTOMATIC_APPROVER = "fluid (automatic)"
@@ -109,15 +112,18 @@ def _ask(description: str, timeout_s: int, suspend: bool) -> Approval:
 def agent_task(
     task: str,
     production: str,
-    agent: agents.AgentSpec,
+    agent: AgentSpec | str,
     image: str = "debian-12",
     approval_timeout_s: Annotated[int, Field(ge=10)] = 3600,
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3,
     auto_approve: bool = False,
     sandbox_ttl_minutes: Annotated[int, Field(ge=10)] = 120,
+    guardrails: str | None = None,
 ) -> State:
     """Do `task` in a sandbox with `agent`; apply the proven change to `production` once approved.
 
+    `agent` is scripted steps, an LLM endpoint, or the name of a saved LLM block;
+    `guardrails` names a Guardrails block (fluid's defaults when empty).
     `auto_approve` skips the human (the approval is stored as automatic). Ends Completed when
     applied (or nothing changed), Cancelled when rejected or not approved in time, Failed
     otherwise. The sandbox is destroyed however the run ends.
@@ -127,9 +133,10 @@ def agent_task(
     # A deployment's run can suspend (no process held while waiting); a direct call pauses.
     suspend = deployment.id is not None
     runs.start(run_id, task, production)
-    # Fail on a bad production name or agent spec before any VM exists.
+    # Fail on a bad production name, agent or guardrails before any VM exists.
     load_target(production)
-    agents.build(agent)
+    build_agent(agent)
+    load_guardrails(guardrails)
 
     box = prepare_sandbox(run_id, image, sandbox_ttl_minutes)
     sandboxes.set_owner(box.id, Owner.this_process(run_id))
@@ -139,7 +146,7 @@ def agent_task(
         feedback: str | None = None
         for attempt in range(1, max_attempts + 1):
             runs.update(run_id, status="working", attempts=attempt)
-            run_agent(run_id, box.id, task, agent, attempt, feedback)
+            run_agent(run_id, box.id, task, agent, attempt, feedback, guardrails)
             changeset = diff_attempt(run_id, box.id, attempt)
             if changeset.empty:
                 runs.finish(run_id, "no-change", "the agent changed nothing")
@@ -261,6 +268,7 @@ def agent_task(
         raise
     finally:
         if not suspended:
+            _publish_audit(run_id, box.id)
             _destroy(box.id)
 
 
@@ -273,6 +281,14 @@ def load_target(production: str) -> ProductionTarget:
             f"no ProductionTarget block named {production!r}: create one with `fluid production "
             f"create {production}` (a VM) or save a ProductionTarget for your hosts ({e})"
         ) from e
+
+
+def _publish_audit(run_id: str, sandbox_id: str) -> None:
+    """The audit artifact; its failure is logged, never the reason a run fails."""
+    try:
+        publish_audit(run_id, sandbox_id)
+    except Exception as e:  # noqa: BLE001 - the trail itself is in the store either way
+        get_run_logger().warning("could not publish the audit trail artifact: %s", e)
 
 
 def _destroy(sandbox_id: str) -> None:

@@ -17,7 +17,7 @@ import libvirt
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import images, sandboxes, store
+from infra import audit, images, sandboxes, store
 from infra.errors import CheckpointExists, CheckpointNotFound, FluidError, SandboxNotRunning
 from infra.libvirt_host import connect, lookup
 from infra.names import validate_name
@@ -43,8 +43,19 @@ def _running_domain(
     return dom
 
 
-def create(sandbox_id: str, name: str, settings: FluidSettings | None = None) -> Checkpoint:
-    """Checkpoint a running sandbox's disk and memory under `name`."""
+def create(
+    sandbox_id: str,
+    name: str,
+    settings: FluidSettings | None = None,
+    *,
+    capture: bool = True,
+    actor: str | None = None,
+) -> Checkpoint:
+    """Checkpoint a running sandbox's disk and memory under `name`.
+
+    `capture=False` skips the state capture (~20 s under TCG): fine for a checkpoint that is
+    only ever restored (an agent's own), not for one a change set is computed from.
+    """
     settings = settings or get_settings()
     validate_name(name, "checkpoint name")
     conn = connect(settings)
@@ -52,10 +63,10 @@ def create(sandbox_id: str, name: str, settings: FluidSettings | None = None) ->
         dom = _running_domain(conn, sandbox_id, settings)
         if name in dom.snapshotListNames():
             raise CheckpointExists(f"sandbox {sandbox_id} already has a checkpoint {name!r}")
-        # Every checkpoint stores what the guest looked like when it was made.
-        from infra.state import capture
+        from infra.state import capture as captures
 
-        capture.capture(sandbox_id, checkpoint=name, settings=settings)
+        if capture:
+            captures.capture(sandbox_id, checkpoint=name, settings=settings)
         # The memory image holds unwritten page cache; flush it so the disk state alone
         # (what a fork boots from) matches what the guest saw.
         sandboxes.run(sandbox_id, "sync", timeout=60, actor="fluid:checkpoint", settings=settings)
@@ -63,13 +74,21 @@ def create(sandbox_id: str, name: str, settings: FluidSettings | None = None) ->
         try:
             dom.snapshotCreateXML(xml, 0)
         except libvirt.libvirtError as e:
-            capture.delete(sandbox_id, name, settings)  # no checkpoint, so no capture of it
+            if capture:  # no checkpoint, so no capture of it
+                captures.delete(sandbox_id, name, settings)
             raise FluidError(
                 f"checkpoint {name} of {sandbox_id} failed: {e.get_error_message()}"
             ) from e
         rec = CheckpointRecord(sandbox_id=sandbox_id, name=name, created_at=datetime.now(UTC))
         with store.session(settings) as s:
             s.add(rec)
+        audit.append(
+            "checkpoint",
+            actor=audit.default_actor(actor),
+            summary=f"checkpoint {name}",
+            sandbox_id=sandbox_id,
+            settings=settings,
+        )
         return Checkpoint(sandbox_id=sandbox_id, name=name, created_at=rec.created_at)
     finally:
         conn.close()
@@ -98,7 +117,9 @@ def _snapshot(dom: libvirt.virDomain, sandbox_id: str, name: str) -> libvirt.vir
         ) from e
 
 
-def restore(sandbox_id: str, name: str, settings: FluidSettings | None = None) -> None:
+def restore(
+    sandbox_id: str, name: str, settings: FluidSettings | None = None, *, actor: str | None = None
+) -> None:
     """Return a sandbox to a checkpoint, then correct its clock so commands work at once."""
     settings = settings or get_settings()
     conn = connect(settings)
@@ -110,6 +131,13 @@ def restore(sandbox_id: str, name: str, settings: FluidSettings | None = None) -
         snap = _snapshot(dom, sandbox_id, name)
         taken = _taken_at(sandbox_id, name, settings)
         dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
+        audit.append(
+            "restore",
+            actor=audit.default_actor(actor),
+            summary=f"restore {name}",
+            sandbox_id=sandbox_id,
+            settings=settings,
+        )
     finally:
         conn.close()
     # The guest resumes with the clock it had at the checkpoint (it has no NTP), so the

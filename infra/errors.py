@@ -75,6 +75,15 @@ class CommandTimeout(FluidError):
         self.result = result
 
 
+class GuestShellError(FluidError):
+    """The agent's shell in the guest could not start or ended mid-command; `result` holds
+    the command's partial output when there is one."""
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class CAKeyPermissions(FluidError):
     """The SSH CA private key file is accessible by group or others."""
 

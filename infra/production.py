@@ -487,7 +487,7 @@ def run(
         try:
             result = g.run(command, timeout=timeout, output_cap=output_cap)
         except CommandTimeout as e:
-            sandboxes._record_command(instance_id(name), e.result, actor, settings)  # type: ignore[arg-type]
+            sandboxes._record_command(instance_id(name), e.result, actor, settings, name)  # type: ignore[arg-type]
             raise
-    sandboxes._record_command(instance_id(name), result, actor, settings)
+    sandboxes._record_command(instance_id(name), result, actor, settings, production=name)
     return result

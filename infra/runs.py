@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from infra import store
+from infra import audit, store
 from infra.playbook_runs import PlaybookRun
 from infra.settings import FluidSettings, get_settings
 from infra.store import AgentRunRecord, ApplyRecord, DecisionRecord, utcnow
@@ -87,7 +87,22 @@ def decide(
         rec.digest = digest
         rec.decided_at = utcnow()
         s.add(rec)
-        return rec
+    audit.append(
+        "approval",
+        actor=approver or "fluid",
+        summary=f"{outcome} attempt {attempt}{' (automatic)' if automatic else ''}"
+        + (f", playbook sha256 {digest}" if digest else ""),
+        run_id=flow_run_id,
+        detail={
+            "attempt": attempt,
+            "outcome": outcome,
+            "automatic": automatic,
+            "comment": comment,
+            "digest": digest,
+        },
+        settings=settings,
+    )
+    return rec
 
 
 def record_apply(
@@ -109,6 +124,22 @@ def record_apply(
     ]
     with store.session(settings or get_settings()) as s:
         s.add_all(rows)
+    audit.append(
+        "apply",
+        actor="fluid",
+        summary=f"{'applied' if run.succeeded else 'apply failed'}: playbook sha256 {digest} "
+        f"on {', '.join(r.host for r in rows) or 'no host'}",
+        run_id=flow_run_id,
+        detail={
+            "digest": digest,
+            "rc": run.rc,
+            "hosts": {
+                r.host: r.model_dump(include={"ok", "changed", "failed", "unreachable"})
+                for r in rows
+            },
+        },
+        settings=settings,
+    )
     return rows
 
 

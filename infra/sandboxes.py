@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shlex
@@ -18,7 +17,7 @@ import libvirt
 from pydantic import BaseModel
 from sqlmodel import delete, select
 
-from infra import domains, firewall, images, ports, ssh, store
+from infra import audit, domains, firewall, images, ports, ssh, store
 from infra.errors import (
     CommandTimeout,
     FluidError,
@@ -608,8 +607,13 @@ def run(
 
 
 def _record_command(
-    sandbox_id: str, r: ssh.CommandResult, actor: str | None, settings: FluidSettings
+    sandbox_id: str,
+    r: ssh.CommandResult,
+    actor: str | None,
+    settings: FluidSettings,
+    production: str | None = None,
 ) -> None:
+    actor = audit.default_actor(actor)
     with store.session(settings) as s:
         s.add(
             CommandRecord(
@@ -621,18 +625,12 @@ def _record_command(
                 timed_out=r.timed_out,
                 started_at=r.started_at,
                 ended_at=r.ended_at,
-                actor=actor or os.environ.get("FLUID_ACTOR") or f"user:{_login()}",
+                actor=actor,
             )
         )
-
-
-def _login() -> str:
-    try:
-        return os.getlogin()
-    except OSError:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
+    audit.record_command(
+        r, actor=actor, sandbox_id=sandbox_id, production=production, settings=settings
+    )
 
 
 def commands(sandbox_id: str, settings: FluidSettings | None = None) -> list[CommandRecord]:

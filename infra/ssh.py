@@ -394,6 +394,14 @@ class GuestConnection:
         except paramiko.SSHException as exc:
             raise SSHError(f"SFTP read of {self.host}:{remote_path} failed: {exc}") from exc
 
+    def list_dir(self, remote_path: str) -> list[paramiko.SFTPAttributes]:
+        """The entries of a remote directory (name, mode, size, mtime), sorted by name."""
+        sftp = self._sftp_client()
+        try:
+            return sorted(sftp.listdir_attr(remote_path), key=lambda a: a.filename)
+        except paramiko.SSHException as exc:
+            raise SSHError(f"SFTP listing of {self.host}:{remote_path} failed: {exc}") from exc
+
     def close(self) -> None:
         """Close SFTP and the SSH connection; safe to call twice."""
         if self._sftp is not None:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from sqlalchemy import UniqueConstraint, event
+from sqlalchemy import Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -140,6 +140,25 @@ class ProductionRecord(SQLModel, table=True):
     disk_path: str
     console_log: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditRecord(SQLModel, table=True):
+    """One entry of the hash-chained audit trail (written only by infra.audit.append)."""
+
+    __tablename__ = "audit_log"
+
+    # Numbered by infra.audit under a lock, 1..n without gaps, so a gap means a deletion.
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime  # UTC, microseconds (what both databases keep) are hashed
+    kind: str
+    actor: str
+    sandbox_id: str | None = Field(default=None, index=True)
+    run_id: str | None = Field(default=None, index=True)
+    summary: str = Field(sa_type=Text)
+    detail: str = Field(default="{}", sa_type=Text)  # canonical JSON
+    # Unique: two records naming the same predecessor would be a fork of the chain.
+    prev_hash: str = Field(unique=True)
+    hash: str = Field(unique=True)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -19,7 +19,9 @@ from prefect.cache_policies import INPUTS, RUN_ID
 from pydantic import BaseModel
 
 from blocks.production_target import ProductionTarget
-from infra import agents, checkpoints, sandboxes
+from infra import audit, checkpoints, sandboxes
+from infra.agents import AgentContext, AgentReport, AgentSpec
+from infra.agents.tools import Toolbox
 from infra.errors import FluidError
 from infra.owners import Owner
 from infra.playbook_runs import PlaybookRun, run_playbook
@@ -29,6 +31,7 @@ from infra.state.base import ChangeSet
 from infra.state.diff import compare, markdown
 from infra.state.export import digest, export
 from infra.verification import VerificationReport, verify
+from tasks.agents import agent_spec, build_agent, load_guardrails
 from tasks.change import verification_markdown
 
 BEFORE = "before"
@@ -91,23 +94,59 @@ def run_agent(
     run_id: str,
     sandbox_id: str,
     task_text: str,
-    agent: agents.AgentSpec,
+    agent: AgentSpec | str,
     attempt: int,
     feedback: str | None,
-) -> agents.AgentReport:
-    """Let the agent work (from the "before" checkpoint on a retry), then checkpoint the result."""
+    guardrails: str | None = None,
+) -> AgentReport:
+    """Let the agent work through its tools (from "before" on a retry), then checkpoint."""
     logger = get_run_logger()
     settings = get_settings()
     if attempt > 1:
         checkpoints.restore(sandbox_id, BEFORE, settings)
         logger.info("sandbox %s back at checkpoint %r for attempt %d", sandbox_id, BEFORE, attempt)
-    ctx = agents.AgentContext(
-        task=task_text, sandbox_id=sandbox_id, attempt=attempt, feedback=feedback
-    )
-    report = agents.build(agent).work(ctx, say=logger.info, settings=settings)
+    ctx = AgentContext(task=task_text, sandbox_id=sandbox_id, attempt=attempt, feedback=feedback)
+    env = {"FLUID_TASK": task_text, "FLUID_ATTEMPT": str(attempt), "FLUID_FEEDBACK": feedback or ""}
+    spec = agent_spec(agent)
+    with Toolbox(
+        sandbox_id,
+        settings=settings,
+        guardrails=load_guardrails(guardrails),
+        actor=f"agent:{spec.kind}",
+        run_id=run_id,
+        say=logger.info,
+        env=env,
+    ) as tools:
+        report = build_agent(spec).work(ctx, tools, say=logger.info)
     checkpoints.create(sandbox_id, f"after-{attempt}", settings)
     logger.info("agent done: %s", report.summary)
+    _publish_audit(run_id, sandbox_id, f"attempt {attempt}")
     return report
+
+
+def _cell(text: str) -> str:
+    return text[:150].replace("|", "\\|").replace("\n", " ")
+
+
+def _publish_audit(run_id: str, sandbox_id: str, when: str) -> None:
+    """The run's audit records so far and the chain's head hash, as an artifact."""
+    records = [r for r in audit.entries(run_id) if r.sandbox_id in (None, sandbox_id)]
+    head = audit.head()
+    lines = [
+        f"# Audit trail ({when})",
+        "",
+        f"Chain head: `{head}` — check it later with `fluid audit verify --head {head}`.",
+        "",
+        "| # | time | kind | actor | what |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r.seq} | {r.at:%H:%M:%S} | {r.kind} | {r.actor} | {_cell(r.summary)} |"
+            for r in records[-200:]
+        ),
+    ]
+    create_markdown_artifact(
+        markdown="\n".join(lines), key="agent-audit", description=f"Audit trail ({when})"
+    )
 
 
 @task(
@@ -288,6 +327,13 @@ def apply_to_production(
         "apply on %s %s:\n%s", production, run.status, run.output_tail[-3000:]
     )
     return run
+
+
+@task(name="publish audit trail")
+def publish_audit(run_id: str, sandbox_id: str) -> str | None:
+    """The run's audit trail and the chain's head hash, as the run's last artifact."""
+    _publish_audit(run_id, sandbox_id, "end of run")
+    return audit.head()
 
 
 def extend_for_approval(sandbox_id: str, timeout_s: int) -> None:

@@ -67,6 +67,28 @@ def prefect_stack(fluid_home: Path) -> Iterator[control_plane.ControlPlane]:
         control_plane.stop(settings)
 
 
+def fresh_postgres_database(name: str) -> str:
+    """A new, empty PostgreSQL database on loopback (FLUID_TEST_POSTGRES_URL wins if set)."""
+    import shutil
+
+    url = os.environ.get("FLUID_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if not shutil.which("pg_lsclusters"):
+        pytest.fail("PostgreSQL is not installed: run scripts/setup-postgres.sh")
+    subprocess.run(
+        [
+            "su",
+            "postgres",
+            "-c",
+            f'psql -q -c "DROP DATABASE IF EXISTS {name}" -c "CREATE DATABASE {name}"',
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return f"postgresql+psycopg://fluid:fluid@127.0.0.1:5432/{name}"
+
+
 @pytest.fixture(scope="session")
 def settings(fluid_home: Path) -> FluidSettings:
     return FluidSettings()
@@ -133,6 +155,20 @@ def two_sandboxes(
             for name in names.values():
                 with contextlib.suppress(Exception):
                     sandboxes.destroy(name, settings)
+
+
+@pytest.fixture(scope="session")
+def agent_box(
+    golden_image: images.ImageManifest, settings: FluidSettings
+) -> Iterator[sandboxes.Sandbox]:
+    """One sandbox shared by the agent-tool, shell, LLM and MCP tests (each boot costs a
+    minute under TCG). Tests work under their own folders and never rely on another's state."""
+    # A generated id: a developer may run two test sessions on one host at once.
+    box = sandboxes.create(agent_id="t-agent", settings=settings)
+    try:
+        yield box
+    finally:
+        sandboxes.destroy(box.id, settings)
 
 
 @pytest.fixture(scope="session")

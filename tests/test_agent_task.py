@@ -30,6 +30,7 @@ from sqlmodel import select
 
 from infra import control_plane, runs, sandboxes, store
 from infra.settings import FluidSettings
+from tests.chat_server import Assistant, ChatServer, Request
 from tests.conftest import FLUID, fluid, leftovers
 
 T = TypeVar("T")
@@ -103,26 +104,49 @@ def production(production_vm: dict) -> str:
     return production_vm["name"]
 
 
+def reviewing_model(tag: str) -> Callable[[Request], Assistant]:
+    """A scripted model: it writes a file and the reviewer's feedback (from its first user
+    message, as a model would read it) next to it, then finishes."""
+
+    def turn(request: Request) -> Assistant:
+        if request.messages[-1]["role"] == "tool":
+            return Assistant(tool_calls=[("finish", {"summary": f"wrote /srv/{tag}"})])
+        prompt = request.messages[1]["content"]
+        feedback = prompt.split("feedback:", 1)[1].strip() if "feedback:" in prompt else "none"
+        return Assistant(
+            content="Writing the file.",
+            tool_calls=[
+                ("write_file", {"path": f"/srv/{tag}/hello.txt", "content": f"hello from {tag}\n"}),
+                ("write_file", {"path": f"/srv/{tag}/feedback.txt", "content": feedback + "\n"}),
+            ],
+        )
+
+    return turn
+
+
 def test_reject_then_approve_from_the_cli(
-    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings, tmp_path
+    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings
 ) -> None:
-    """`fluid run` waits; a rejection reaches the agent; only the approved attempt is applied."""
-    steps = tmp_path / "steps.yml"
-    steps.write_text(json.dumps(scripted("reviewed")["steps"]))  # JSON is YAML
-    proc = subprocess.Popen(
-        [
-            FLUID,
-            "run",
-            "write the reviewed file",
-            "--steps",
-            str(steps),
-            "--production",
-            production,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    """`fluid run` with an LLM endpoint (no saved block) waits; a rejection reaches the model;
+    only the approved attempt is applied."""
+    with ChatServer([reviewing_model("reviewed")] * 4) as model:
+        proc = subprocess.Popen(
+            [FLUID, "run", "write the reviewed file", "--production", production]
+            + ["--llm-base-url", model.url, "--llm-model", "test-model"]
+            + ["--llm-api-key-env", "FLUID_TEST_LLM_KEY"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "FLUID_TEST_LLM_KEY": "sk-test-123"},
+        )
+        _reject_then_approve(proc, production, settings)
+    model.check()
+    assert len(model.requests) == 4  # two turns per attempt; finish needs no further request
+    assert {r.headers.get("authorization") for r in model.requests} == {"Bearer sk-test-123"}
+    assert "please say please" in model.requests[2].messages[1]["content"]
+
+
+def _reject_then_approve(proc: subprocess.Popen, production: str, settings: FluidSettings) -> None:
     output: list[str] = []
     try:
         assert proc.stdout is not None
@@ -339,29 +363,67 @@ def test_auth_string_is_required_for_the_api(prefect_stack: control_plane.Contro
     assert mode == 0o600
 
 
-HELLO_SERVICE = {
-    "kind": "scripted",
-    "steps": [
-        {"write": "/srv/hello-web/index.html", "content": "<h1>Hello from fluid</h1>\n"},
-        {
-            "write": "/etc/systemd/system/hello-web.service",
-            "content": (
-                "[Unit]\nDescription=fluid's hello page\n\n[Service]\n"
-                "ExecStart=/usr/bin/python3 -m http.server 8080 --bind 127.0.0.1 "
-                "--directory /srv/hello-web\n\n[Install]\nWantedBy=multi-user.target\n"
+HELLO_UNIT = (
+    "[Unit]\nDescription=fluid's hello page\n\n[Service]\n"
+    "ExecStart=/usr/bin/python3 -m http.server 8080 --bind 127.0.0.1 "
+    "--directory /srv/hello-web\n\n[Install]\nWantedBy=multi-user.target\n"
+)
+# The model's turns: install a package, write the page and its unit, start it, finish.
+HELLO_MODEL = [
+    Assistant(
+        content="First the package.",
+        tool_calls=[
+            (
+                "run_command",
+                {"command": "apt-get update -qq && apt-get install -y -qq tree", "timeout": 900},
+            )
+        ],
+    ),
+    Assistant(
+        tool_calls=[
+            (
+                "write_file",
+                {"path": "/srv/hello-web/index.html", "content": "<h1>Hello from fluid</h1>\n"},
             ),
-        },
-        {"run": "systemctl daemon-reload && systemctl enable --now hello-web"},
-    ],
-}
-UI_TASK = "serve a hello page on port 8080"
+            (
+                "write_file",
+                {"path": "/etc/systemd/system/hello-web.service", "content": HELLO_UNIT},
+            ),
+        ]
+    ),
+    Assistant(
+        tool_calls=[
+            (
+                "run_command",
+                {"command": "systemctl daemon-reload && systemctl enable --now hello-web"},
+            )
+        ]
+    ),
+    Assistant(tool_calls=[("finish", {"summary": "tree installed; hello-web serves on 8080"})]),
+]
+UI_TASK = "install tree and serve a hello page on port 8080"
+
+
+@pytest.fixture
+def hello_model() -> Iterator[ChatServer]:
+    with ChatServer(list(HELLO_MODEL)) as server:
+        yield server
 
 
 def test_a_reviewer_approves_in_the_prefect_ui(
-    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings, tmp_path
+    production: str,
+    prefect_stack: control_plane.ControlPlane,
+    settings: FluidSettings,
+    hello_model: ChatServer,
+    tmp_path: Path,
 ) -> None:
-    """Called from Python, the run pauses; a person approves it in the UI; production serves."""
+    """An LLM agent (a saved LLM block; the model is a local server playing scripted turns)
+    installs a package and a service; called from Python, the run pauses; a person approves it
+    in the UI; production has the package and serves the page."""
+    from blocks.llm import LLMBlock
     from tests import prefect_ui
+
+    LLMBlock(base_url=hello_model.url, model="test-model").save("t-llm", overwrite=True)
 
     shots = Path(os.environ.get("FLUID_TEST_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
@@ -373,7 +435,7 @@ def test_a_reviewer_approves_in_the_prefect_ui(
         "print('STATE', state.type.value)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, UI_TASK, production, json.dumps(HELLO_SERVICE)],
+        [sys.executable, "-c", script, UI_TASK, production, json.dumps("t-llm")],
         cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -405,7 +467,7 @@ def test_a_reviewer_approves_in_the_prefect_ui(
                 prefect_stack.ui_url,
                 run_id,
                 shots,
-                expect=["/etc/systemd/system/hello-web.service", "Check-mode preview"],
+                expect=["/etc/systemd/system/hello-web.service", "Check-mode preview", "tree"],
             )
             result = prefect_ui.approve_paused_run(
                 page,
@@ -420,6 +482,12 @@ def test_a_reviewer_approves_in_the_prefect_ui(
         if proc.poll() is None:
             proc.kill()
     assert "STATE COMPLETED" in out, out[-3000:]
+    hello_model.check()
+    assert len(hello_model.requests) == len(HELLO_MODEL)
+    assert "authorization" not in hello_model.requests[0].headers  # the block has no key
+    assert on_production(production, "dpkg-query -W -f '${Status}' tree").stdout == (
+        b"install ok installed"
+    )
     # The check-mode preview ran into the service that only the earlier tasks would create,
     # and the run went on.
     assert "with errors" in artifacts
@@ -465,7 +533,8 @@ def test_deployments_are_scheduled_and_the_image_flow_runs(
 def test_bad_run_input_fails_before_any_run_or_vm_exists(
     prefect_stack: control_plane.ControlPlane, settings: FluidSettings, tmp_path
 ) -> None:
-    """A missing steps file, malformed steps, an unknown production: clear errors, nothing made."""
+    """A missing steps file, malformed steps, an unknown production, incomplete LLM options:
+    clear errors, nothing made."""
     good = tmp_path / "good.yml"
     good.write_text('- run: "true"\n')
     bad = tmp_path / "bad.yml"
@@ -475,6 +544,13 @@ def test_bad_run_input_fails_before_any_run_or_vm_exists(
         (["--steps", str(tmp_path / "missing.yml"), "--production", "x"], b"cannot read steps"),
         (["--steps", str(bad), "--production", "x"], b"exactly one of `run` or `write`"),
         (["--steps", str(good), "--production", "nope"], b"no ProductionTarget block named 'nope'"),
+        (["--production", "x"], b"say who does the work"),
+        (["--llm-base-url", "http://127.0.0.1:9/v1", "--production", "x"], b"--llm-model NAME"),
+        (["--steps", str(good), "--llm-block", "b", "--production", "x"], b"not both"),
+        (
+            ["--llm-block", "b", "--llm-api-key-env", "FLUID_UNSET_VAR", "--production", "x"],
+            b"FLUID_UNSET_VAR is not set",
+        ),
     ]
     for args, message in cases:
         r = fluid("run", "a task", *args, check=False)

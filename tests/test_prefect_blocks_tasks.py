@@ -68,7 +68,7 @@ def test_blocks_register_and_the_ca_key_loads_back_masked(prefect_api: str, tmp_
 
     registered = _prefect_cli(prefect_api, "block", "register", "-m", "blocks")
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    assert "Successfully registered 4 blocks" in registered.stdout
+    assert "Successfully registered 6 blocks" in registered.stdout
 
     listed = _prefect_cli(prefect_api, "block", "type", "ls")
     assert listed.returncode == 0, listed.stdout + listed.stderr

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,6 +9,7 @@ from sqlmodel import select
 
 from infra import store
 from infra.settings import FluidSettings
+from tests.conftest import fresh_postgres_database
 
 
 def _roundtrip(settings: FluidSettings) -> None:
@@ -59,22 +57,7 @@ def test_sqlite_under_fluid_home_by_default(tmp_path):
 @pytest.fixture(scope="module")
 def postgres_url() -> str:
     """A real PostgreSQL on loopback: FLUID_TEST_POSTGRES_URL, or the local cluster."""
-    url = os.environ.get("FLUID_TEST_POSTGRES_URL")
-    if url:
-        return url
-    if not shutil.which("pg_lsclusters"):
-        pytest.fail("PostgreSQL is not installed: run scripts/setup-postgres.sh")
-    subprocess.run(
-        [
-            "su",
-            "postgres",
-            "-c",
-            'psql -q -c "DROP DATABASE IF EXISTS fluid_test" -c "CREATE DATABASE fluid_test"',
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return "postgresql+psycopg://fluid:fluid@127.0.0.1:5432/fluid_test"
+    return fresh_postgres_database("fluid_test")
 
 
 def test_postgresql_by_setting(postgres_url, tmp_path):

@@ -2,14 +2,7 @@
 
 from infra.agents.base import Agent, AgentContext, AgentFailed, AgentReport
 from infra.agents.scripted import ScriptedAgent, ScriptedAgentSpec, Step
-
-AgentSpec = ScriptedAgentSpec
-
-
-def build(spec: AgentSpec) -> Agent:
-    """The agent a flow parameter describes."""
-    return ScriptedAgent(spec)
-
+from infra.agents.spec import AgentSpec, LLMAgentSpec
 
 __all__ = [
     "Agent",
@@ -17,8 +10,8 @@ __all__ = [
     "AgentFailed",
     "AgentReport",
     "AgentSpec",
+    "LLMAgentSpec",
     "ScriptedAgent",
     "ScriptedAgentSpec",
     "Step",
-    "build",
 ]

@@ -1,14 +1,16 @@
-"""The agent interface: a task, a sandbox, the reviewer's feedback in; a report out."""
+"""The agent interface: a task, its tools, the reviewer's feedback in; a report out."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
 from infra.errors import FluidError
-from infra.settings import FluidSettings
+
+if TYPE_CHECKING:
+    from infra.agents.tools import Toolbox
 
 Progress = Callable[[str], None]
 
@@ -35,6 +37,6 @@ class AgentReport(BaseModel):
 
 
 class Agent(Protocol):
-    """Anything that can work on a task inside a sandbox."""
+    """Anything that can work on a task in a sandbox, touching it only through `tools`."""
 
-    def work(self, ctx: AgentContext, *, say: Progress, settings: FluidSettings) -> AgentReport: ...
+    def work(self, ctx: AgentContext, tools: Toolbox, *, say: Progress) -> AgentReport: ...

@@ -1,23 +1,23 @@
 """The scripted agent: runs given steps (commands and file writes) in the sandbox.
 
-Used by the demo and the tests. Each command sees FLUID_TASK, FLUID_ATTEMPT and
-FLUID_FEEDBACK (the reviewer's comment on a rejected attempt) in its environment, so a
-script can react to a review.
+Used by the demo and the tests. Steps go through the same tools (and guardrails) as any
+agent. Each command sees FLUID_TASK, FLUID_ATTEMPT and FLUID_FEEDBACK (the reviewer's
+comment on a rejected attempt) in its environment, so a script can react to a review.
 """
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from infra import sandboxes
 from infra.agents.base import AgentContext, AgentFailed, AgentReport, Progress
 from infra.errors import FluidError
-from infra.settings import FluidSettings
+
+if TYPE_CHECKING:
+    from infra.agents.tools import Toolbox
 
 
 class StepsFileError(FluidError, ValueError):
@@ -47,7 +47,7 @@ class Step(BaseModel):
 class ScriptedAgentSpec(BaseModel):
     """Steps given inline or as a YAML file (a list of steps, or {steps: [...]})."""
 
-    kind: str = Field(default="scripted", pattern="^scripted$")
+    kind: Literal["scripted"] = "scripted"
     steps: list[Step] = Field(default_factory=list)
     steps_file: str | None = Field(
         default=None, description="YAML file with the steps, read where the flow runs."
@@ -82,49 +82,25 @@ def load_steps(path: Path) -> list[Step]:
 
 
 class ScriptedAgent:
-    """Runs its steps in order; a failing command ends the attempt with AgentFailed."""
+    """Runs its steps in order through the tools; a failing step ends the attempt."""
 
     def __init__(self, spec: ScriptedAgentSpec) -> None:
         self.steps = spec.resolved_steps()
 
-    def work(self, ctx: AgentContext, *, say: Progress, settings: FluidSettings) -> AgentReport:
+    def work(self, ctx: AgentContext, tools: Toolbox, *, say: Progress) -> AgentReport:
         if ctx.feedback:
             say(f"reviewer feedback for attempt {ctx.attempt}: {ctx.feedback}")
-        env = {
-            "FLUID_TASK": ctx.task,
-            "FLUID_ATTEMPT": str(ctx.attempt),
-            "FLUID_FEEDBACK": ctx.feedback or "",
-        }
-        exports = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         for n, step in enumerate(self.steps, 1):
             if step.write is not None:
-                say(f"step {n}: write {step.write}")
-                self._write(ctx.sandbox_id, step, settings)
-                continue
-            say(f"step {n}: $ {step.run}")
-            r = sandboxes.run(
-                ctx.sandbox_id,
-                f"{exports}\n{step.run}",
-                timeout=step.timeout,
-                actor="agent:scripted",
-                settings=settings,
-            )
-            tail = (r.stdout_text + r.stderr_text).strip().splitlines()[-10:]
-            if tail:
-                say("\n".join(tail))
-            if r.exit_status != 0:
-                raise AgentFailed(
-                    f"step {n} (`{step.run}`) exited {r.exit_status}:\n{r.stderr_text[-2000:]}"
+                r = tools.call(
+                    "write_file", {"path": step.write, "content": step.content, "mode": step.mode}
                 )
+            else:
+                r = tools.call("run_command", {"command": step.run, "timeout": step.timeout})
+            if not r.ok or (r.exit_status or 0) != 0:
+                what = f"`{step.run}`" if step.run is not None else f"write {step.write}"
+                raise AgentFailed(f"step {n} ({what}) failed: {r.content[-2000:]}")
+        tools.call("finish", {"summary": f"ran {len(self.steps)} scripted step(s)"})
         return AgentReport(
             summary=f"ran {len(self.steps)} scripted step(s)", actions=len(self.steps)
         )
-
-    @staticmethod
-    def _write(sandbox_id: str, step: Step, settings: FluidSettings) -> None:
-        assert step.write is not None
-        with sandboxes.guest(sandbox_id, settings) as g:
-            r = g.run(f"mkdir -p {shlex.quote(str(Path(step.write).parent))}", timeout=60)
-            if r.exit_status != 0:
-                raise AgentFailed(f"cannot create the folder of {step.write}: {r.stderr_text}")
-            g.upload_bytes(step.content.encode(), step.write, mode=int(step.mode, 8))
