@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 
-from infra.guardrails import Guardrails
-
 from infra.agents import Agent, AgentSpec, LLMAgentSpec, ScriptedAgent, ScriptedAgentSpec
 from infra.errors import FluidError
+from infra.guardrails import Guardrails
 
 
 class AgentConfigError(FluidError, ValueError):
@@ -35,9 +34,9 @@ def build_agent(agent: AgentSpec | str) -> Agent:
 
 def llm_endpoint(spec: LLMAgentSpec):  # noqa: ANN201 - LLMEndpoint, imported lazily
     """The endpoint of an LLM spec, with its key from the block, a Secret block or the env."""
-    from blocks.llm import LLMBlock
     from pydantic import SecretStr
 
+    from blocks.llm import LLMBlock
     from infra.agents.llm import LLMEndpoint
 
     if spec.block is not None:
