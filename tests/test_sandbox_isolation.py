@@ -69,7 +69,9 @@ def test_a_sandbox_cannot_reach_host_services(two_sandboxes, settings, host_serv
 
 def test_two_sandboxes_run_at_once_without_seeing_each_other(two_sandboxes, settings):
     nat, isolated = two_sandboxes
-    assert {s.id: s.state for s in sandboxes.list_sandboxes(settings).sandboxes} == {
+    # Other session-scoped sandboxes (the agent tests' one) may be running too.
+    states = {s.id: s.state for s in sandboxes.list_sandboxes(settings).sandboxes}
+    assert {k: v for k, v in states.items() if k in (nat.id, isolated.id)} == {
         nat.id: "running",
         isolated.id: "running",
     }
