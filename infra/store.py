@@ -5,6 +5,7 @@ SQLite under FLUID_HOME by default; any SQLAlchemy URL (PostgreSQL included) by 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -169,8 +170,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-@lru_cache(maxsize=8)
+# Two threads opening a brand-new database at once would both run CREATE TABLE.
+_engine_lock = threading.Lock()
+
+
 def _engine_for(url: str) -> Engine:
+    with _engine_lock:
+        return _cached_engine(url)
+
+
+@lru_cache(maxsize=8)
+def _cached_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
