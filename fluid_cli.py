@@ -66,6 +66,48 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- pool (warm starts) -------------------------------------------------------------------
+
+
+def cmd_pool_fill(args: argparse.Namespace) -> int:
+    from infra import warm_slots
+
+    made = warm_slots.fill(args.slots, image=args.image, progress=_log)
+    slots = warm_slots.list_slots()
+    _emit(
+        args,
+        {"prepared": [m.name for m in made], "slots": [m.model_dump(mode="json") for m in slots]},
+        lambda: print(f"{len(made)} slot(s) prepared; {len(slots)} ready for warm starts"),
+    )
+    return 0
+
+
+def cmd_pool_list(args: argparse.Namespace) -> int:
+    from infra import warm_slots
+
+    slots = warm_slots.list_slots()
+
+    def human() -> None:
+        print(f"{'SLOT':<12} {'IMAGE':<16} {'MEMORY':>7} {'STATE':>8}  {'SAVED':<17} IN USE BY")
+        for m in slots:
+            print(
+                f"{m.name:<12} {m.image + ' ' + m.image_version:<16} {m.memory_mib:>5}Mi "
+                f"{m.state_bytes / 2**20:>6.0f}Mi  {m.saved_at:%Y-%m-%d %H:%M}  "
+                f"{m.in_use_by or '-'}"
+            )
+
+    _emit(args, {"slots": [m.model_dump(mode="json") for m in slots]}, human)
+    return 0
+
+
+def cmd_pool_clear(args: argparse.Namespace) -> int:
+    from infra import warm_slots
+
+    removed = warm_slots.clear()
+    _emit(args, {"removed": removed}, lambda: print(f"removed {len(removed)} idle slot(s)"))
+    return 0
+
+
 # --- sandbox -----------------------------------------------------------------------------
 
 
@@ -718,6 +760,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path")
     sp.add_argument("--name", required=True)
     sub(image, "list", cmd_image_list, "list image versions")
+
+    pool = top.add_parser("pool", help="warm-start slots (saved booted VMs)").add_subparsers(
+        dest="cmd", required=True
+    )
+    sp = sub(pool, "fill", cmd_pool_fill, "prepare slots so sandboxes start warm")
+    sp.add_argument("slots", nargs="?", type=int, default=None, help="default FLUID_WARM_SLOTS")
+    sp.add_argument("--image", default=None, help="image name (default: FLUID_IMAGE)")
+    sub(pool, "list", cmd_pool_list, "list prepared slots and who holds them")
+    sub(pool, "clear", cmd_pool_clear, "remove every slot no sandbox holds")
 
     sandbox = top.add_parser("sandbox", help="sandbox VMs").add_subparsers(
         dest="cmd", required=True

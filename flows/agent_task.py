@@ -9,6 +9,11 @@ the agent and starts again from the "before" checkpoint; no answer in time appli
 Run from a deployment, the wait is a suspension: no process is held, and on resume the flow
 function runs again from the top while every task before the approval comes back from the
 cache. Called directly from Python, it pauses in process instead.
+
+A run holds two of its host's sandbox slots (FLUID_MAX_SANDBOXES, flows/limits.py) while its
+sandboxes live, so a burst of runs queues instead of exhausting memory. A suspended run has
+no process and so holds no slots (its waiting sandbox is not counted); when resumed it takes
+them again, queueing if the host is full, before it goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from blocks.production_target import ProductionTarget
+from flows.limits import sandbox_slots
 from infra import runs, sandboxes
 from infra.agents import AgentSpec
 from infra.errors import ProductionBlockError, SandboxNotFound
@@ -138,138 +144,141 @@ def agent_task(
     build_agent(agent)
     load_guardrails(guardrails)
 
-    box = prepare_sandbox(run_id, image, sandbox_ttl_minutes)
-    sandboxes.set_owner(box.id, Owner.this_process(run_id))
-    runs.update(run_id, sandbox_id=box.id)
-    suspended = False
-    try:
-        feedback: str | None = None
-        for attempt in range(1, max_attempts + 1):
-            runs.update(run_id, status="working", attempts=attempt)
-            run_agent(run_id, box.id, task, agent, attempt, feedback, guardrails)
-            changeset = diff_attempt(run_id, box.id, attempt)
-            if changeset.empty:
-                runs.finish(run_id, "no-change", "the agent changed nothing")
-                logger.info("the agent changed nothing: there is nothing to approve")
-                return Completed(
-                    message="no change",
-                    data=AgentTaskResult(
-                        flow_run_id=run_id,
-                        outcome="no-change",
-                        attempts=attempt,
-                        production=production,
-                    ),
-                )
-            playbook = export_attempt(run_id, changeset, attempt)
-            report = prove_playbook(run_id, playbook, attempt)
-            if not report.passed:
-                runs.finish(run_id, "failed", f"replay failed: {report.summary()}")
-                return Failed(
-                    message=f"the playbook did not reproduce the change on a fresh sandbox: "
-                    f"{report.summary()}; nothing was applied"
-                )
-            preview_on_production(run_id, playbook, production, attempt)
-            proposal = Proposal(
-                attempt=attempt,
-                playbook_dir=str(playbook),
-                digest=(playbook / "DIGEST").read_text().strip(),
-                changes=len(changeset.changes),
-                summary=_summary(
-                    [
-                        f"{c.action} {c.kind} `{c.key}`"
-                        + (f" ({'; '.join(c.details)})" if c.details else "")
-                        for c in changeset.changes
-                    ]
-                ),
-                verification=report.summary(),
-                verified=report.passed,
-            )
-            runs.update(run_id, status="awaiting-approval", digest=proposal.digest)
-
-            if auto_approve:
-                decision = Approval(
-                    decision="approve", approver=AUTOMATIC_APPROVER, comment="auto-approve"
-                )
-            else:
-                extend_for_approval(box.id, approval_timeout_s)
-                logger.info(
-                    "waiting up to %d s for approval of digest %s (attempt %d)",
-                    approval_timeout_s,
-                    proposal.digest,
-                    attempt,
-                )
-                if suspend:
-                    # Nothing runs while suspended: the janitor must not think we crashed.
-                    sandboxes.set_owner(box.id, Owner(run=run_id))
-                try:
-                    decision = _ask(
-                        _review_description(task, proposal, production, max_attempts),
-                        approval_timeout_s,
-                        suspend,
+    # Held for as long as this run's sandboxes live: its own and the replay's. A run
+    # suspended for approval holds none: its process ends (flows/limits.py).
+    with sandbox_slots(run_id, logger.info):
+        box = prepare_sandbox(run_id, image, sandbox_ttl_minutes)
+        sandboxes.set_owner(box.id, Owner.this_process(run_id))
+        runs.update(run_id, sandbox_id=box.id)
+        suspended = False
+        try:
+            feedback: str | None = None
+            for attempt in range(1, max_attempts + 1):
+                runs.update(run_id, status="working", attempts=attempt)
+                run_agent(run_id, box.id, task, agent, attempt, feedback, guardrails)
+                changeset = diff_attempt(run_id, box.id, attempt)
+                if changeset.empty:
+                    runs.finish(run_id, "no-change", "the agent changed nothing")
+                    logger.info("the agent changed nothing: there is nothing to approve")
+                    return Completed(
+                        message="no change",
+                        data=AgentTaskResult(
+                            flow_run_id=run_id,
+                            outcome="no-change",
+                            attempts=attempt,
+                            production=production,
+                        ),
                     )
-                except FlowPauseTimeout:
-                    runs.decide(run_id, attempt, "timed-out", digest=proposal.digest)
-                    runs.finish(run_id, "timed-out", "no approval in time; nothing applied")
-                    return Cancelled(message="no approval in time: nothing was applied")
-                sandboxes.set_owner(box.id, Owner.this_process(run_id))
+                playbook = export_attempt(run_id, changeset, attempt)
+                report = prove_playbook(run_id, playbook, attempt)
+                if not report.passed:
+                    runs.finish(run_id, "failed", f"replay failed: {report.summary()}")
+                    return Failed(
+                        message=f"the playbook did not reproduce the change on a fresh sandbox: "
+                        f"{report.summary()}; nothing was applied"
+                    )
+                preview_on_production(run_id, playbook, production, attempt)
+                proposal = Proposal(
+                    attempt=attempt,
+                    playbook_dir=str(playbook),
+                    digest=(playbook / "DIGEST").read_text().strip(),
+                    changes=len(changeset.changes),
+                    summary=_summary(
+                        [
+                            f"{c.action} {c.kind} `{c.key}`"
+                            + (f" ({'; '.join(c.details)})" if c.details else "")
+                            for c in changeset.changes
+                        ]
+                    ),
+                    verification=report.summary(),
+                    verified=report.passed,
+                )
+                runs.update(run_id, status="awaiting-approval", digest=proposal.digest)
 
-            outcome = "approved" if decision.decision == "approve" else "rejected"
-            runs.decide(
-                run_id,
-                attempt,
-                outcome,
-                approver=decision.approver,
-                automatic=auto_approve,
-                comment=decision.comment,
-                digest=proposal.digest,
-            )
-            logger.info(
-                "%s by %s%s",
-                outcome,
-                decision.approver,
-                f": {decision.comment}" if decision.comment else "",
-            )
-            if decision.decision == "reject":
-                feedback = decision.comment or "rejected without a comment"
-                continue
+                if auto_approve:
+                    decision = Approval(
+                        decision="approve", approver=AUTOMATIC_APPROVER, comment="auto-approve"
+                    )
+                else:
+                    extend_for_approval(box.id, approval_timeout_s)
+                    logger.info(
+                        "waiting up to %d s for approval of digest %s (attempt %d)",
+                        approval_timeout_s,
+                        proposal.digest,
+                        attempt,
+                    )
+                    if suspend:
+                        # Nothing runs while suspended: the janitor must not think we crashed.
+                        sandboxes.set_owner(box.id, Owner(run=run_id))
+                    try:
+                        decision = _ask(
+                            _review_description(task, proposal, production, max_attempts),
+                            approval_timeout_s,
+                            suspend,
+                        )
+                    except FlowPauseTimeout:
+                        runs.decide(run_id, attempt, "timed-out", digest=proposal.digest)
+                        runs.finish(run_id, "timed-out", "no approval in time; nothing applied")
+                        return Cancelled(message="no approval in time: nothing was applied")
+                    sandboxes.set_owner(box.id, Owner.this_process(run_id))
 
-            try:
-                applied = apply_to_production(run_id, playbook, proposal.digest, production)
-            except PlaybookChanged as e:
-                runs.decide(run_id, attempt, "refused", digest=proposal.digest, comment=str(e))
-                runs.finish(run_id, "refused", str(e))
-                return Failed(message=str(e))
-            runs.record_apply(run_id, applied, proposal.digest)
-            result = AgentTaskResult(
-                flow_run_id=run_id,
-                outcome="applied" if applied.succeeded else "apply-failed",
-                attempts=attempt,
-                production=production,
-                digest=proposal.digest,
-                approver=decision.approver,
-                hosts={
-                    h: {"ok": applied.ok.get(h, 0), "changed": applied.changed.get(h, 0)}
-                    for h in set(applied.ok) | set(applied.changed)
-                },
-            )
-            if not applied.succeeded:
-                runs.finish(run_id, "apply-failed", applied.output_tail[-500:])
-                return Failed(message=f"applying to {production} failed", data=result)
-            runs.finish(run_id, "applied", f"approved by {decision.approver}")
-            return Completed(message=f"applied to {production}", data=result)
+                outcome = "approved" if decision.decision == "approve" else "rejected"
+                runs.decide(
+                    run_id,
+                    attempt,
+                    outcome,
+                    approver=decision.approver,
+                    automatic=auto_approve,
+                    comment=decision.comment,
+                    digest=proposal.digest,
+                )
+                logger.info(
+                    "%s by %s%s",
+                    outcome,
+                    decision.approver,
+                    f": {decision.comment}" if decision.comment else "",
+                )
+                if decision.decision == "reject":
+                    feedback = decision.comment or "rejected without a comment"
+                    continue
 
-        runs.finish(run_id, "rejected", f"rejected {max_attempts} time(s)")
-        return Cancelled(message=f"rejected {max_attempts} time(s): nothing was applied")
-    except Pause:
-        suspended = True
-        raise
-    except BaseException as e:
-        runs.finish(run_id, "failed", f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        if not suspended:
-            _publish_audit(run_id, box.id)
-            _destroy(box.id)
+                try:
+                    applied = apply_to_production(run_id, playbook, proposal.digest, production)
+                except PlaybookChanged as e:
+                    runs.decide(run_id, attempt, "refused", digest=proposal.digest, comment=str(e))
+                    runs.finish(run_id, "refused", str(e))
+                    return Failed(message=str(e))
+                runs.record_apply(run_id, applied, proposal.digest)
+                result = AgentTaskResult(
+                    flow_run_id=run_id,
+                    outcome="applied" if applied.succeeded else "apply-failed",
+                    attempts=attempt,
+                    production=production,
+                    digest=proposal.digest,
+                    approver=decision.approver,
+                    hosts={
+                        h: {"ok": applied.ok.get(h, 0), "changed": applied.changed.get(h, 0)}
+                        for h in set(applied.ok) | set(applied.changed)
+                    },
+                )
+                if not applied.succeeded:
+                    runs.finish(run_id, "apply-failed", applied.output_tail[-500:])
+                    return Failed(message=f"applying to {production} failed", data=result)
+                runs.finish(run_id, "applied", f"approved by {decision.approver}")
+                return Completed(message=f"applied to {production}", data=result)
+
+            runs.finish(run_id, "rejected", f"rejected {max_attempts} time(s)")
+            return Cancelled(message=f"rejected {max_attempts} time(s): nothing was applied")
+        except Pause:
+            suspended = True
+            raise
+        except BaseException as e:
+            runs.finish(run_id, "failed", f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            if not suspended:
+                _publish_audit(run_id, box.id)
+                _destroy(box.id)
 
 
 def load_target(production: str) -> ProductionTarget:

@@ -192,6 +192,13 @@ def start_server(settings: FluidSettings, say: Progress = _quiet) -> ControlPlan
         "PREFECT_UI_API_URL": cp.api_url,
         # Suspended runs whose approval deadline passed are failed within seconds.
         "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "5",
+        # Sandbox slots (flows/limits.py) are leases; kept in memory, a server restart would
+        # forget them while their slots stay counted as taken, forever.
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+            "prefect.server.concurrency.lease_storage.filesystem"
+        ),
+        # A run queued for a sandbox slot asks again at most this often (Prefect: 30 s).
+        "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "10",
     }
     _spawn(
         [

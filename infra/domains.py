@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -48,6 +50,19 @@ class DomainSpec(BaseModel):
     disk_cache: Literal["unsafe", "none", "writeback"] = "unsafe"
 
 
+def kernel_cmdline(base: str, instance_id: str, ca_public_line: str) -> str:
+    """The kernel command line that tells a fluid guest who it is and which CA to trust.
+
+    The guest's fluid-instance service reads fluid.sandbox (its principal is fluid-<id>) and
+    fluid.ca at every boot; systemd takes the machine-id and hostname from here.
+    """
+    blob = ca_public_line.split()[1]
+    return (
+        f"{base} systemd.machine_id={uuid.uuid4().hex} systemd.hostname={instance_id} "
+        f"fluid.sandbox={instance_id} fluid.ca={blob}"
+    )
+
+
 def _metadata_xml(m: FluidMetadata) -> str:
     fields = "".join(
         f"<{k}>{escape(v.isoformat() if isinstance(v, datetime) else str(v))}</{k}>"
@@ -57,12 +72,17 @@ def _metadata_xml(m: FluidMetadata) -> str:
     return f'<instance xmlns="{METADATA_NS}">{fields}</instance>'
 
 
-def render(spec: DomainSpec) -> str:
-    """The domain XML: direct kernel boot, SLIRP NIC with SSH on a 127.0.0.1 forward."""
-    netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
-    if spec.network == "isolated":
+def _netdev(ssh_port: int, network: str) -> str:
+    netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+    if network == "isolated":
         # restrict=on: no route out, no host services; only the forward comes in.
         netdev += ",restrict=on"
+    return netdev
+
+
+def render(spec: DomainSpec) -> str:
+    """The domain XML: direct kernel boot, SLIRP NIC with SSH on a 127.0.0.1 forward."""
+    netdev = _netdev(spec.ssh_port, spec.network)
     boot = (
         f"<kernel>{escape(str(spec.kernel))}</kernel><initrd>{escape(str(spec.initrd))}</initrd>"
         f"<cmdline>{escape(spec.cmdline or '')}</cmdline>"
@@ -102,6 +122,7 @@ def render(spec: DomainSpec) -> str:
       <log file={quoteattr(str(spec.console_log))} append='off'/><target port='0'/>
     </serial>
     <console type='pty'><target type='serial' port='0'/></console>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>
   </devices>
@@ -110,6 +131,53 @@ def render(spec: DomainSpec) -> str:
     <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=n0,bus=pci.0,addr=0x10'/>
   </qemu:commandline>
 </domain>"""
+
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+def retarget(
+    xml: str,
+    *,
+    metadata: FluidMetadata,
+    disk_path: Path,
+    console_log: Path,
+    ssh_port: int,
+    network: Literal["nat", "isolated"],
+    cmdline: str | None = None,
+) -> str:
+    """A saved VM's domain XML pointed at another disk, console log, SSH port and network.
+
+    libvirt accepts these changes when restoring a saved state (they are not guest-visible);
+    the name and UUID must stay. `cmdline` replaces the kernel command line, which only takes
+    effect at the next cold boot.
+    """
+    ET.register_namespace("qemu", QEMU_NS)
+    root = ET.fromstring(xml)
+    disk = root.find("./devices/disk[@device='disk']/source")
+    log = root.find("./devices/serial/log")
+    if disk is None or log is None:
+        raise ValueError("saved domain XML has no disk source or serial log")
+    disk.set("file", str(disk_path))
+    log.set("file", str(console_log))
+    args = root.findall(f"./{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")
+    netdev = [a for a in args if "hostfwd=" in (a.get("value") or "")]
+    if len(netdev) != 1:
+        raise ValueError("saved domain XML has no user-mode network with an SSH forward")
+    netdev[0].set("value", _netdev(ssh_port, network))
+    meta = root.find("./metadata")
+    if meta is None:
+        meta = ET.SubElement(root, "metadata")
+    for child in list(meta):
+        if child.tag.startswith(f"{{{METADATA_NS}}}"):
+            meta.remove(child)
+    meta.append(ET.fromstring(_metadata_xml(metadata)))
+    if cmdline is not None:
+        node = root.find("./os/cmdline")
+        if node is None:
+            raise ValueError("saved domain XML boots no kernel directly; no command line to set")
+        node.text = cmdline
+    return ET.tostring(root, encoding="unicode")
 
 
 def write_metadata(dom: libvirt.virDomain, meta: FluidMetadata) -> None:
@@ -134,6 +202,18 @@ def read_metadata(dom: libvirt.virDomain) -> FluidMetadata | None:
         return FluidMetadata.model_validate(values)
     except ValueError:
         return None
+
+
+HOSTFWD_PORT = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-")
+
+
+def forwarded_ports(dom: libvirt.virDomain) -> set[int]:
+    """The 127.0.0.1 ports a fluid VM forwards to its SSH (none once it is gone)."""
+    try:
+        xml = dom.XMLDesc(0)
+    except libvirt.libvirtError:  # a transient domain (a warm slot being saved) just vanished
+        return set()
+    return {int(p) for p in HOSTFWD_PORT.findall(xml)}
 
 
 def fluid_domains(

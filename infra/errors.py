@@ -110,3 +110,11 @@ class ProductionBlockError(FluidError):
 
 class DiskError(FluidError):
     """Copying or preparing a VM's disk (or its kernel, initrd or seed) failed."""
+
+
+class GuestAgentError(FluidError):
+    """A VM's QEMU guest agent did not answer, or a command through it failed."""
+
+
+class WarmStartFailed(FluidError):
+    """A sandbox could not be restored from a warm slot (fluid then boots it cold)."""

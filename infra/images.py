@@ -32,7 +32,7 @@ BUILD_FORMAT = 1
 GUEST_PACKAGES = (
     "linux-image-cloud-amd64,initramfs-tools,kmod,systemd,systemd-sysv,udev,dbus,"
     "openssh-server,python3,python3-apt,sudo,tmux,apt,ca-certificates,iproute2,netbase,"
-    "procps,less,cron"
+    "procps,less,cron,qemu-guest-agent"
 )
 DIRECT_BOOT_CMDLINE = "root=LABEL=rootfs rw console=ttyS0 quiet"
 
@@ -51,6 +51,8 @@ class ImageManifest(BaseModel):
     kernel_version: str | None = None
     cmdline: str | None = None
     cloud_init: bool = False
+    # QEMU's guest agent answers on a virtio channel: warm starts reseed identity through it.
+    guest_agent: bool = False
     built_at: datetime
     build_seconds: float = 0.0
     inputs_hash: str | None = None
@@ -311,6 +313,7 @@ def _build_into(
         initrd="initrd.img",
         kernel_version=kver,
         cmdline=DIRECT_BOOT_CMDLINE,
+        guest_agent="qemu-guest-agent" in GUEST_PACKAGES,
         built_at=datetime.now(UTC),
         build_seconds=round(time.monotonic() - start, 1),
         inputs_hash=inputs,

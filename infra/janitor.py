@@ -1,8 +1,8 @@
 """Reaping what no one will remove: expired sandboxes, sandboxes of ended or dead runs, orphans.
 
-Touches only domains whose fluid metadata says kind=sandbox (never production VMs or
-anything fluid did not make). Whether a flow run has ended is asked through a callback, so
-this module needs no Prefect.
+Touches only domains whose fluid metadata says kind=sandbox, or kind=pool for a warm slot's
+abandoned preparation (never production VMs or anything fluid did not make). Whether a flow
+run has ended is asked through a callback, so this module needs no Prefect.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Literal
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import domains, sandboxes, store
-from infra.libvirt_host import connect
+from infra import domains, sandboxes, store, warm_slots
+from infra.libvirt_host import connect, remove_domain
 from infra.owners import Owner
 from infra.settings import FluidSettings, get_settings
 from infra.store import SandboxRecord
@@ -113,6 +113,22 @@ def sweep(
                 continue  # another database's sandbox (or one from before fluid recorded it)
             if sid not in known and (now - _aware(meta.created_at)).total_seconds() > grace_s:
                 reap(sid, "a VM without a record")
+
+        # A slot preparation whose process died leaves its one-off boot running.
+        for dom, meta in domains.fluid_domains(conn, "pool"):
+            age = (now - _aware(meta.created_at)).total_seconds()
+            if meta.store != settings.store_id or age <= grace_s:
+                continue
+            if warm_slots.being_prepared(meta.id, settings):
+                continue
+            try:
+                remove_domain(conn, dom.name())
+                warm_slots.discard(meta.id, settings)
+                report.reaped.append(
+                    Reaped(sandbox_id=meta.id, reason="an abandoned warm-slot preparation")
+                )
+            except Exception as e:
+                report.errors.append(f"slot {meta.id}: {type(e).__name__}: {e}")
 
         if settings.disks_dir.is_dir():
             for disk in settings.disks_dir.glob("*.qcow2"):

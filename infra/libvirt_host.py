@@ -64,6 +64,7 @@ def remove_domain(conn: libvirt.virConnect, name: str) -> bool:
     dom = lookup(conn, name)
     if dom is None:
         return False
+    persistent = dom.isPersistent()
     if dom.isActive():
         try:
             dom.destroy()
@@ -71,5 +72,6 @@ def remove_domain(conn: libvirt.virConnect, name: str) -> bool:
             # It may have stopped on its own between the check and the call.
             if dom.isActive():
                 raise
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    if persistent:  # a transient domain is gone once destroyed
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
     return True

@@ -9,7 +9,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import libvirt
+from sqlmodel import select
+
+from infra import domains, store
 from infra.errors import NoFreePort
+from infra.settings import FluidSettings
 
 
 def is_free(port: int) -> bool:
@@ -44,3 +49,12 @@ def allocation_lock(lock_dir: Path) -> Iterator[None]:
     with (lock_dir / ".ports.lock").open("w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+def reserved(conn: libvirt.virConnect, settings: FluidSettings) -> set[int]:
+    """Ports of every fluid VM, running or not, so a stopped one keeps its port."""
+    with store.session(settings) as s:
+        taken = {r.ssh_port for r in s.exec(select(store.SandboxRecord)).all()}
+    for dom, _meta in domains.fluid_domains(conn):
+        taken.update(domains.forwarded_ports(dom))
+    return taken

@@ -199,7 +199,7 @@ def create(
             _refuse_existing(conn, name, settings)
             rec.ssh_port = ports.pick(
                 settings.port_range,
-                sandboxes._reserved_ports(conn, settings) | _record_ports(settings),
+                ports.reserved(conn, settings) | _record_ports(settings),
             )
             try:
                 with store.session(settings) as s:
@@ -251,7 +251,9 @@ def _spec(
         kernel=paths.kernel if manifest.kernel else None,
         initrd=paths.initrd if manifest.initrd else None,
         cmdline=(
-            sandboxes._cmdline(manifest.cmdline or "", instance_id(rec.name), ca)
+            domains.kernel_cmdline(
+                manifest.cmdline or "", instance_id(rec.name), ca.public_key_line()
+            )
             if manifest.kernel
             else None
         ),

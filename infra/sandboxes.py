@@ -7,7 +7,6 @@ import secrets
 import shlex
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ import libvirt
 from pydantic import BaseModel
 from sqlmodel import delete, select
 
-from infra import audit, domains, firewall, images, ports, ssh, store
+from infra import audit, domains, firewall, images, ports, ssh, store, warm_slots
 from infra.errors import (
     CommandTimeout,
     FluidError,
@@ -26,18 +25,18 @@ from infra.errors import (
     SandboxNotReady,
     SandboxNotRunning,
     SSHError,
+    WarmStartFailed,
 )
 from infra.libvirt_host import connect, domain_type, lookup, remove_domain
 from infra.names import validate_name
 from infra.owners import Owner
 from infra.settings import FluidSettings, get_settings
-from infra.ssh_ca import CertificateAuthority
+from infra.ssh_ca import CertificateAuthority, authority
 from infra.store import CheckpointRecord, CommandRecord, SandboxRecord
 
 Progress = Callable[[str], None]
 DOMAIN_PREFIX = "fluid-sbx-"
 HOSTKEY_LINE = re.compile(r"fluid-hostkey: (ssh-ed25519 [A-Za-z0-9+/=]+)")
-HOSTFWD_PORT = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-")
 CLOUD_INIT_KEY = re.compile(r"^(ssh-ed25519 [A-Za-z0-9+/=]+)", re.MULTILINE)
 
 
@@ -56,6 +55,7 @@ class Sandbox(BaseModel):
     expires_at: datetime
     parent_id: str | None = None
     parent_checkpoint: str | None = None
+    boot: Literal["warm", "cold"] = "cold"
 
 
 class SandboxListing(BaseModel):
@@ -69,14 +69,6 @@ class SandboxListing(BaseModel):
 
 def _say(_msg: str) -> None:
     pass
-
-
-def authority(settings: FluidSettings | None = None) -> CertificateAuthority:
-    """fluid's SSH CA: the configured key (e.g. from a Prefect secret) or a 0600 key file."""
-    settings = settings or get_settings()
-    if settings.ca_private_key is not None:
-        return CertificateAuthority.from_private_key(settings.ca_private_key.get_secret_value())
-    return CertificateAuthority.load_or_create(settings.ca_key_path)
 
 
 def domain_name(sandbox_id: str) -> str:
@@ -109,15 +101,9 @@ def _state(dom: libvirt.virDomain | None) -> str:
 
 def _view(rec: SandboxRecord, dom: libvirt.virDomain | None) -> Sandbox:
     return Sandbox(
-        state=_state(dom), **rec.model_dump(include=set(Sandbox.model_fields) - {"state"})
-    )
-
-
-def _cmdline(base: str, sandbox_id: str, ca: CertificateAuthority) -> str:
-    blob = ca.public_key_line().split()[1]
-    return (
-        f"{base} systemd.machine_id={uuid.uuid4().hex} systemd.hostname={sandbox_id} "
-        f"fluid.sandbox={sandbox_id} fluid.ca={blob}"
+        state=_state(dom),
+        boot=rec.boot or "cold",
+        **rec.model_dump(include=set(Sandbox.model_fields) - {"state", "boot"}),
     )
 
 
@@ -206,15 +192,6 @@ def wait_for_ssh(
     )
 
 
-def _reserved_ports(conn: libvirt.virConnect, settings: FluidSettings) -> set[int]:
-    """Ports of every fluid VM, running or not, so a stopped one keeps its port."""
-    with store.session(settings) as s:
-        taken = {r.ssh_port for r in s.exec(select(SandboxRecord)).all()}
-    for dom, _meta in domains.fluid_domains(conn):
-        taken.update(int(p) for p in HOSTFWD_PORT.findall(dom.XMLDesc(0)))
-    return taken
-
-
 def create(
     name: str | None = None,
     *,
@@ -294,72 +271,141 @@ def _provision(
     settings: FluidSettings,
     say: Progress,
 ) -> None:
+    """Start the sandbox warm (restored from a slot) when it can, else cold; wait for SSH."""
     start = time.monotonic()
+    lock: warm_slots.PreparationLock | None = None
+    with ports.allocation_lock(settings.storage_dir):
+        rec.ssh_port = ports.pick(settings.port_range, ports.reserved(conn, settings))
+        if base_disk is not None:
+            claim = warm_slots.Claim(reason="a fork boots from its checkpoint's disk")
+        else:
+            claim = warm_slots.claim(conn, manifest, ca.public_key_line(), settings)
+        if claim.slot is not None:
+            rec.slot, rec.domain_name = claim.slot.name, claim.slot.domain_name
+            if not claim.slot.prepared:
+                lock = warm_slots.PreparationLock(claim.slot.name, settings)
+        # The record holds the port and the slot once the lock is released.
+        with store.session(settings) as s:
+            s.add(rec)
+    if claim.slot is not None:
+        try:
+            _warm_start(conn, rec, claim.slot, manifest, ca, lock, settings, say)
+            say(f"sandbox {rec.id}: ready in {time.monotonic() - start:.1f} s (warm start)")
+            return
+        except WarmStartFailed as e:
+            claim.reason = str(e)
+            remove_domain(conn, claim.slot.domain_name)
+            Path(rec.disk_path).unlink(missing_ok=True)
+            warm_slots.discard(claim.slot.name, settings)  # a slot that failed once is suspect
+            rec.slot, rec.domain_name = None, domain_name(rec.id)
+            with store.session(settings) as s:
+                s.merge(rec)
+    say(f"sandbox {rec.id}: cold boot ({claim.reason})")
+    _cold_boot(conn, rec, manifest, ca, base_disk, settings, say)
+    say(f"sandbox {rec.id}: ready in {time.monotonic() - start:.1f} s")
+
+
+def _warm_start(
+    conn: libvirt.virConnect,
+    rec: SandboxRecord,
+    slot: warm_slots.Slot,
+    manifest: images.ImageManifest,
+    ca: CertificateAuthority,
+    lock: warm_slots.PreparationLock | None,
+    settings: FluidSettings,
+    say: Progress,
+) -> None:
+    if lock is not None:
+        try:
+            warm_slots.prepare(
+                conn, slot, manifest, ca.public_key_line(), rec.ssh_port, settings, say
+            )
+        finally:
+            lock.release()
+    dom, rec.host_key = warm_slots.restore(
+        conn,
+        slot,
+        sandbox_id=rec.id,
+        metadata=_metadata(rec, settings),
+        disk=Path(rec.disk_path),
+        console_log=Path(rec.console_log),
+        ssh_port=rec.ssh_port,
+        network=rec.network,
+        next_boot_cmdline=domains.kernel_cmdline(
+            manifest.cmdline or "", rec.id, ca.public_key_line()
+        ),
+        settings=settings,
+    )
+    rec.boot = "warm"
+    with store.session(settings) as s:
+        s.merge(rec)
+    # sshd kept running through the save; its banner through the new forward proves both.
+    if not ssh.banner("127.0.0.1", rec.ssh_port, timeout=settings.ready_timeout_s):
+        raise WarmStartFailed(
+            f"sandbox {rec.id}: no SSH banner on 127.0.0.1:{rec.ssh_port} after the restore"
+        )
+
+
+def _metadata(rec: SandboxRecord, settings: FluidSettings) -> domains.FluidMetadata:
+    return domains.FluidMetadata(
+        kind="sandbox",
+        id=rec.id,
+        agent_id=rec.agent_id,
+        expires_at=rec.expires_at,
+        created_at=rec.created_at,
+        store=settings.store_id,
+    )
+
+
+def _cold_boot(
+    conn: libvirt.virConnect,
+    rec: SandboxRecord,
+    manifest: images.ImageManifest,
+    ca: CertificateAuthority,
+    base_disk: Path | None,
+    settings: FluidSettings,
+    say: Progress,
+) -> None:
     disk = Path(rec.disk_path)
     if base_disk is not None:
         base_disk.rename(disk)
     else:
-        subprocess.run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                str(manifest.disk_path),
-                "-F",
-                "qcow2",
-                str(disk),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        warm_slots.overlay(manifest.disk_path, disk)
     seed = (
         _seed_iso(rec.id, ca, settings.disks_dir / f"{rec.id}.seed.iso")
         if manifest.cloud_init
         else None
     )
-    with ports.allocation_lock(settings.storage_dir):
-        rec.ssh_port = ports.pick(settings.port_range, _reserved_ports(conn, settings))
-        with store.session(settings) as s:
-            s.add(rec)
-        meta = domains.FluidMetadata(
-            kind="sandbox",
-            id=rec.id,
-            agent_id=rec.agent_id,
-            expires_at=rec.expires_at,
-            created_at=rec.created_at,
-            store=settings.store_id,
-        )
-        spec = domains.DomainSpec(
-            name=rec.domain_name,
-            metadata=meta,
-            domain_type=domain_type(settings),
-            memory_mib=settings.memory_mib,
-            vcpus=settings.vcpus,
-            tb_cache_mib=settings.tb_cache_mib,
-            disk_path=disk,
-            console_log=Path(rec.console_log),
-            ssh_port=rec.ssh_port,
-            network=rec.network,
-            kernel=manifest.kernel_path,
-            initrd=manifest.initrd_path,
-            cmdline=_cmdline(manifest.cmdline or "", rec.id, ca) if manifest.kernel else None,
-            seed_iso=seed,
-        )
-        dom = conn.defineXML(domains.render(spec))
-        try:
-            dom.create()
-        except libvirt.libvirtError as e:
-            raise FluidError(
-                f"libvirt could not start sandbox {rec.id}: {e.get_error_message()}"
-            ) from e
+    spec = domains.DomainSpec(
+        name=rec.domain_name,
+        metadata=_metadata(rec, settings),
+        domain_type=domain_type(settings),
+        memory_mib=settings.memory_mib,
+        vcpus=settings.vcpus,
+        tb_cache_mib=settings.tb_cache_mib,
+        disk_path=disk,
+        console_log=Path(rec.console_log),
+        ssh_port=rec.ssh_port,
+        network=rec.network,
+        kernel=manifest.kernel_path,
+        initrd=manifest.initrd_path,
+        cmdline=domains.kernel_cmdline(manifest.cmdline or "", rec.id, ca.public_key_line())
+        if manifest.kernel
+        else None,
+        seed_iso=seed,
+    )
+    dom = conn.defineXML(domains.render(spec))
+    try:
+        dom.create()
+    except libvirt.libvirtError as e:
+        raise FluidError(
+            f"libvirt could not start sandbox {rec.id}: {e.get_error_message()}"
+        ) from e
     say(f"sandbox {rec.id}: VM started on 127.0.0.1:{rec.ssh_port}, waiting for SSH")
     rec.host_key = wait_ready(rec, dom, settings)
+    rec.boot = "cold"
     with store.session(settings) as s:
         s.merge(rec)
-    say(f"sandbox {rec.id}: ready in {time.monotonic() - start:.1f} s")
 
 
 def _seed_iso(instance_id: str, ca: CertificateAuthority, iso: Path) -> Path:
@@ -410,9 +456,26 @@ runcmd:
     return iso
 
 
+def _domain_of(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> str:
+    """The name of a sandbox's domain: its record's, else found by fluid's metadata."""
+    with store.session(settings) as s:
+        rec = s.get(SandboxRecord, sandbox_id)
+    if rec is not None:
+        return rec.domain_name
+    if lookup(conn, domain_name(sandbox_id)) is None:
+        for dom, meta in domains.fluid_domains(conn, "sandbox"):
+            if meta.id == sandbox_id and meta.store == settings.store_id:
+                return dom.name()
+    return domain_name(sandbox_id)
+
+
 def _teardown(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> bool:
-    """Remove every trace of a sandbox; True when anything existed."""
-    found = remove_domain(conn, domain_name(sandbox_id))
+    """Remove every trace of a sandbox; True when anything existed.
+
+    A warm sandbox's domain goes entirely (destroyed and undefined); its slot's saved state
+    stays for the next sandbox.
+    """
+    found = remove_domain(conn, _domain_of(conn, sandbox_id, settings))
     for path in (
         settings.disks_dir / f"{sandbox_id}.qcow2",
         settings.disks_dir / f"{sandbox_id}.seed.iso",
@@ -498,7 +561,9 @@ def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
     try:
         with store.session(settings) as s:
             records = list(s.exec(select(SandboxRecord).order_by(SandboxRecord.created_at)))
-        doms = {d.name(): d for d, _m in domains.fluid_domains(conn, "sandbox")}
+        found = domains.fluid_domains(conn, "sandbox")
+        doms = {d.name(): d for d, _m in found}
+        ids = {d.name(): m.id for d, m in found}
         known = {r.id for r in records}
         disks = (
             sorted(p.name.split(".")[0] for p in settings.disks_dir.glob("*.qcow2"))
@@ -507,7 +572,7 @@ def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
         )
         return SandboxListing(
             sandboxes=[_view(r, doms.get(r.domain_name)) for r in records],
-            orphan_domains=sorted(n for n in doms if n.removeprefix(DOMAIN_PREFIX) not in known),
+            orphan_domains=sorted(n for n in doms if ids[n] not in known),
             orphan_records=sorted(r.id for r in records if r.domain_name not in doms),
             orphan_disks=[d for d in disks if d not in known],
         )

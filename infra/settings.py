@@ -31,6 +31,16 @@ class FluidSettings(BaseSettings):
     tb_cache_mib: int = Field(default=128, ge=32, description="TCG translation cache per VM.")
     network: Literal["nat", "isolated"] = "nat"
     image: str = "debian-12"
+    warm_slots: int = Field(
+        default=4,
+        ge=0,
+        description="Saved booted VMs sandboxes are restored from (warm start); 0 = cold boots.",
+    )
+    max_sandboxes: int = Field(
+        default=8,
+        ge=2,
+        description="Sandboxes at once on this host: Prefect concurrency limit for flow runs.",
+    )
     ca_private_key: SecretStr | None = Field(
         default=None, description="fluid's CA key (OpenSSH PEM); else a 0600 file under home."
     )

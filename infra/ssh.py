@@ -429,6 +429,23 @@ def ping(
         return False
 
 
+def banner(host: str, port: int, timeout: float = 10.0) -> bool:
+    """True once an SSH server greets on `host`:`port` (no handshake, no credentials)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2) as sock:
+                sock.settimeout(max(0.5, deadline - time.monotonic()))
+                if sock.recv(64).startswith(b"SSH-"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 def openssh_command(
     host: str,
     port: int,

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ConfigDict
 
 from infra.errors import CAKeyPermissions, InvalidCertificateTTL
+from infra.settings import FluidSettings, get_settings
 
 MIN_TTL = timedelta(minutes=1)
 MAX_TTL = timedelta(minutes=10)
@@ -190,3 +191,11 @@ def _create_exclusive(path: Path, data: bytes) -> None:
             os.link(tmp, path)
     finally:
         os.unlink(tmp)
+
+
+def authority(settings: FluidSettings | None = None) -> CertificateAuthority:
+    """fluid's SSH CA: the configured key (e.g. from a Prefect secret) or a 0600 key file."""
+    settings = settings or get_settings()
+    if settings.ca_private_key is not None:
+        return CertificateAuthority.from_private_key(settings.ca_private_key.get_secret_value())
+    return CertificateAuthority.load_or_create(settings.ca_key_path)

@@ -46,6 +46,10 @@ class SandboxRecord(SQLModel, table=True):
     owner_run: str | None = Field(default=None, index=True)
     owner_pid: int | None = None
     owner_pid_start: int | None = None
+    # Warm starts: the slot whose saved VM this sandbox runs (one sandbox per slot), and
+    # how it started ("warm" or "cold").
+    slot: str | None = Field(default=None, index=True)
+    boot: str | None = None
 
 
 class CheckpointRecord(SQLModel, table=True):

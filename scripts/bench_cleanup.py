@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import libvirt
 from bench_results import log
 
-from infra import sandboxes
+from infra import domains, sandboxes
 from infra.errors import SandboxNotFound
 from infra.libvirt_host import connect, lookup
 from infra.settings import FluidSettings
@@ -38,3 +39,30 @@ def leftovers(ids: list[str], settings: FluidSettings) -> list[str]:
         if d.is_dir():
             out += [str(p) for i in ids for p in d.glob(f"{i}.*")]
     return out
+
+
+def remove_store_domains(settings: FluidSettings) -> list[str]:
+    """Remove every domain whose fluid metadata names this benchmark's database; their names.
+
+    The benchmark's database is its own, so anything still tagged with it (a sandbox whose
+    record was never written, a warm slot's domain) is a leftover of this run.
+    """
+    removed: list[str] = []
+    conn = connect(settings)
+    try:
+        for dom, meta in domains.fluid_domains(conn):
+            if meta.store != settings.store_id:
+                continue
+            name = dom.name()
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            except libvirt.libvirtError:
+                if lookup(conn, name) is not None:
+                    raise
+            removed.append(name)
+    finally:
+        conn.close()
+    return removed

@@ -37,6 +37,15 @@ def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_slots_removed(fluid_home: Path) -> Iterator[None]:
+    """The session's warm-start slots (saved VMs under the shared storage dir) go at its end."""
+    yield
+    from infra import warm_slots
+
+    warm_slots.clear(FluidSettings())
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket
@@ -115,10 +124,15 @@ def fluid_json(*args: str) -> dict:
 
 def leftovers(sandbox_id: str, settings: FluidSettings) -> list[str]:
     """Everything still left of a sandbox: domain, disks, console log, records."""
+    from infra import domains
+
     found = []
     conn = connect(settings)
     try:
-        if lookup(conn, sandboxes.domain_name(sandbox_id)) is not None:
+        # A warm sandbox's domain is named after its slot; fluid's metadata names the sandbox.
+        if lookup(conn, sandboxes.domain_name(sandbox_id)) is not None or any(
+            meta.id == sandbox_id for _dom, meta in domains.fluid_domains(conn, "sandbox")
+        ):
             found.append("domain")
     finally:
         conn.close()

@@ -28,9 +28,7 @@ TOOL_NAMES = [
 @pytest.fixture
 def tools(agent_box: sandboxes.Sandbox, settings: FluidSettings) -> Iterator[Toolbox]:
     lines: list[str] = []
-    with Toolbox(
-        agent_box.id, settings=settings, actor="agent:test", say=lines.append
-    ) as box:
+    with Toolbox(agent_box.id, settings=settings, actor="agent:test", say=lines.append) as box:
         box.log = lines  # type: ignore[attr-defined]
         yield box
 

@@ -76,7 +76,8 @@ def test_an_image_version_in_use_cannot_be_deleted(two_sandboxes, golden_image, 
 
 
 def test_a_boot_past_its_deadline_fails_with_the_console_tail(golden_image, settings):
-    hurried = settings.model_copy(update={"ready_timeout_s": 3.0})
+    # A cold boot: a warm start would be ready well within the deadline.
+    hurried = settings.model_copy(update={"ready_timeout_s": 3.0, "warm_slots": 0})
     with pytest.raises(SandboxNotReady, match="FLUID_READY_TIMEOUT_S") as err:
         sandboxes.create("too-slow", settings=hurried)
     assert "console tail:" in str(err.value)

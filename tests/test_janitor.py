@@ -13,8 +13,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from infra import domains, janitor, sandboxes, store
-from infra.libvirt_host import connect, lookup
+from infra import domains, janitor, sandboxes, store, warm_slots
+from infra.libvirt_host import connect, lookup, remove_domain
 from infra.owners import Owner
 from infra.settings import FluidSettings
 from infra.store import SandboxRecord
@@ -162,3 +162,38 @@ def test_janitor_reaps_a_sandbox_once_its_run_has_ended(
     finally:
         with contextlib.suppress(Exception):
             sandboxes.destroy(box.id, settings)
+
+
+def test_janitor_removes_an_abandoned_warm_slot_preparation_but_not_one_in_progress(
+    settings: FluidSettings,
+) -> None:
+    """A slot whose preparing process died leaves a pool VM: the janitor removes it and the
+    slot's files; a slot still held by its preparation lock is left alone."""
+    conn = connect(settings)
+    pool = warm_slots.pool_dir(settings)
+    pool.mkdir(parents=True, exist_ok=True)
+    names = {"dead": "jtpool-0", "busy": "jtpool-1"}
+    for name in names.values():
+        _blank_disk(pool / f"{name}.qcow2")
+        spec_name = warm_slots.DOMAIN_PREFIX + name
+        _define(conn, spec_name, "pool", pool / f"{name}.qcow2", settings)
+        # _define names the metadata id after the sandbox prefix; a slot's id is its name
+        meta = domains.read_metadata(lookup(conn, spec_name))
+        meta.id = name
+        domains.write_metadata(lookup(conn, spec_name), meta)
+    lock = warm_slots.PreparationLock(names["busy"], settings)
+    try:
+        report = janitor.sweep(lambda _run: "active", grace_s=600, settings=settings)
+        reasons = {r.sandbox_id: r.reason for r in report.reaped}
+        assert reasons.get(names["dead"]) == "an abandoned warm-slot preparation"
+        assert names["busy"] not in reasons
+        assert lookup(conn, warm_slots.DOMAIN_PREFIX + names["dead"]) is None
+        assert not (pool / f"{names['dead']}.qcow2").exists()
+        assert lookup(conn, warm_slots.DOMAIN_PREFIX + names["busy"]) is not None
+    finally:
+        lock.release()
+        for name in names.values():
+            remove_domain(conn, warm_slots.DOMAIN_PREFIX + name)
+            warm_slots.discard(name, settings)
+            (pool / f"{name}.lock").unlink(missing_ok=True)
+        conn.close()

@@ -19,7 +19,7 @@ from prefect import flow  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 
 from blocks import GoldenImage, LibvirtHost, SSHAuthority  # noqa: E402
-from infra import sandboxes  # noqa: E402
+from infra import sandboxes, warm_slots  # noqa: E402
 from infra.errors import SandboxNotFound  # noqa: E402
 from infra.libvirt_host import connect, lookup  # noqa: E402
 from infra.settings import FluidSettings  # noqa: E402
@@ -149,7 +149,6 @@ def test_flow_checkpoints_restores_and_destroys_one_vm(prefect_api: str, tmp_pat
     LibvirtHost(storage_dir=str(settings.storage_dir)).save("roundtrip-host", overwrite=True)
     GoldenImage(name="debian-12").save("roundtrip-image", overwrite=True)
     name = f"t{uuid.uuid4().hex[:10]}"
-    domain = sandboxes.domain_name(name)
     try:
         out = checkpoint_restore_roundtrip(
             str(tmp_path), name, "roundtrip-host", "roundtrip-ca", "roundtrip-image"
@@ -158,7 +157,9 @@ def test_flow_checkpoints_restores_and_destroys_one_vm(prefect_api: str, tmp_pat
         # The flow destroys the VM itself; this only catches a flow that died before that.
         with contextlib.suppress(SandboxNotFound):
             sandboxes.destroy(name, settings)
+        warm_slots.clear(settings)  # this home's own slot, saved under the shared storage
 
+    domain = out["sandbox"].domain_name
     assert out["sandbox"].id == name
     assert out["sandbox"].state == "running"
     assert out["sandbox"].agent_id == "test-agent"

@@ -1,0 +1,84 @@
+"""QEMU's guest agent: commands in a guest over its virtio channel, before SSH is usable.
+
+Warm starts use it to give a restored VM its own identity before anything in the guest
+answers the network (see infra/warm_slots.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import libvirt
+import libvirt_qemu
+from pydantic import BaseModel
+
+from infra.errors import GuestAgentError
+
+
+class AgentResult(BaseModel):
+    """What a command run through the guest agent returned."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def _call(dom: libvirt.virDomain, command: str, arguments: dict, timeout_s: int) -> dict:
+    payload = json.dumps({"execute": command, "arguments": arguments})
+    try:
+        reply = libvirt_qemu.qemuAgentCommand(dom, payload, timeout_s, 0)
+    except libvirt.libvirtError as e:
+        raise GuestAgentError(
+            f"guest agent of {dom.name()} did not answer {command}: {e.get_error_message()}"
+        ) from e
+    return json.loads(reply)["return"]
+
+
+def ping(dom: libvirt.virDomain, timeout_s: int = 5) -> None:
+    """Return once the guest agent answers; GuestAgentError otherwise."""
+    _call(dom, "guest-ping", {}, timeout_s)
+
+
+def wait_until_up(dom: libvirt.virDomain, timeout_s: float) -> None:
+    """Ping the agent until it answers (it starts late in a boot)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ping(dom, timeout_s=2)
+            return
+        except GuestAgentError:
+            if time.monotonic() > deadline or not dom.isActive():
+                raise
+            time.sleep(0.1)
+
+
+def run(
+    dom: libvirt.virDomain,
+    argv: list[str],
+    *,
+    timeout_s: float = 30.0,
+    stdin: bytes | None = None,
+) -> AgentResult:
+    """Run `argv` (an absolute path first) as root in the guest and wait for it to end."""
+    arguments: dict = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+    if stdin is not None:
+        arguments["input-data"] = base64.b64encode(stdin).decode()
+    started = _call(dom, "guest-exec", arguments, int(timeout_s) or 1)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        status = _call(dom, "guest-exec-status", {"pid": started["pid"]}, int(timeout_s) or 1)
+        if status.get("exited"):
+            return AgentResult(
+                exit_code=status.get("exitcode", -status.get("signal", 1)),
+                stdout=base64.b64decode(status.get("out-data", "")).decode(errors="replace"),
+                stderr=base64.b64decode(status.get("err-data", "")).decode(errors="replace"),
+            )
+        if time.monotonic() > deadline:
+            raise GuestAgentError(
+                f"a command through the guest agent of {dom.name()} ran past {timeout_s:.0f} s"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
