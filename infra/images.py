@@ -391,11 +391,16 @@ def _qemu_img_info(path: Path) -> dict:
 
 
 def dependents(manifest: ImageManifest, settings: FluidSettings | None = None) -> list[Path]:
-    """Disks under fluid's storage whose backing chain rests on this image version."""
+    """Disks under fluid's storage whose backing chain rests on this image version.
+
+    Sandbox overlays rest on the image, or on a warm slot's overlay (under pool/, of any
+    database) that rests on it: the slots are what hold the image then.
+    """
     settings = settings or get_settings()
     base = str(manifest.disk_path)
     out = []
-    for disk in settings.disks_dir.glob("*.qcow2") if settings.disks_dir.is_dir() else []:
+    disks = [*settings.disks_dir.glob("*.qcow2"), *settings.storage_dir.glob("pool/*/*.qcow2")]
+    for disk in disks:
         try:
             backing = _qemu_img_info(disk).get("full-backing-filename")
         except ImageBuildError:

@@ -65,7 +65,6 @@ class SlotInfo(SlotManifest):
     """A prepared slot as `fluid pool list` shows it."""
 
     in_use_by: str | None = None
-    current: bool = True
 
 
 class Slot(BaseModel):
@@ -369,6 +368,7 @@ def fill(
     manifest = images.resolve(image or settings.image, None, settings)
     ca_line = authority(settings).public_key_line()
     key = slot_key(manifest, ca_line, settings)
+    clear(settings, keep_key=key)  # slots of an older image, CA or guest size
     prepared: list[SlotManifest] = []
     conn = connect(settings)
     try:
