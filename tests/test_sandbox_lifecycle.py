@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 
 from infra import checkpoints, images, sandboxes
@@ -44,8 +46,19 @@ def test_create_exec_checkpoint_restore_fork_destroy(golden_image, settings):
         assert listed == ["kept"], "the file made after the checkpoint is gone, earlier kept"
         assert abs(guest_now - time.time()) < 30, "the guest clock is corrected after restore"
 
-        # the base image is never written: the sandbox rests on it as a backing file
-        assert settings.disks_dir / "life.qcow2" in images.dependents(golden_image, settings)
+        # the base image is never written: the sandbox rests on it as a backing file (through
+        # its warm slot's frozen overlay when it started warm), and the image knows it is held
+        chain = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "-U", "--backing-chain", "--output=json"]
+                + [str(settings.disks_dir / "life.qcow2")],
+                check=True,
+                capture_output=True,
+            ).stdout
+        )
+        assert chain[-1]["filename"] == str(golden_image.disk_path)
+        held = {str(p) for p in images.dependents(golden_image, settings)}
+        assert {c["filename"] for c in chain[:-1]} & held
 
         fork = fluid_json("sandbox", "fork", "life", "before", "--name", fork_id)
         assert fork["parent_id"] == "life" and fork["parent_checkpoint"] == "before"
