@@ -11,6 +11,7 @@ import os
 import selectors
 import shlex
 import shutil
+import socket
 import stat
 import time
 from datetime import UTC, datetime
@@ -431,8 +432,6 @@ def ping(
 
 def banner(host: str, port: int, timeout: float = 10.0) -> bool:
     """True once an SSH server greets on `host`:`port` (no handshake, no credentials)."""
-    import socket
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

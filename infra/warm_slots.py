@@ -149,6 +149,14 @@ def _in_use(conn: libvirt.virConnect, settings: FluidSettings) -> dict[str, str]
     return held
 
 
+def _held(settings: FluidSettings) -> dict[str, str]:
+    conn = connect(settings)
+    try:
+        return _in_use(conn, settings)
+    finally:
+        conn.close()
+
+
 def being_prepared(name: str, settings: FluidSettings) -> bool:
     """True while some process holds the slot's PreparationLock."""
     with (pool_dir(settings) / f"{name}.lock").open("w") as f:
@@ -227,8 +235,8 @@ def boot(
     conn: libvirt.virConnect,
     slot: Slot,
     manifest: images.ImageManifest,
+    ca_public_line: str,
     *,
-    cmdline: str,
     ssh_port: int,
     settings: FluidSettings,
 ) -> libvirt.virDomain:
@@ -251,7 +259,7 @@ def boot(
         network="nat",
         kernel=manifest.kernel_path,
         initrd=manifest.initrd_path,
-        cmdline=cmdline,
+        cmdline=domains.kernel_cmdline(manifest.cmdline or "", slot.instance_id, ca_public_line),
     )
     try:
         return conn.createXML(domains.render(spec), 0)
@@ -318,14 +326,7 @@ def prepare(
 ) -> SlotManifest:
     """Boot a claimed slot once and save it; on failure nothing of it is left."""
     started = time.monotonic()
-    dom = boot(
-        conn,
-        slot,
-        manifest,
-        cmdline=domains.kernel_cmdline(manifest.cmdline or "", slot.instance_id, ca_public_line),
-        ssh_port=ssh_port,
-        settings=settings,
-    )
+    dom = boot(conn, slot, manifest, ca_public_line, ssh_port=ssh_port, settings=settings)
     return _finish(conn, dom, slot, manifest, started, settings, say)
 
 
@@ -386,9 +387,7 @@ def fill(
                         conn,
                         slot,
                         manifest,
-                        cmdline=domains.kernel_cmdline(
-                            manifest.cmdline or "", slot.instance_id, ca_line
-                        ),
+                        ca_line,
                         ssh_port=ports.pick(settings.port_range, ports.reserved(conn, settings)),
                         settings=settings,
                     )
@@ -538,11 +537,7 @@ def list_slots(settings: FluidSettings | None = None) -> list[SlotInfo]:
     settings = settings or get_settings()
     if not pool_dir(settings).is_dir():
         return []
-    conn = connect(settings)
-    try:
-        held = _in_use(conn, settings)
-    finally:
-        conn.close()
+    held = _held(settings)
     out = []
     for path in sorted(pool_dir(settings).glob("*.json")):
         m = _load(path)
@@ -557,11 +552,7 @@ def clear(settings: FluidSettings | None = None, *, keep_key: str | None = None)
     d = pool_dir(settings)
     if not d.is_dir():
         return []
-    conn = connect(settings)
-    try:
-        held = _in_use(conn, settings)
-    finally:
-        conn.close()
+    held = _held(settings)
     removed = []
     names = {p.name.split(".")[0] for p in d.iterdir()}
     for name in sorted(names):
