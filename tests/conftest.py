@@ -23,6 +23,9 @@ from infra.libvirt_host import connect, lookup  # noqa: E402
 from infra.settings import FluidSettings, get_settings  # noqa: E402
 
 FLUID = str(Path(sys.executable).with_name("fluid"))
+# Unique per session: a production VM outlives a killed session (it has no TTL), and the next
+# session, or another developer's on the same host, must not collide with it.
+PRODUCTION_NAME = f"t-prod-{os.urandom(3).hex()}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -191,8 +194,7 @@ def production_vm(
 ) -> Iterator[dict]:
     """One production VM for the session, made by `fluid production create NAME --json` (which
     also saves its ProductionTarget block). tests/test_production.py destroys it at its end."""
-    name = "t-prod"
     try:
-        yield fluid_json("production", "create", name)
+        yield fluid_json("production", "create", PRODUCTION_NAME)
     finally:
-        fluid("production", "destroy", name, check=False)
+        fluid("production", "destroy", PRODUCTION_NAME, check=False)

@@ -14,9 +14,8 @@ from infra.errors import InvalidName
 from infra.libvirt_host import connect, lookup
 from infra.playbook_runs import run_playbook
 from infra.settings import FluidSettings
+from tests.conftest import PRODUCTION_NAME as NAME
 from tests.conftest import fluid, fluid_json
-
-NAME = "t-prod"
 
 
 def leftovers(name: str, settings: FluidSettings) -> list[str]:
