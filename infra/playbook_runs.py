@@ -108,10 +108,12 @@ def run_playbook(
     check: bool = False,
     diff: bool = False,
     workdir: Path | None = None,
+    settings: FluidSettings | None = None,
 ) -> PlaybookRun:
     """ansible-playbook DIR/site.yml against `hosts` through ansible-runner."""
     import ansible_runner
 
+    settings = settings or get_settings()
     site = Path(playbook_dir).resolve() / "site.yml"
     if not site.exists():
         raise FluidError(f"{playbook_dir} has no site.yml; is it a fluid export?")
@@ -132,6 +134,7 @@ def run_playbook(
             "ANSIBLE_PIPELINING": "1",
             "ANSIBLE_LOCAL_TEMP": str(Path(tmp) / "ansible-tmp"),
         }
+        env |= _strategy(settings.ansible_strategy)
         start = time.monotonic()
         # The venv's ansible-playbook, even when the venv is not on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
@@ -157,3 +160,18 @@ def run_playbook(
             check=check,
             output_tail=out[-6000:],
         )
+
+
+def _strategy(name: str) -> dict[str, str]:
+    """Environment selecting the play strategy; mitogen's plugin ships inside its package."""
+    if name != "mitogen":
+        return {"ANSIBLE_STRATEGY": name}
+    import ansible_mitogen
+
+    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    return {
+        "ANSIBLE_STRATEGY_PLUGINS": str(plugins),
+        "ANSIBLE_STRATEGY": "mitogen_linear",
+        # ansible-core warns that third-party strategies are deprecated, on every run.
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+    }

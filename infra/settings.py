@@ -47,6 +47,11 @@ class FluidSettings(BaseSettings):
     cert_ttl_minutes: int = Field(default=5, ge=1, le=10)
     sandbox_ttl_minutes: int = Field(default=120, ge=1)
     ready_timeout_s: float = Field(default=180.0, gt=0)
+    ansible_strategy: Literal["mitogen", "linear"] = Field(
+        default="mitogen",
+        description="mitogen keeps one Python per host for a whole playbook run (several times "
+        "faster on slow guests); linear is Ansible's own, one Python per task.",
+    )
     port_range: tuple[int, int] = (22200, 22999)
     mirror: str = "http://deb.debian.org/debian"
     suite: str = "bookworm"

@@ -91,7 +91,9 @@ def verify(
         before = timed("capture before", lambda: captures.capture(sid, settings=settings))
         with tempfile.TemporaryDirectory(prefix="fluid-verify-") as tmp:
             hosts = [sandbox_host(sid, Path(tmp), settings)]
-            report.converge = timed("converge", lambda: run_playbook(playbook_dir, hosts))
+            report.converge = timed(
+                "converge", lambda: run_playbook(playbook_dir, hosts, settings=settings)
+            )
             if not report.converge.succeeded:
                 report.error = (
                     "the playbook failed on a fresh sandbox:\n"
@@ -101,7 +103,9 @@ def verify(
             after = timed("capture after", lambda: captures.capture(sid, settings=settings))
             actual = compare(before, after, settings=settings)
             report.residual = residual(expected, actual)
-            report.idempotence = timed("idempotence", lambda: run_playbook(playbook_dir, hosts))
+            report.idempotence = timed(
+                "idempotence", lambda: run_playbook(playbook_dir, hosts, settings=settings)
+            )
         report.passed = (
             not report.residual
             and report.idempotence.succeeded

@@ -237,3 +237,18 @@ def test_the_cli_diffs_and_exports_between_checkpoints(changed, tmp_path):
     assert out["digest"] == (tmp_path / "pb" / "DIGEST").read_text().strip()
     r = fluid("diff", SANDBOX, "--from", "before", "--to", "nope", check=False)
     assert r.returncode == 1 and b"no capture of change at checkpoint 'nope'" in r.stderr
+
+
+def test_a_unit_change_is_captured_although_unchanged_units_reuse_the_probe(changed, settings):
+    """list-unit-files is slow on a TCG guest, so captures of a sandbox whose systemd setup is
+    unchanged reuse its output (as the empty diff above did); disabling a unit is seen all the
+    same. (Last: it edits the module's sandbox.)"""
+    r = sandboxes.run(SANDBOX, "systemctl disable --now nginx", timeout=120, settings=settings)
+    assert r.exit_status == 0, r.stderr_text
+    now = capture.capture(SANDBOX, settings=settings)
+    assert now.state("services").units["nginx.service"].model_dump() == {
+        "enablement": "disabled",
+        "active": "inactive",
+    }
+    changes = compare(capture.load(SANDBOX, "after", settings), now, settings=settings)
+    assert [(c.key, c.action) for c in changes.of("services")] == [("nginx.service", "modified")]

@@ -92,6 +92,9 @@ class ResourceKind(ABC, Generic[S]):
 
     # Paths this kind owns, so the files kind leaves them alone.
     owned_globs: ClassVar[tuple[str, ...]] = ()
+    # A cheap shell snippet whose stdout changes whenever the probe's output could: while it
+    # is unchanged, a later capture of the same sandbox reuses the earlier probe output.
+    fingerprint: ClassVar[str | None] = None
 
     def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
         """Files to put in the guest before the probe runs (remote path → bytes)."""

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, PrivateAttr
 
+from infra.errors import FluidError
 from infra.state import noise
 from infra.state.base import (
     Change,
@@ -118,10 +119,11 @@ class Files(ResourceKind[FilesState]):
         names = json.loads(lines[0])
         users = {int(k): v for k, v in names["users"].items()}
         groups = {int(k): v for k, v in names["groups"].items()}
+        if len(lines) < 2:
+            raise FluidError("the files probe stopped before listing any file")
         entries: dict[str, FileEntry] = {}
         blobs: dict[str, bytes] = {}
-        for line in lines[1:]:
-            e = json.loads(line)
+        for e in json.loads(lines[1]):
             entries[e["p"]] = FileEntry(
                 path=e["p"],
                 type=TYPES[e["k"]],

@@ -53,8 +53,7 @@ class Sysctl(ResourceKind[SysctlState]):
         return (
             "for f in /etc/sysctl.conf /etc/sysctl.d/*; do\n"
             '  [ -f "$f" ] || continue\n'
-            '  printf \'%s\\t%s\\t%s\\t%s\\t\' "$f" "$(stat -c %a "$f")" '
-            '"$(stat -c %U "$f")" "$(stat -c %G "$f")"; base64 -w0 "$f"; echo\n'
+            '  stat --printf \'%n\\t%a\\t%U\\t%G\\t\' "$f"; base64 -w0 "$f"; echo\n'
             "done"
         )
 
