@@ -200,6 +200,10 @@ def build(
     say = progress or (lambda _m: None)
     inputs = _inputs_hash(settings)
     with _build_lock(settings):
+        # Under the build lock any half-built tree belongs to a build that was killed.
+        for stale in sorted(_versions_dir(name, settings).glob(".*.building-*")):
+            say(f"removing {stale.name}, left by a build that was killed")
+            _remove_work_tree(stale)
         existing = [m for m in list_images(settings) if m.name == name]
         if existing and existing[-1].inputs_hash == inputs and not force:
             say(
@@ -221,7 +225,7 @@ def build(
             work.chmod(0o755)
             work.rename(final)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_work_tree(work)
             raise
         say(
             f"image {name} {version} ready: {final / 'disk.qcow2'} "
@@ -229,6 +233,22 @@ def build(
         )
         _prune_locked(name, settings, say)
         return manifest.model_copy(update={"directory": final})
+
+
+def _remove_work_tree(work: Path) -> None:
+    """Remove a build's work tree, unmounting first what debootstrap may have mounted in it."""
+    inside = str(work) + "/"
+
+    def mounted() -> list[str]:
+        points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        return sorted((p for p in points if p.startswith(inside)), reverse=True)
+
+    for point in mounted():
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    if left := mounted():
+        # Never delete through a mount: a bind of the host's /dev would lose the host's nodes.
+        raise ImageBuildError(f"cannot remove {work}: still mounted there: {', '.join(left)}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _ensure(d: Path) -> Path:

@@ -19,6 +19,17 @@ def test_a_build_with_the_same_inputs_is_skipped(golden_image, settings):
     assert r.stdout.decode().split()[:2] == [golden_image.name, golden_image.version]
 
 
+def test_a_build_removes_what_a_killed_build_left_half_made(golden_image, settings):
+    # A SIGKILLed or SIGTERMed build cannot clean up after itself; the next one does.
+    half_made = golden_image.directory.parent / f".{golden_image.version}.building-killed"
+    (half_made / "rootfs" / "etc").mkdir(parents=True)
+    (half_made / "rootfs" / "etc" / "hostname").write_text("sandbox\n")
+    r = fluid("image", "build")
+    assert b"left by a build that was killed" in r.stderr
+    assert not half_made.exists()
+    assert golden_image.disk_path.exists()
+
+
 def test_the_manifest_describes_the_image(golden_image):
     m = json.loads((golden_image.directory / "manifest.json").read_text())
     assert m["name"] == "debian-12" and m["source"] == "debootstrap"
