@@ -42,6 +42,7 @@ from infra.errors import GuestAgentError, WarmStartFailed
 from infra.libvirt_host import connect, domain_type, remove_domain
 from infra.settings import FluidSettings, get_settings
 from infra.ssh_ca import authority
+from infra.state.base import STAGING, ResourceKind, kinds
 
 Progress = Callable[[str], None]
 DOMAIN_PREFIX = "fluid-pool-"
@@ -99,6 +100,32 @@ def pool_dir(settings: FluidSettings) -> Path:
 def _paths(name: str, settings: FluidSettings) -> tuple[Path, Path, Path]:
     d = pool_dir(settings)
     return d / f"{name}.qcow2", d / f"{name}.save", d / f"{name}.json"
+
+
+def memory(slot_name: str, kind: ResourceKind, settings: FluidSettings) -> Path:
+    """Where a remembering kind's probe output from the slot's boot is kept."""
+    return pool_dir(settings) / f"{slot_name}.{kind.memory_name()}"
+
+
+def _remember_probes(dom: libvirt.virDomain, slot: Slot, settings: FluidSettings) -> None:
+    # Nothing but fluid has run in the guest yet, so these outputs can be trusted as the base
+    # a sandbox's first capture builds on (see infra/state/capture.py).
+    for kind in kinds().values():
+        if not kind.remembers:
+            continue
+        r = guest_agent.run(
+            dom,
+            ["/bin/sh", "-c", f"mkdir -p {STAGING}\n{kind.probe({})}\nrm -rf {STAGING}"],
+            timeout_s=settings.ready_timeout_s,
+        )
+        if r.exit_code != 0:
+            raise WarmStartFailed(
+                f"slot {slot.name}: the {kind.name} probe failed: {r.stderr.strip()[-500:]}"
+            )
+        path = memory(slot.name, kind, settings)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(kind.complete(r.stdout, None), encoding="utf-8")
+        tmp.rename(path)
 
 
 def slot_key(manifest: images.ImageManifest, ca_public_line: str, settings: FluidSettings) -> str:
@@ -294,6 +321,7 @@ def save(
             raise WarmStartFailed(
                 f"slot {slot.name}: sshd is not running after boot ({settled.stdout.strip()})"
             )
+        _remember_probes(dom, slot, settings)
         dom.save(str(state))
     except (GuestAgentError, libvirt.libvirtError) as e:
         message = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
@@ -406,6 +434,8 @@ def fill(
 def discard(slot_name: str, settings: FluidSettings) -> None:
     """Remove a slot's files (its domain must not run)."""
     for path in (*_paths(slot_name, settings), pool_dir(settings) / f"{slot_name}.console.log"):
+        path.unlink(missing_ok=True)
+    for path in pool_dir(settings).glob(f"{slot_name}.*.out"):
         path.unlink(missing_ok=True)
 
 

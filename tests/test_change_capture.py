@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import checkpoints, sandboxes
+from infra import checkpoints, sandboxes, warm_slots
 from infra.state import capture
-from infra.state.base import ChangeSet
+from infra.state.base import STAGING, ChangeSet, kinds
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import export, verify_digest
 from tests.conftest import fluid, fluid_json
@@ -252,3 +252,48 @@ def test_a_unit_change_is_captured_although_unchanged_units_reuse_the_probe(chan
     }
     changes = compare(capture.load(SANDBOX, "after", settings), now, settings=settings)
     assert [(c.key, c.action) for c in changes.of("services")] == [("nginx.service", "modified")]
+
+
+def test_a_capture_that_asks_systemd_only_about_changed_units_matches_a_full_one(changed, settings):
+    """Captures ask list-unit-files only about units whose files or links changed since the
+    sandbox's previous capture (its first, since its warm slot's boot); the result is what
+    asking about every unit gives. (Edits the module's sandbox.)"""
+    services = kinds()["services"]
+    box = sandboxes.get(SANDBOX, settings)
+    slot = box.domain_name.removeprefix(warm_slots.DOMAIN_PREFIX)
+    assert box.boot == "warm" and warm_slots.memory(slot, services, settings).exists()
+    assert capture._memory(services, SANDBOX, settings).exists()
+    r = sandboxes.run(
+        SANDBOX,
+        "set -e\n"
+        "systemctl mask cron.service\n"
+        "printf '[Service]\\nExecStart=/bin/sleep 600\\n[Install]\\nWantedBy=multi-user.target\\n'"
+        " > /etc/systemd/system/fluid-probe.service\n"
+        "ln -s /etc/systemd/system/fluid-probe.service /etc/systemd/system/fluid-alias.service\n"
+        "systemctl daemon-reload\n"
+        "systemctl enable fluid-probe.service\n"
+        "systemctl start fluid-probe.service\n"
+        "rm /lib/systemd/system/getty-static.service\n"
+        "systemctl daemon-reload",
+        timeout=120,
+        settings=settings,
+    )
+    assert r.exit_status == 0, r.stderr_text
+    units = capture.capture(SANDBOX, settings=settings).state("services").units
+    full = sandboxes.run(
+        SANDBOX,
+        f"mkdir -p {STAGING}\n{services.probe({})}",
+        output_cap=1 << 24,
+        settings=settings,
+    )
+    assert full.exit_status == 0, full.stderr_text
+    everything = services.parse(full.stdout_text).units
+    assert {n: u.enablement for n, u in units.items()} == {
+        n: u.enablement for n, u in everything.items()
+    }
+    assert units["cron.service"].enablement == "masked"
+    assert units["fluid-probe.service"].model_dump() == {
+        "enablement": "enabled",
+        "active": "active",
+    }
+    assert "getty-static.service" not in units

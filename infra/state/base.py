@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+import inspect
 import pkgutil
 from abc import ABC, abstractmethod
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -15,6 +18,8 @@ from pydantic import BaseModel, Field
 from infra.state.blobs import BlobStore
 
 Action = Literal["added", "removed", "modified"]
+# The guest directory probes stage files in (uploads, scratch); removed after each capture.
+STAGING = "/run/fluid-state"
 
 
 class Change(BaseModel):
@@ -92,9 +97,9 @@ class ResourceKind(ABC, Generic[S]):
 
     # Paths this kind owns, so the files kind leaves them alone.
     owned_globs: ClassVar[tuple[str, ...]] = ()
-    # A cheap shell snippet whose stdout changes whenever the probe's output could: while it
-    # is unchanged, a later capture of the same sandbox reuses the earlier probe output.
-    fingerprint: ClassVar[str | None] = None
+    # A kind that remembers finds its previous (completed) output for the same sandbox in
+    # params["previous"][name] (None at first), so its probe may report only what changed.
+    remembers: ClassVar[bool] = False
 
     def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
         """Files to put in the guest before the probe runs (remote path → bytes)."""
@@ -107,6 +112,15 @@ class ResourceKind(ABC, Generic[S]):
     @abstractmethod
     def probe(self, params: dict[str, Any]) -> str:
         """A POSIX shell snippet run as root in the guest; its stdout goes to `parse`."""
+
+    def complete(self, output: str, previous: str | None) -> str:
+        """The whole output, from this probe's `output` and the previous whole one."""
+        return output
+
+    def memory_name(self) -> str:
+        """File name of a remembered output; it changes with the kind's code."""
+        code = Path(inspect.getfile(type(self))).read_bytes()
+        return f"{self.name}-{hashlib.sha256(code).hexdigest()[:12]}.out"
 
     @abstractmethod
     def parse(self, output: str) -> S:

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import re
 import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from infra import sandboxes
+from infra import sandboxes, warm_slots
 from infra.errors import FluidError
 from infra.settings import FluidSettings, get_settings
-from infra.state.base import Capture, ResourceKind, kinds
+from infra.state.base import STAGING, Capture, ResourceKind, kinds
 from infra.state.blobs import BlobStore
 
 MARK = "@@fluid-kind "
-FRESH = "@@fluid-fresh "
-REUSED = "@@fluid-reused "
-STAGING = "/run/fluid-state"
 
 
 class CaptureNotFound(FluidError):
@@ -43,28 +39,32 @@ def capture(
     settings = settings or get_settings()
     start = time.monotonic()
     rec = sandboxes._record(sandbox_id, settings)
-    params: dict[str, Any] = {"index": _hash_index(rec.image, rec.image_version, settings)}
+    memories = {k.name: _memory(k, sandbox_id, settings) for k in kinds().values() if k.remembers}
+    previous = {
+        name: _previous(kinds()[name], path, rec.slot, settings) for name, path in memories.items()
+    }
+    params: dict[str, Any] = {
+        "index": _hash_index(rec.image, rec.image_version, settings),
+        "previous": previous,
+    }
     script: list[str] = []
-    caches: dict[str, Path] = {}
     with sandboxes.guest(sandbox_id, settings) as g:
         g.run(f"mkdir -p {STAGING}", timeout=30)
         for k in kinds().values():
             for path, data in k.uploads(params).items():
                 g.upload_bytes(data, path)
         for k in kinds().values():
-            probe = k.probe(params)
-            if k.fingerprint:
-                caches[k.name] = _output_cache(k, probe, sandbox_id, settings)
-                probe = _reusing(k, probe, caches[k.name])
-            script.append(f"echo '{MARK}{k.name}'\n{{\n{probe}\n}} 2>/dev/null")
+            script.append(f"echo '{MARK}{k.name}'\n{{\n{k.probe(params)}\n}} 2>/dev/null")
         script.append(f"rm -rf {STAGING}")
         r = g.run("\n".join(script), timeout=900, output_cap=1 << 31)
     if r.exit_status != 0 and not r.stdout:
         raise FluidError(f"capture of {sandbox_id} failed: {r.stderr_text[-2000:]}")
     outputs = _split(r.stdout.decode("utf-8", errors="surrogateescape"))
-    for name, cache in caches.items():
+    for name, path in memories.items():
         if name in outputs:
-            outputs[name] = _remembered(kinds()[name], outputs[name], cache)
+            outputs[name] = kinds()[name].complete(outputs[name], previous[name])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(outputs[name], encoding="utf-8", errors="surrogateescape")
     blobs = blob_store(settings)
     states = {}
     for name, k in kinds().items():
@@ -88,36 +88,19 @@ def capture(
     return cap
 
 
-def _output_cache(kind: ResourceKind, probe: str, sandbox_id: str, settings: FluidSettings) -> Path:
-    # Per sandbox: a guest can only ever feed its own captures. Keyed by the probe's text.
-    tag = hashlib.sha256(probe.encode()).hexdigest()[:12]
-    return _dir(sandbox_id, settings) / "probe-outputs" / f"{kind.name}-{tag}"
+def _memory(kind: ResourceKind, sandbox_id: str, settings: FluidSettings) -> Path:
+    # Per sandbox: a guest can only ever feed its own captures.
+    return _dir(sandbox_id, settings) / "memory" / kind.memory_name()
 
 
-def _reusing(kind: ResourceKind, probe: str, cache: Path) -> str:
-    """The kind's probe, skipped when its fingerprint matches an output stored in `cache`."""
-    known = sorted(p.stem for p in cache.glob("*.out")) if cache.is_dir() else []
-    fresh = f"echo '{FRESH}'\"$fp\"\n{probe}"
-    if not known:
-        return f"fp=$({kind.fingerprint})\n{fresh}"
-    return (
-        f"fp=$({kind.fingerprint})\n"
-        f'case "$fp" in\n{"|".join(known)}) echo \'{REUSED}\'"$fp" ;;\n*)\n{fresh}\n;;\nesac'
-    )
-
-
-def _remembered(kind: ResourceKind, output: str, cache: Path) -> str:
-    """The probe's output: read back when the guest reused it, else stored for next time."""
-    head, _, rest = output.partition("\n")
-    reused = head.startswith(REUSED)
-    fp = head.removeprefix(REUSED if reused else FRESH)
-    if not re.fullmatch(r"[0-9a-f]{32}", fp):
-        raise FluidError(f"the {kind.name} probe did not print its fingerprint first: {head!r}")
-    if reused:
-        return (cache / f"{fp}.out").read_text(encoding="utf-8", errors="surrogateescape")
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / f"{fp}.out").write_text(rest, encoding="utf-8", errors="surrogateescape")
-    return rest
+def _previous(
+    kind: ResourceKind, memory: Path, slot: str | None, settings: FluidSettings
+) -> str | None:
+    """The kind's output from this sandbox's previous capture, else from its warm slot's boot."""
+    for path in (memory, warm_slots.memory(slot, kind, settings) if slot else None):
+        if path is not None and path.exists():
+            return path.read_text(encoding="utf-8", errors="surrogateescape")
+    return None
 
 
 def _split(text: str) -> dict[str, str]:

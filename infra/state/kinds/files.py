@@ -18,6 +18,7 @@ from pydantic import BaseModel, PrivateAttr
 from infra.errors import FluidError
 from infra.state import noise
 from infra.state.base import (
+    STAGING,
     Change,
     DiffContext,
     ExportContext,
@@ -26,8 +27,8 @@ from infra.state.base import (
     unified_diff,
 )
 
-PROBE_PATH = "/run/fluid-state/files_probe.py"
-INDEX_PATH = "/run/fluid-state/index.json"
+PROBE_PATH = f"{STAGING}/files_probe.py"
+INDEX_PATH = f"{STAGING}/index.json"
 CONTENT_ROOTS = (
     "/etc/",
     "/root/",

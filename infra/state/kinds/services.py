@@ -6,10 +6,41 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.base import (
+    STAGING,
+    Change,
+    DiffContext,
+    ExportContext,
+    ResourceKind,
+    TaskBundle,
+)
 from infra.state.kinds.packages import SECTION, _sections
 
 UNIT_TYPES = "service,socket,timer,path"
+LIST_UNIT_FILES = f"systemctl list-unit-files --no-legend --no-pager --type={UNIT_TYPES}"
+# Where systemd looks for units and their enablement (`systemd-analyze unit-paths`), plus the
+# preset dirs list-unit-files reports.
+UNIT_TREES = (
+    "/etc/systemd/system.control /run/systemd/system.control /run/systemd/transient "
+    "/run/systemd/generator.early /etc/systemd/system /etc/systemd/system.attached "
+    "/run/systemd/system /run/systemd/system.attached /run/systemd/generator "
+    "/usr/local/lib/systemd/system /usr/lib/systemd/system /lib/systemd/system "
+    "/run/systemd/generator.late "
+    "/etc/systemd/system-preset /run/systemd/system-preset /usr/lib/systemd/system-preset "
+    "/lib/systemd/system-preset"
+)
+BASE_LISTING = f"{STAGING}/unit-trees.before"
+NEW_LISTING = f"{STAGING}/unit-trees.now"
+# From comm's changed `path TAB link-target ...` lines (the second file's indented by a tab):
+# the units they are, link to, or drop in for (and an instance's template).
+_NAMES_AWK = (
+    "awk -F'\\t' '{ sub(/^\\t/, \"\"); "
+    'for (i = 1; i <= 2; i++) { n = split($i, p, "/"); u = p[n]; '
+    "if (u ~ /\\.d$/) u = substr(u, 1, length(u) - 2); "
+    "else if (n > 1 && p[n-1] ~ /\\.d$/) u = substr(p[n-1], 1, length(p[n-1]) - 2); "
+    "if (u ~ /\\.(service|socket|timer|path)$/) { print u; "
+    'if (u ~ /@./) { sub(/@.*\\./, "@.", u); print u } } } }\''
+)
 # Enablement states that are someone's decision; static, generated, alias … are not.
 DECIDED = {"enabled", "disabled", "masked"}
 IGNORED_UNITS = {"fluid-instance.service"}
@@ -42,27 +73,58 @@ class Services(ResourceKind[ServicesState]):
         "/etc/systemd/system/*.requires/*",
     )
 
-    # systemd computes enablement from these trees (`systemd-analyze unit-paths`, plus the
-    # preset dirs list-unit-files reports); listing them costs a tenth of a second, while
-    # list-unit-files costs 5-7 s on a TCG guest. Loaded units' states are part of it too.
-    fingerprint = (
-        "{ find /etc/systemd/system.control /run/systemd/system.control /run/systemd/transient "
-        "/run/systemd/generator.early /etc/systemd/system /etc/systemd/system.attached "
-        "/run/systemd/system /run/systemd/system.attached /run/systemd/generator "
-        "/usr/local/lib/systemd/system /usr/lib/systemd/system /lib/systemd/system "
-        "/run/systemd/generator.late "
-        "/etc/systemd/system-preset /run/systemd/system-preset /usr/lib/systemd/system-preset "
-        "/lib/systemd/system-preset "
-        "-printf '%p %l %s %T@ %C@\\n'; "
-        f"systemctl list-units --all --no-legend --no-pager --plain --type={UNIT_TYPES}; "
-        "} 2>/dev/null | md5sum | cut -c1-32"
-    )
+    remembers = True
+
+    def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
+        previous = params.get("previous", {}).get(self.name)
+        if previous is None:
+            return {}
+        return {BASE_LISTING: ("\n".join(_sections(previous).get("listing", [])) + "\n").encode()}
 
     def probe(self, params: dict[str, Any]) -> str:
+        # list-unit-files costs 4-7 s on a TCG guest (systemd reads every unit and symlink per
+        # unit). Enablement lives in these trees, so given the listing of the sandbox's previous
+        # capture only units named by a changed entry are asked about; `complete` merges them.
+        incremental = params.get("previous", {}).get(self.name) is not None
+        listing = (
+            f"find {UNIT_TREES} -printf '%p\\t%l\\t%s\\t%T@\\t%C@\\n' 2>/dev/null "
+            f"| LC_ALL=C sort > {NEW_LISTING}"
+        )
+        if incremental:
+            query = (
+                f"units=$(LC_ALL=C comm -3 {BASE_LISTING} {NEW_LISTING} | {_NAMES_AWK} | sort -u)\n"
+                f"echo '{SECTION}asked'\nprintf '%s\\n' $units\n"
+                f"echo '{SECTION}'\n"
+                f'[ -z "$units" ] || {LIST_UNIT_FILES} $units'
+            )
+        else:
+            query = f"echo '{SECTION}'\n{LIST_UNIT_FILES}"
         return (
-            f"systemctl list-unit-files --no-legend --no-pager --type={UNIT_TYPES}\n"
+            f"{listing}\n{query}\n"
+            f"echo '{SECTION}listing'\ncat {NEW_LISTING}\n"
             f"echo '{SECTION}active'\n"
             f"systemctl list-units --all --no-legend --no-pager --plain --type={UNIT_TYPES}"
+        )
+
+    def complete(self, output: str, previous: str | None) -> str:
+        sections = _sections(output)
+        if "asked" not in sections or previous is None:
+            return output
+        asked = set(" ".join(sections["asked"]).split())
+        files = {
+            line.split()[0]: line
+            for line in _sections(previous)[""]
+            if line.split() and line.split()[0] not in asked
+        }
+        files.update({line.split()[0]: line for line in sections[""] if line.split()})
+        return "\n".join(
+            [
+                *(files[name] for name in sorted(files)),
+                f"{SECTION}listing",
+                *sections.get("listing", []),
+                f"{SECTION}active",
+                *sections.get("active", []),
+            ]
         )
 
     def parse(self, output: str) -> ServicesState:
