@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import libvirt
 from cryptography.hazmat.primitives import serialization
@@ -42,7 +42,9 @@ from infra.errors import GuestAgentError, WarmStartFailed
 from infra.libvirt_host import connect, domain_type, remove_domain
 from infra.settings import FluidSettings, get_settings
 from infra.ssh_ca import authority
-from infra.state.base import STAGING, ResourceKind, kinds
+
+if TYPE_CHECKING:
+    from infra.state.base import ResourceKind
 
 Progress = Callable[[str], None]
 DOMAIN_PREFIX = "fluid-pool-"
@@ -109,14 +111,15 @@ def memory(slot_name: str, kind: ResourceKind, settings: FluidSettings) -> Path:
 
 def _remember_probes(dom: libvirt.virDomain, slot: Slot, settings: FluidSettings) -> None:
     # Nothing but fluid has run in the guest yet, so these outputs can be trusted as the base
-    # a sandbox's first capture builds on (see infra/state/capture.py).
+    # a sandbox's first capture builds on (see infra/state/capture.py). Imported here: every
+    # `fluid sandbox` command imports this module, and its start-up is what a user waits for.
+    from infra.state.base import kinds
+
     for kind in kinds().values():
         if not kind.remembers:
             continue
         r = guest_agent.run(
-            dom,
-            ["/bin/sh", "-c", f"mkdir -p {STAGING}\n{kind.probe({})}\nrm -rf {STAGING}"],
-            timeout_s=settings.ready_timeout_s,
+            dom, ["/bin/sh", "-c", kind.standalone_probe()], timeout_s=settings.ready_timeout_s
         )
         if r.exit_code != 0:
             raise WarmStartFailed(
@@ -432,11 +435,12 @@ def fill(
 
 
 def discard(slot_name: str, settings: FluidSettings) -> None:
-    """Remove a slot's files (its domain must not run)."""
-    for path in (*_paths(slot_name, settings), pool_dir(settings) / f"{slot_name}.console.log"):
-        path.unlink(missing_ok=True)
-    for path in pool_dir(settings).glob(f"{slot_name}.*.out"):
-        path.unlink(missing_ok=True)
+    """Remove a slot's files (its domain must not run); its lock file is the caller's."""
+    # Every file named after the slot: disk, state, manifest, console log, remembered probe
+    # outputs, and the .tmp of a write a killed process never renamed.
+    for path in pool_dir(settings).glob(f"{slot_name}.*"):
+        if path.suffix != ".lock":
+            path.unlink(missing_ok=True)
 
 
 # One perl process (perl-base is in every Debian) does all of a restored guest's identity:

@@ -17,7 +17,7 @@ import yaml
 
 from infra import checkpoints, sandboxes, warm_slots
 from infra.state import capture
-from infra.state.base import STAGING, ChangeSet, kinds
+from infra.state.base import ChangeSet, kinds
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import export, verify_digest
 from tests.conftest import fluid, fluid_json
@@ -281,10 +281,7 @@ def test_a_capture_that_asks_systemd_only_about_changed_units_matches_a_full_one
     assert r.exit_status == 0, r.stderr_text
     units = capture.capture(SANDBOX, settings=settings).state("services").units
     full = sandboxes.run(
-        SANDBOX,
-        f"mkdir -p {STAGING}\n{services.probe({})}",
-        output_cap=1 << 24,
-        settings=settings,
+        SANDBOX, services.standalone_probe(), output_cap=1 << 24, settings=settings
     )
     assert full.exit_status == 0, full.stderr_text
     everything = services.parse(full.stdout_text).units

@@ -119,8 +119,11 @@ class ResourceKind(ABC, Generic[S]):
 
     def memory_name(self) -> str:
         """File name of a remembered output; it changes with the kind's code."""
-        code = Path(inspect.getfile(type(self))).read_bytes()
-        return f"{self.name}-{hashlib.sha256(code).hexdigest()[:12]}.out"
+        return f"{self.name}-{_code_tag(type(self))}.out"
+
+    def standalone_probe(self) -> str:
+        """The probe with nothing remembered, as one script that makes and removes STAGING."""
+        return f"mkdir -p {STAGING}\n{self.probe({})}\nrm -rf {STAGING}"
 
     @abstractmethod
     def parse(self, output: str) -> S:
@@ -183,6 +186,12 @@ class ChangeSet(BaseModel):
     @property
     def empty(self) -> bool:
         return not self.changes
+
+
+@cache
+def _code_tag(kind: type) -> str:
+    # Read once per process: captures ask for it on every run.
+    return hashlib.sha256(Path(inspect.getfile(kind)).read_bytes()).hexdigest()[:12]
 
 
 @cache

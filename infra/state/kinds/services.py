@@ -75,8 +75,11 @@ class Services(ResourceKind[ServicesState]):
 
     remembers = True
 
+    def _previous(self, params: dict[str, Any]) -> str | None:
+        return params.get("previous", {}).get(self.name)
+
     def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
-        previous = params.get("previous", {}).get(self.name)
+        previous = self._previous(params)
         if previous is None:
             return {}
         return {BASE_LISTING: ("\n".join(_sections(previous).get("listing", [])) + "\n").encode()}
@@ -85,7 +88,7 @@ class Services(ResourceKind[ServicesState]):
         # list-unit-files costs 4-7 s on a TCG guest (systemd reads every unit and symlink per
         # unit). Enablement lives in these trees, so given the listing of the sandbox's previous
         # capture only units named by a changed entry are asked about; `complete` merges them.
-        incremental = params.get("previous", {}).get(self.name) is not None
+        incremental = self._previous(params) is not None
         listing = (
             f"find {UNIT_TREES} -printf '%p\\t%l\\t%s\\t%T@\\t%C@\\n' 2>/dev/null "
             f"| LC_ALL=C sort > {NEW_LISTING}"
@@ -111,12 +114,8 @@ class Services(ResourceKind[ServicesState]):
         if "asked" not in sections or previous is None:
             return output
         asked = set(" ".join(sections["asked"]).split())
-        files = {
-            line.split()[0]: line
-            for line in _sections(previous)[""]
-            if line.split() and line.split()[0] not in asked
-        }
-        files.update({line.split()[0]: line for line in sections[""] if line.split()})
+        files = {n: line for n, line in _by_unit(_sections(previous)[""]).items() if n not in asked}
+        files.update(_by_unit(sections[""]))
         return "\n".join(
             [
                 *(files[name] for name in sorted(files)),
@@ -190,6 +189,11 @@ class Services(ResourceKind[ServicesState]):
                 {"name": f"service {c.key}", "ansible.builtin.systemd_service": args}
             )
         return bundle
+
+
+def _by_unit(lines: list[str]) -> dict[str, str]:
+    """list-unit-files lines by their unit name."""
+    return {parts[0]: line for line in lines if (parts := line.split())}
 
 
 def _decided(u: Unit | None) -> dict[str, str] | None:
