@@ -23,8 +23,9 @@ A. create -> SSH-ready, --runs samples of each, interleaved (warm, cold, virt-cl
      with a full disk copy, then start it and wait until an SSH command ran.
    The create JSON's "boot" field must say warm or cold as the row claims. On the warm
    sandboxes also: a checkpoint without capture, its restore -> SSH-ready, its delete,
-   a command over SSH in process, destroy. qemu RSS/PSS after ready per kind, and
-   `qemu-img create` of an overlay (10 samples).
+   a command over SSH in process, destroy. qemu RSS/PSS after ready per kind,
+   `qemu-img create` of an overlay and the CLI's start-up (python and the imports of a
+   `fluid sandbox` command, no VM), 10 samples each.
    Goals: warm median <= 3 s, and >= 5x faster than each of the other two.
 B. eight sandboxes at once (FLUID_WARM_SLOTS=8, slots filled first): created one after the
    other, then one command in all eight at once; per sandbox the qemu RSS and PSS
@@ -113,6 +114,7 @@ DIFF_RATIO = 10.0
 A_WARM = "warm start: create + exec"
 A_COLD = "cold boot (FLUID_WARM_SLOTS=0): create + exec"
 A_CLONE = "virt-clone full copy + boot + SSH command"
+CLI_STARTUP = "CLI start-up: python + `fluid sandbox`'s imports (no VM)"
 C_FLUID = "fluid: capture before + capture after + diff"
 C_VIRT_DIFF = "virt-diff -a before -A after"
 CHANGE = "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx"
@@ -465,6 +467,18 @@ def bench_overlays(res: Results, b: Bench) -> None:
         target.unlink()
 
 
+def bench_cli_startup(res: Results) -> None:
+    """What every `fluid sandbox` command pays before it does anything: Python and imports."""
+    argv = [str(FLUID.parent / "python"), "-c", "import fluid_cli, infra.sandboxes"]
+    for _ in range(OVERLAY_SAMPLES):
+        start = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+        elapsed = time.perf_counter() - start
+        if r.returncode != 0:
+            raise BenchError(f"importing fluid's CLI failed: {r.stderr.strip()[-800:]}")
+        res.add(CLI_STARTUP, elapsed * 1000.0, "ms")
+
+
 def warm_extras(res: Results, name: str, settings: FluidSettings) -> None:
     """The life-cycle rows on a warm sandbox: memory, a command, checkpoint, restore."""
     rss, pss = qemu_memory_mib(domain_of(name, settings))
@@ -491,6 +505,7 @@ def warm_extras(res: Results, name: str, settings: FluidSettings) -> None:
 def part_a(res: Results, b: Bench) -> None:
     s = b.settings
     bench_overlays(res, b)
+    bench_cli_startup(res)
     assert b.clone is not None  # made in main(), with the setup checks
     b.clone.setup()
     warm_env, cold_env = cli_env(s, None), cli_env(s, 0)
