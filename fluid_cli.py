@@ -70,22 +70,33 @@ def cmd_image_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_fill(args: argparse.Namespace) -> int:
-    from infra import warm_slots
+    from infra import spares, warm_slots
+    from infra.settings import get_settings
 
     made = warm_slots.fill(args.slots, image=args.image, progress=_log)
     slots = warm_slots.list_slots()
+    # Spares are of the default image only: an unnamed create takes them.
+    started = spares.fill(say=_log) if args.image in (None, get_settings().image) else []
     _emit(
         args,
-        {"prepared": [m.name for m in made], "slots": [m.model_dump(mode="json") for m in slots]},
-        lambda: print(f"{len(made)} slot(s) prepared; {len(slots)} ready for warm starts"),
+        {
+            "prepared": [m.name for m in made],
+            "slots": [m.model_dump(mode="json") for m in slots],
+            "spares_started": started,
+        },
+        lambda: print(
+            f"{len(made)} slot(s) prepared; {len(slots)} ready for warm starts; "
+            f"{len(started)} spare(s) started"
+        ),
     )
     return 0
 
 
 def cmd_pool_list(args: argparse.Namespace) -> int:
-    from infra import warm_slots
+    from infra import spares, warm_slots
 
     slots = warm_slots.list_slots()
+    waiting = spares.list_spares()
 
     def human() -> None:
         print(f"{'SLOT':<12} {'IMAGE':<16} {'MEMORY':>7} {'STATE':>8}  {'SAVED':<17} IN USE BY")
@@ -95,16 +106,30 @@ def cmd_pool_list(args: argparse.Namespace) -> int:
                 f"{m.state_bytes / 2**20:>6.0f}Mi  {m.saved_at:%Y-%m-%d %H:%M}  "
                 f"{m.in_use_by or '-'}"
             )
+        for r in waiting:
+            print(f"spare {r.id} waiting in slot {r.slot} (expires {r.expires_at:%Y-%m-%d %H:%M})")
 
-    _emit(args, {"slots": [m.model_dump(mode="json") for m in slots]}, human)
+    _emit(
+        args,
+        {
+            "slots": [m.model_dump(mode="json") for m in slots],
+            "spares": [{"id": r.id, "slot": r.slot, "ssh_port": r.ssh_port} for r in waiting],
+        },
+        human,
+    )
     return 0
 
 
 def cmd_pool_clear(args: argparse.Namespace) -> int:
-    from infra import warm_slots
+    from infra import spares, warm_slots
 
+    stopped = spares.clear()  # first: each holds a slot
     removed = warm_slots.clear()
-    _emit(args, {"removed": removed}, lambda: print(f"removed {len(removed)} idle slot(s)"))
+    _emit(
+        args,
+        {"removed": removed, "spares_stopped": stopped},
+        lambda: print(f"stopped {len(stopped)} spare(s); removed {len(removed)} idle slot(s)"),
+    )
     return 0
 
 
@@ -761,14 +786,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True)
     sub(image, "list", cmd_image_list, "list image versions")
 
-    pool = top.add_parser("pool", help="warm-start slots (saved booted VMs)").add_subparsers(
-        dest="cmd", required=True
-    )
-    sp = sub(pool, "fill", cmd_pool_fill, "prepare slots so sandboxes start warm")
+    pool = top.add_parser(
+        "pool", help="warm starts: slots (saved booted VMs) and spare sandboxes"
+    ).add_subparsers(dest="cmd", required=True)
+    sp = sub(pool, "fill", cmd_pool_fill, "prepare slots and start spares (FLUID_SPARE_SANDBOXES)")
     sp.add_argument("slots", nargs="?", type=int, default=None, help="default FLUID_WARM_SLOTS")
     sp.add_argument("--image", default=None, help="image name (default: FLUID_IMAGE)")
-    sub(pool, "list", cmd_pool_list, "list prepared slots and who holds them")
-    sub(pool, "clear", cmd_pool_clear, "remove every slot no sandbox holds")
+    sub(pool, "list", cmd_pool_list, "list prepared slots, who holds them, and waiting spares")
+    sub(pool, "clear", cmd_pool_clear, "stop the spares; remove every slot no sandbox holds")
 
     sandbox = top.add_parser("sandbox", help="sandbox VMs").add_subparsers(
         dest="cmd", required=True

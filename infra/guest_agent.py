@@ -54,6 +54,34 @@ def wait_until_up(dom: libvirt.virDomain, timeout_s: float) -> None:
             time.sleep(0.1)
 
 
+def clock_skew(dom: libvirt.virDomain) -> float:
+    """Seconds the guest's clock is ahead of the host's (negative: behind)."""
+    before = time.time()
+    guest_ns = _call(dom, "guest-get-time", {}, 5)
+    return guest_ns / 1e9 - (before + time.time()) / 2
+
+
+# Shifts the clock by ARGV[0] microseconds. Relative, so the time the command takes to start
+# does not end up in the clock. (guest-set-time would also run `hwclock -w`, which waits for
+# the RTC's next second.)
+_SHIFT_CLOCK_PERL = r"""
+my $tv = pack("l!l!", 0, 0);
+syscall(96, $tv, 0) == 0 or die "gettimeofday: $!";
+my ($sec, $usec) = unpack("l!l!", $tv);
+my $t = $sec * 1_000_000 + $usec + $ARGV[0];
+syscall(164, pack("l!l!", int($t / 1_000_000), $t % 1_000_000), 0) == 0
+  or die "settimeofday: $!";
+"""
+
+
+def set_clock(dom: libvirt.virDomain) -> None:
+    """Set the guest's clock to the host's (to within the agent's round trip, milliseconds)."""
+    shift_us = round(-clock_skew(dom) * 1_000_000)
+    result = run(dom, ["/usr/bin/perl", "-e", _SHIFT_CLOCK_PERL, str(shift_us)])
+    if result.exit_code != 0:
+        raise GuestAgentError(f"setting the clock of {dom.name()} failed: {result.stderr.strip()}")
+
+
 def run(
     dom: libvirt.virDomain,
     argv: list[str],

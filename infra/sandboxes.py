@@ -55,7 +55,7 @@ class Sandbox(BaseModel):
     expires_at: datetime
     parent_id: str | None = None
     parent_checkpoint: str | None = None
-    boot: Literal["warm", "cold"] = "cold"
+    boot: Literal["warm", "cold", "spare"] = "cold"
 
 
 class SandboxListing(BaseModel):
@@ -205,12 +205,17 @@ def create(
     owner: Owner | None = None,
     progress: Progress | None = None,
     settings: FluidSettings | None = None,
+    spare: bool = False,
 ) -> Sandbox:
     """Create a sandbox and wait until SSH answers; on any failure nothing is left behind.
 
     `base_disk` replaces the fresh overlay with a prepared disk (used by fork); `owner` names
     the flow run (and process) it works for, so the janitor can reap it when they are gone.
+    An unnamed sandbox of the default image takes a waiting spare when there is one
+    (infra/spares.py); `spare` starts such a spare (warm only).
     """
+    from infra import spares  # spares build on this module
+
     settings = settings or get_settings()
     say = progress or _say
     sandbox_id = validate_name(name, "sandbox name") if name is not None else new_id(settings)
@@ -229,6 +234,23 @@ def create(
         manifest = images.resolve(image_name, image_version, settings)
         firewall.ensure_guard()
         ca = authority(settings)
+        refill = not spare and spares.wanted(settings) > 0
+        if refill and name is None and base_disk is None and parent is None:
+            taken = spares.take(
+                conn,
+                manifest,
+                ca.public_key_line(),
+                network=network,
+                agent_id=agent_id,
+                ttl_minutes=ttl_minutes or settings.sandbox_ttl_minutes,
+                owner=owner,
+                settings=settings,
+                say=say,
+            )
+            if taken is not None:
+                say(f"sandbox {taken.id}: taken from the spares (started ahead, warm)")
+                spares.refill_in_background(settings)
+                return _view(taken, lookup(conn, taken.domain_name))
         for d in (settings.disks_dir, settings.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
         now = datetime.now(UTC)
@@ -251,12 +273,15 @@ def create(
             owner_run=owner.run if owner else None,
             owner_pid=owner.pid if owner else None,
             owner_pid_start=owner.pid_start if owner else None,
+            spare_state="starting" if spare else None,
         )
         try:
             _provision(conn, rec, manifest, ca, base_disk, settings, say)
         except BaseException:
             _teardown(conn, sandbox_id, settings)
             raise
+        if refill:
+            spares.refill_in_background(settings)
         return _view(rec, lookup(conn, rec.domain_name))
     finally:
         conn.close()
@@ -280,6 +305,8 @@ def _provision(
             claim = warm_slots.Claim(reason="a fork boots from its checkpoint's disk")
         else:
             claim = warm_slots.claim(conn, manifest, ca.public_key_line(), settings)
+        if claim.slot is None and rec.spare_state:
+            raise WarmStartFailed(f"a spare starts only warm: {claim.reason}")
         if claim.slot is not None:
             rec.slot, rec.domain_name = claim.slot.name, claim.slot.domain_name
             if not claim.slot.prepared:
@@ -293,6 +320,8 @@ def _provision(
             say(f"sandbox {rec.id}: ready in {time.monotonic() - start:.1f} s (warm start)")
             return
         except WarmStartFailed as e:
+            if rec.spare_state:
+                raise
             claim.reason = str(e)
             remove_domain(conn, claim.slot.domain_name)
             Path(rec.disk_path).unlink(missing_ok=True)
@@ -571,7 +600,8 @@ def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
             else []
         )
         return SandboxListing(
-            sandboxes=[_view(r, doms.get(r.domain_name)) for r in records],
+            # Spares are no one's yet: `fluid pool list` shows them.
+            sandboxes=[_view(r, doms.get(r.domain_name)) for r in records if not r.spare_state],
             orphan_domains=sorted(n for n in doms if ids[n] not in known),
             orphan_records=sorted(r.id for r in records if r.domain_name not in doms),
             orphan_disks=[d for d in disks if d not in known],

@@ -36,6 +36,12 @@ class FluidSettings(BaseSettings):
         ge=0,
         description="Saved booted VMs sandboxes are restored from (warm start); 0 = cold boots.",
     )
+    spare_sandboxes: int = Field(
+        default=1,
+        ge=0,
+        description="Warm sandboxes kept running for the next unnamed create to take at once, "
+        "refilled in the background; each holds a warm slot and its memory while it waits.",
+    )
     max_sandboxes: int = Field(
         default=8,
         ge=2,

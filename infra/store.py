@@ -50,6 +50,9 @@ class SandboxRecord(SQLModel, table=True):
     # how it started ("warm" or "cold").
     slot: str | None = Field(default=None, index=True)
     boot: str | None = None
+    # A spare, started ahead of need and not yet anyone's: "starting", then "waiting" (see
+    # infra/spares.py). None for every other sandbox.
+    spare_state: str | None = None
 
 
 class CheckpointRecord(SQLModel, table=True):

@@ -13,15 +13,20 @@ running. Every VM, disk, warm slot and libvirt object it makes is removed again,
 errors, Ctrl-C, SIGTERM and SIGHUP. Progress and each figure as it is measured go to stderr;
 stdout gets the host line, one markdown table per part and the goals table.
 
-A. create -> SSH-ready, --runs samples of each, interleaved (warm, cold, virt-clone, warm, ...):
+A. create -> SSH-ready, --runs samples of each, interleaved (warm, slot, cold, virt-clone, ...):
    - warm start: wall time of `fluid sandbox create --json` plus `fluid sandbox exec ID -- true`
      (the real CLI, .venv/bin/fluid, as subprocesses) with default settings, after
-     `fluid pool fill` prepared the slots (its time is a row of its own);
+     `fluid pool fill` prepared the slots and started the spare (its time is a row of its
+     own). By default an unnamed create takes a spare, a warm sandbox started ahead, and a
+     refill starts the next one in the background: each sample waits until a spare waits
+     again, and that wait (from the take) is a row of its own;
+   - warm start from a slot: the same without spares (FLUID_SPARE_SANDBOXES=0): the slot's
+     saved VM is restored and reseeded while the create waits;
    - cold boot: the same with FLUID_WARM_SLOTS=0;
    - virt-clone: `virt-clone` (Debian's virtinst, installed if missing) of a template domain
      defined like a fluid sandbox (direct kernel boot, fluid's CA on the kernel command line)
      with a full disk copy, then start it and wait until an SSH command ran.
-   The create JSON's "boot" field must say warm or cold as the row claims. On the warm
+   The create JSON's "boot" field must say spare, warm or cold as the row claims. On the warm
    sandboxes also: a checkpoint without capture, its restore -> SSH-ready, its delete,
    a command over SSH in process, destroy. qemu RSS/PSS after ready per kind,
    `qemu-img create` of an overlay and the CLI's start-up (python and the imports of a
@@ -77,7 +82,7 @@ from bench_results import (
     signals_ignored,
 )
 
-from infra import checkpoints, domains, images, ports, sandboxes
+from infra import checkpoints, domains, images, ports, sandboxes, spares
 from infra.errors import FluidError
 from infra.libvirt_host import connect, domain_type, remove_domain
 from infra.settings import FluidSettings
@@ -111,7 +116,9 @@ WARM_GOAL_S = 3.0
 WARM_RATIO = 5.0
 DIFF_RATIO = 10.0
 
-A_WARM = "warm start: create + exec"
+A_WARM = "warm start (default: a spare taken): create + exec"
+A_SLOT = "warm start from a slot (FLUID_SPARE_SANDBOXES=0): create + exec"
+A_REFILL = "  next spare waiting, after a take (background refill)"
 A_COLD = "cold boot (FLUID_WARM_SLOTS=0): create + exec"
 A_CLONE = "virt-clone full copy + boot + SSH command"
 CLI_STARTUP = "CLI start-up: python + `fluid sandbox`'s imports (no VM)"
@@ -171,14 +178,23 @@ def median(res: Results, step: str) -> float | None:
 # --- the CLI as a subprocess ----------------------------------------------------------------
 
 
-def cli_env(settings: FluidSettings, warm: int | None) -> dict[str, str]:
-    """The benchmark's FLUID_HOME for the CLI; FLUID_WARM_SLOTS unset (default) or `warm`."""
-    drop = {"FLUID_HOME", "FLUID_DATABASE_URL", "FLUID_CA_PRIVATE_KEY", "FLUID_WARM_SLOTS"}
+def cli_env(settings: FluidSettings, warm: int | None, spares: int | None = None) -> dict[str, str]:
+    """The benchmark's FLUID_HOME for the CLI; FLUID_WARM_SLOTS and FLUID_SPARE_SANDBOXES
+    unset (defaults) or as given."""
+    drop = {
+        "FLUID_HOME",
+        "FLUID_DATABASE_URL",
+        "FLUID_CA_PRIVATE_KEY",
+        "FLUID_WARM_SLOTS",
+        "FLUID_SPARE_SANDBOXES",
+    }
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["FLUID_HOME"] = str(settings.home)
     env["FLUID_STORAGE_DIR"] = str(settings.storage_dir)
     if warm is not None:
         env["FLUID_WARM_SLOTS"] = str(warm)
+    if spares is not None:
+        env["FLUID_SPARE_SANDBOXES"] = str(spares)
     return env
 
 
@@ -202,14 +218,22 @@ def fluid(
     return r
 
 
-def create_exec(res: Results, label: str, name: str, env: dict[str, str], boot: str) -> dict:
-    """`fluid sandbox create --json` + `fluid sandbox exec ID -- true`, one sample of `label`."""
+def create_exec(
+    res: Results, label: str, name: str | None, env: dict[str, str], boot: str, b: Bench
+) -> dict:
+    """`fluid sandbox create --json` + `fluid sandbox exec ID -- true`, one sample of `label`.
+
+    Without a `name` the create is unnamed (only those take spares) and the id it printed is
+    remembered for the cleanup.
+    """
     start = time.perf_counter()
-    created = fluid(["sandbox", "create", "--name", name, "--json"], env)
+    created = fluid(["sandbox", "create", *(["--name", name] if name else []), "--json"], env)
     mid = time.perf_counter()
-    fluid(["sandbox", "exec", name, "--", "true"], env, timeout=300)
-    end = time.perf_counter()
     sbx = json.loads(created.stdout)
+    if name is None:
+        b.names.append(sbx["id"])
+    fluid(["sandbox", "exec", sbx["id"], "--", "true"], env, timeout=300)
+    end = time.perf_counter()
     # A fluid without warm starts has no "boot" field and only ever boots cold.
     got = sbx.get("boot", "cold")
     if got != boot:
@@ -502,20 +526,31 @@ def warm_extras(res: Results, name: str, settings: FluidSettings) -> None:
     res.timed("checkpoint delete", "ms", lambda: checkpoints.delete(name, "bench", settings))
 
 
+def wait_for_spare(res: Results, b: Bench, taken_at: float) -> None:
+    """Wait until a spare waits (the refill a take started); its time is a row of its own."""
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while not spares.list_spares(b.settings, state=spares.WAITING):
+        if time.monotonic() > deadline:
+            raise BenchError(f"no spare waiting {CLI_TIMEOUT_S:.0f} s after a take")
+        time.sleep(0.2)
+    if taken_at:
+        res.add(A_REFILL, time.perf_counter() - taken_at, "s")
+
+
 def part_a(res: Results, b: Bench) -> None:
     s = b.settings
     bench_overlays(res, b)
     bench_cli_startup(res)
     assert b.clone is not None  # made in main(), with the setup checks
     b.clone.setup()
-    warm_env, cold_env = cli_env(s, None), cli_env(s, 0)
+    warm_env, slot_env, cold_env = cli_env(s, None), cli_env(s, None, 0), cli_env(s, 0, 0)
     warm_ok = WARM
     if warm_ok:
         n = DEFAULT_WARM_SLOTS
         log(f"fluid pool fill: preparing the {n} warm slots (default), minutes under TCG")
         timed(
             res,
-            f"warm slots: `fluid pool fill` ({n} slots, default)",
+            f"warm slots: `fluid pool fill` ({n} slots and the spare, default)",
             "s",
             lambda: fluid(["pool", "fill"], warm_env, timeout=3600, stream=True),
         )
@@ -523,22 +558,33 @@ def part_a(res: Results, b: Bench) -> None:
         b.problems.append(
             "warm start not measured: this fluid has no warm_slots.fill (issue 6, item 1)"
         )
+    taken_at = 0.0
     for i in range(1, b.runs + 1):
         if warm_ok:
+            wait_for_spare(res, b, taken_at)
+            log(f"A run {i}/{b.runs}: warm start, taking a spare")
+            sbx = create_exec(res, A_WARM, None, warm_env, "spare", b)
+            taken_at = time.perf_counter()
+            warm_extras(res, sbx["id"], s)
+            res.timed("destroy (warm)", "ms", lambda sid=sbx["id"]: sandboxes.destroy(sid, s))
+            wait_for_spare(res, b, taken_at)
+            taken_at = 0.0
             name = b.name(f"w{i}")
-            log(f"A run {i}/{b.runs}: warm start {name}")
-            create_exec(res, A_WARM, name, warm_env, "warm")
-            warm_extras(res, name, s)
+            log(f"A run {i}/{b.runs}: warm start from a slot {name}")
+            create_exec(res, A_SLOT, name, slot_env, "warm", b)
             res.timed("destroy (warm)", "ms", lambda name=name: sandboxes.destroy(name, s))
         name = b.name(f"c{i}")
         log(f"A run {i}/{b.runs}: cold boot {name}")
-        create_exec(res, A_COLD, name, cold_env, "cold")
+        create_exec(res, A_COLD, name, cold_env, "cold", b)
         rss, pss = qemu_memory_mib(domain_of(name, s))
         res.add("qemu RSS after ready (cold)", rss, "MiB")
         res.add("qemu PSS after ready (cold)", pss, "MiB")
         res.timed("destroy (cold)", "ms", lambda name=name: sandboxes.destroy(name, s))
         log(f"A run {i}/{b.runs}: virt-clone")
         b.clone.run_once(res, i)
+    if warm_ok:
+        stopped = spares.clear(s)  # B and C count on every slot being free
+        log(f"A: stopped the spare(s) {', '.join(stopped) or '(none)'}")
 
 
 # --- B: eight at once -----------------------------------------------------------------------
@@ -554,7 +600,7 @@ def part_b(res: Results, b: Bench) -> None:
             res,
             f"warm slots: `fluid pool fill` ({CONCURRENT} slots)",
             "s",
-            lambda: fluid(["pool", "fill"], cli_env(s8, CONCURRENT), timeout=3600, stream=True),
+            lambda: fluid(["pool", "fill"], cli_env(s8, CONCURRENT, 0), timeout=3600, stream=True),
         )
     before, others_before = mem_available_mib(), other_vms(s8)
     names = [b.name(f"m{i}") for i in range(1, CONCURRENT + 1)]
@@ -960,8 +1006,9 @@ def cleanup(b: Bench) -> list[str]:
         problems += b.clone.cleanup()
     if warm_slots is not None:
         try:
+            spares.clear(settings=s)
             warm_slots.clear(settings=s)
-            log("cleanup: cleared the warm slots")
+            log("cleanup: stopped the spares, cleared the warm slots")
         except Exception as e:
             problems.append(f"could not clear the warm slots: {e}")
     try:
@@ -1072,6 +1119,8 @@ def main(argv: list[str] | None = None) -> int:
         database_url=None,
         ca_private_key=None,
         warm_slots=DEFAULT_WARM_SLOTS,  # "default settings", whatever the environment says
+        # In process (B, C, the extras) no spares: only part A's CLI runs with the default.
+        spare_sandboxes=0,
     )
     tag = "".join(c for c in root.name.removeprefix("fluid-bench-").lower() if c.isalnum())[:6]
     results = {p: Results() for p in ("build", *PARTS)}

@@ -33,6 +33,9 @@ def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test session gets its own database and CA; images are shared with the host."""
     home = tmp_path_factory.mktemp("fluid-home")
     os.environ["FLUID_HOME"] = str(home)
+    # No spares started behind the tests' backs (they hold slots and count as domains);
+    # tests/test_spares.py turns them on where it means to.
+    os.environ["FLUID_SPARE_SANDBOXES"] = "0"
     # The session's own Prefect server, so a developer's server on 4200 is never touched.
     os.environ["FLUID_PREFECT_PORT"] = str(free_port())
     os.environ.pop("PREFECT_API_URL", None)
@@ -42,10 +45,12 @@ def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_slots_removed(fluid_home: Path) -> Iterator[None]:
-    """The session's warm-start slots (saved VMs under the shared storage dir) go at its end."""
+    """The session's spares and warm-start slots (saved VMs under the shared storage dir) go
+    at its end."""
     yield
-    from infra import warm_slots
+    from infra import spares, warm_slots
 
+    spares.clear(FluidSettings())  # first: each holds a slot
     warm_slots.clear(FluidSettings())
 
 

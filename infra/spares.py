@@ -1,0 +1,296 @@
+"""Spare sandboxes: warm sandboxes started ahead of need, handed out by the next create.
+
+A warm start still restores a slot and reseeds its identity while the caller waits (1.5–2 s
+here under TCG). A spare went through all of that before anyone asked: it runs in its slot's
+`fluid-pool-*` domain with its own id, identity and SSH host key, and has run a command over
+SSH. An unnamed `sandboxes.create` of the default image and network takes one (one database
+update, so two processes never take the same spare), gives it its owner, TTL and the host's
+clock, and starts a refill in the background (a detached `fill`, logging to
+<logs>/spares.log).
+
+FLUID_SPARE_SANDBOXES sets how many wait (0: none); there are none without warm slots. Each
+holds a slot and its memory while it waits, has a TTL like any sandbox (the janitor reaps it),
+and is left out of `fluid sandbox list`; `fluid pool list` shows them and `fluid pool clear`
+stops them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+import libvirt
+from sqlmodel import col, select, update
+
+from infra import domains, guest_agent, images, sandboxes, ssh, store, warm_slots
+from infra.errors import FluidError
+from infra.libvirt_host import connect, lookup
+from infra.owners import Owner
+from infra.settings import FluidSettings, get_settings
+from infra.ssh_ca import authority
+from infra.store import SandboxRecord
+
+Progress = Callable[[str], None]
+# A spare this close to its TTL is not handed out: the janitor may reap it any moment.
+MIN_LIFE = timedelta(minutes=5)
+# A spare's clock is set again when it is further off than this (it idled, maybe for hours).
+CLOCK_SLACK_S = 0.2
+# A refill waits this long, and runs niced: the sandbox just taken gets its first commands
+# without a restore competing for the host's cores.
+REFILL_DELAY_S = 3.0
+STARTING, WAITING = "starting", "waiting"
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def wanted(settings: FluidSettings) -> int:
+    """How many spares this configuration keeps (spares are warm starts: none without slots)."""
+    return settings.spare_sandboxes if settings.warm_slots > 0 else 0
+
+
+def list_spares(
+    settings: FluidSettings | None = None, *, state: str | None = None
+) -> list[SandboxRecord]:
+    """Every spare of this database (or those in `state`), oldest first."""
+    settings = settings or get_settings()
+    query = select(SandboxRecord).where(col(SandboxRecord.spare_state).is_not(None))
+    if state is not None:
+        query = query.where(col(SandboxRecord.spare_state) == state)
+    with store.session(settings) as s:
+        return list(s.exec(query.order_by(col(SandboxRecord.created_at))))
+
+
+def _fits(
+    rec: SandboxRecord, manifest: images.ImageManifest, key: str, network: str, now: datetime
+) -> bool:
+    expires = rec.expires_at if rec.expires_at.tzinfo else rec.expires_at.replace(tzinfo=UTC)
+    return (
+        (rec.image, rec.image_version, rec.network) == (manifest.name, manifest.version, network)
+        and (rec.slot or "").startswith(f"{key}-")
+        and expires - now > MIN_LIFE
+    )
+
+
+def take(
+    conn: libvirt.virConnect,
+    manifest: images.ImageManifest,
+    ca_public_line: str,
+    *,
+    network: str,
+    agent_id: str | None,
+    ttl_minutes: int,
+    owner: Owner | None,
+    settings: FluidSettings,
+    say: Progress = _quiet,
+) -> SandboxRecord | None:
+    """Hand a waiting spare to a new owner; None when no fitting spare is left."""
+    key = warm_slots.slot_key(manifest, ca_public_line, settings)
+    now = datetime.now(UTC)
+    for rec in list_spares(settings, state=WAITING):
+        if not _fits(rec, manifest, key, network, now):
+            continue
+        expires = now + timedelta(minutes=ttl_minutes)
+        with store.session(settings) as s:
+            taken = s.exec(  # type: ignore[call-overload]
+                update(SandboxRecord)
+                .where(col(SandboxRecord.id) == rec.id, col(SandboxRecord.spare_state) == WAITING)
+                .values(
+                    spare_state=None,
+                    boot="spare",
+                    agent_id=agent_id,
+                    created_at=now,
+                    expires_at=expires,
+                    owner_run=owner.run if owner else None,
+                    owner_pid=owner.pid if owner else None,
+                    owner_pid_start=owner.pid_start if owner else None,
+                )
+            ).rowcount
+        if taken != 1:
+            continue  # another process took it first
+        try:
+            _hand_over(conn, rec.id, settings)
+        except (FluidError, libvirt.libvirtError) as e:
+            msg = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
+            say(f"spare {rec.id} is not usable ({msg}): removing it")
+            sandboxes._teardown(conn, rec.id, settings)
+            continue
+        return sandboxes._record(rec.id, settings)
+    return None
+
+
+def _hand_over(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> None:
+    rec = sandboxes._record(sandbox_id, settings)
+    dom = lookup(conn, rec.domain_name)
+    if dom is None or not dom.isActive():
+        raise FluidError("its VM is not running")
+    domains.write_metadata(dom, sandboxes._metadata(rec, settings))
+    # The agent's answer is also the proof that the guest still runs.
+    if abs(guest_agent.clock_skew(dom)) > CLOCK_SLACK_S:
+        guest_agent.set_clock(dom)
+
+
+class _FillLock:
+    """One refill at a time per database; `clear` waits for a running one."""
+
+    def __init__(self, settings: FluidSettings, *, wait: bool) -> None:
+        self.path = settings.storage_dir / "pool" / f"{settings.store_id}.spares.lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = self.path.open("w")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._file.close()
+            self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def fileno(self) -> int:
+        assert self._file is not None
+        return self._file.fileno()
+
+    def __enter__(self) -> _FillLock:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def fill(
+    count: int | None = None, settings: FluidSettings | None = None, say: Progress = _quiet
+) -> list[str]:
+    """Start spares until `count` (default: the setting) wait; return the ids started.
+
+    Spares that no longer fit (another image version, settings or CA; near their TTL) are
+    stopped first. Returns at once when another process is filling.
+    """
+    settings = settings or get_settings()
+    with _FillLock(settings, wait=False) as lock:
+        if not lock.held:
+            say("another process is starting spares")
+            return []
+        return _fill(wanted(settings) if count is None else count, settings, say)
+
+
+def _fill(count: int, settings: FluidSettings, say: Progress) -> list[str]:
+    started: list[str] = []
+    manifest = images.resolve(settings.image, None, settings)
+    ca = authority(settings)
+    key = warm_slots.slot_key(manifest, ca.public_key_line(), settings)
+    conn = connect(settings)
+    try:
+        now = datetime.now(UTC)
+        for rec in list_spares(settings):
+            if rec.spare_state == STARTING:
+                # Only a filler starts spares, and this one holds the lock: it was killed.
+                say(f"spare {rec.id} was left half started: stopping it")
+                sandboxes._teardown(conn, rec.id, settings)
+            elif not _fits(rec, manifest, key, settings.network, now):
+                say(f"spare {rec.id} no longer fits these settings or image: stopping it")
+                sandboxes._teardown(conn, rec.id, settings)
+        # Counted again before each start: creates keep taking spares while this runs.
+        while len(list_spares(settings, state=WAITING)) < count:
+            try:
+                box = sandboxes.create(spare=True, progress=say, settings=settings)
+            except FluidError as e:
+                say(f"no spare started: {e}")
+                break
+            rec = sandboxes._record(box.id, settings)
+            creds = ca.issue(sandboxes.principal(box.id), timedelta(minutes=2))
+            # A first command proves it and leaves sshd's code translated for the taker.
+            if not ssh.ping("127.0.0.1", box.ssh_port, creds, rec.host_key or ""):
+                say(f"spare {box.id} did not run a command over SSH: stopping it")
+                sandboxes._teardown(conn, box.id, settings)
+                break
+            dom = lookup(conn, rec.domain_name)
+            if dom is not None:  # a restore leaves the clock a little behind: put it right now
+                guest_agent.set_clock(dom)
+            with store.session(settings) as s:
+                rec.spare_state = WAITING
+                s.merge(rec)
+            say(f"spare {box.id} is waiting")
+            started.append(box.id)
+    finally:
+        conn.close()
+    return started
+
+
+def refill_in_background(settings: FluidSettings) -> None:
+    """Start a refill in a detached process (its output goes to <logs>/spares.log).
+
+    The fill lock is taken here and handed to the process, so `clear` waits for it even
+    before it has started; when a refill is already running, that one will do.
+    """
+    count = wanted(settings)
+    if count == 0:
+        return
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        _FillLock(settings, wait=False) as lock,
+        (settings.logs_dir / "spares.log").open("ab") as log,
+    ):
+        if not lock.held:
+            return
+        fd = lock.fileno()
+        # setsid -f forks and returns at once: the filler is nobody's child to reap.
+        subprocess.run(
+            [
+                "setsid",
+                "-f",
+                "nice",
+                sys.executable,
+                "-c",
+                # Sleeps before its imports: they too would compete with the caller.
+                f"import time; time.sleep({REFILL_DELAY_S}); import sys, infra.spares as m; "
+                f"sys.exit(m.main({count}, lock_fd={fd}))",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+            pass_fds=(fd,),
+            check=False,
+        )
+
+
+def clear(settings: FluidSettings | None = None) -> list[str]:
+    """Stop every spare, after a refill that is running ends; return their ids."""
+    settings = settings or get_settings()
+    with _FillLock(settings, wait=True) as lock:
+        ids = [r.id for r in list_spares(settings)]
+        if ids:
+            conn = connect(settings)
+            try:
+                for sid in ids:
+                    sandboxes._teardown(conn, sid, settings)
+            finally:
+                conn.close()
+        # Nothing of a cleared database stays. (A filler that opens the file after this makes
+        # a new one; at worst two fillers then overlap and one spare too many waits.)
+        lock.path.unlink(missing_ok=True)
+    return ids
+
+
+def main(count: int, *, lock_fd: int) -> int:
+    """The background refill, holding the fill lock on `lock_fd` (inherited) until it exits."""
+
+    def say(msg: str) -> None:
+        print(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} {msg}", flush=True)
+
+    del lock_fd  # nothing to do with it: it stays open, and the lock held, until exit
+    try:
+        _fill(count, get_settings(), say)
+    except FluidError as e:
+        say(f"refill failed: {e}")
+        return 1
+    return 0
