@@ -65,7 +65,7 @@ from bench_results import (
     signals_ignored,
 )
 
-from infra import images, sandboxes
+from infra import images, sandboxes, warm_slots
 from infra.libvirt_host import domain_type
 from infra.settings import FluidSettings
 from infra.state import capture as captures
@@ -261,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     interrupt_on_termination()
     root = Path(tempfile.mkdtemp(prefix="fluid-bench-cap-"))
     # Own database, CA and captures; the configured storage dir so the real golden image is used.
-    settings = FluidSettings(home=root / "home", database_url=None, ca_private_key=None)
+    # No spares: they would keep running after the benchmark (its sandboxes are named).
+    settings = FluidSettings(
+        home=root / "home", database_url=None, ca_private_key=None, spare_sandboxes=0
+    )
     tag = "".join(c for c in root.name.removeprefix("fluid-bench-cap-").lower() if c.isalnum())
     name = f"bcap-{tag[:8] or 'x'}"
     res = Results()
@@ -288,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                 problems += [f"leaked {x}" for x in leftovers(ids, settings)]
             except Exception as e:
                 problems.append(f"cannot check for leftovers: {e}")
+            try:  # its warm slots live in the shared storage dir, under its database's id
+                warm_slots.clear(settings)
+            except Exception as e:
+                problems.append(f"could not clear the warm slots: {e}")
             shutil.rmtree(root, ignore_errors=True)
             if root.exists():
                 problems.append(f"could not remove {root}")

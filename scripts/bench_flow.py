@@ -62,7 +62,7 @@ def main() -> int:
     os.environ["FLUID_PREFECT_PORT"] = str(_free_port())
     os.environ.pop("PREFECT_API_URL", None)
 
-    from infra import control_plane, production, runs, sandboxes
+    from infra import control_plane, production, runs, sandboxes, spares, warm_slots
     from infra.agents.scripted import load_steps
     from infra.settings import FluidSettings
 
@@ -135,6 +135,11 @@ def main() -> int:
         except Exception as e:  # report and go on cleaning up
             failures.append(f"could not destroy production VM bench: {e}")
         control_plane.stop(settings)
+        try:  # the runs' spare (default settings) and warm slots live outside the temp home
+            spares.clear(settings)
+            warm_slots.clear(settings)
+        except Exception as e:
+            failures.append(f"could not stop the spares or clear the warm slots: {e}")
         shutil.rmtree(home, ignore_errors=True)
 
     print(f"\nagent-task flow, {args.runs} run(s), steps {args.steps}, nproc {os.cpu_count()}\n")
