@@ -18,6 +18,9 @@ from .conftest import fluid_json, leftovers
 pytestmark = pytest.mark.vm
 
 SPARES = 2
+# Room for the spares, the sandboxes taken from them and their refills, whatever slots other
+# modules' session-long sandboxes hold.
+WARM_SLOTS = 8
 FIRST_COMMAND = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'"
 IDENTITY = (
     "cat /etc/machine-id; cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub; hostname; "
@@ -30,12 +33,18 @@ REFILL_TIMEOUT_S = 300
 def spare_settings(
     golden_image: images.ImageManifest, settings: FluidSettings
 ) -> Iterator[FluidSettings]:
-    """Settings (and, for the CLI, the environment) that keep SPARES spares waiting."""
-    os.environ["FLUID_SPARE_SANDBOXES"] = str(SPARES)
+    """Settings (and, for the CLI and the refills, the environment) that keep SPARES spares
+    waiting."""
+    saved = {k: os.environ.get(k) for k in ("FLUID_SPARE_SANDBOXES", "FLUID_WARM_SLOTS")}
+    os.environ.update(FLUID_SPARE_SANDBOXES=str(SPARES), FLUID_WARM_SLOTS=str(WARM_SLOTS))
     try:
-        yield settings.model_copy(update={"spare_sandboxes": SPARES})
+        yield settings.model_copy(update={"spare_sandboxes": SPARES, "warm_slots": WARM_SLOTS})
     finally:
-        os.environ["FLUID_SPARE_SANDBOXES"] = "0"
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         spares.clear(settings)  # waits for a refill still running
 
 
