@@ -17,6 +17,7 @@ stops them.
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,6 +44,7 @@ CLOCK_SLACK_S = 0.2
 # A refill waits this long, and runs niced: the sandbox just taken gets its first commands
 # without a restore competing for the host's cores.
 REFILL_DELAY_S = 3.0
+LOG_MAX_BYTES = 1 << 20  # then spares.log moves to spares.log.1 (one old file kept)
 STARTING, WAITING = "starting", "waiting"
 
 
@@ -142,12 +144,25 @@ class _FillLock:
     def __init__(self, settings: FluidSettings, *, wait: bool) -> None:
         self.path = settings.storage_dir / "pool" / f"{settings.store_id}.spares.lock"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = self.path.open("w")
+        self._file: IO[str] | None = None
+        while True:
+            f = self.path.open("a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                f.close()
+                return
+            # `clear` unlinks the file it held: a lock on that unlinked file excludes nobody.
+            if self._same_file(f):
+                self._file = f
+                return
+            f.close()
+
+    def _same_file(self, f: IO[str]) -> bool:
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            self._file.close()
-            self._file = None
+            return os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     @property
     def held(self) -> bool:
@@ -234,14 +249,23 @@ def refill_in_background(settings: FluidSettings) -> None:
     count = wanted(settings)
     if count == 0:
         return
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    with (
-        _FillLock(settings, wait=False) as lock,
-        (settings.logs_dir / "spares.log").open("ab") as log,
-    ):
+    with _FillLock(settings, wait=False) as lock:
         if not lock.held:
             return
-        fd = lock.fileno()
+        _start_filler(count, lock.fileno(), settings)
+
+
+def _log_file(settings: FluidSettings) -> Path:
+    """<logs>/spares.log, moved to spares.log.1 once it passes LOG_MAX_BYTES."""
+    path = settings.logs_dir / "spares.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > LOG_MAX_BYTES:
+        path.replace(path.with_name("spares.log.1"))
+    return path
+
+
+def _start_filler(count: int, fd: int, settings: FluidSettings) -> None:
+    with _log_file(settings).open("ab") as log:
         # setsid -f forks and returns at once: the filler is nobody's child to reap.
         subprocess.run(
             [
@@ -275,8 +299,8 @@ def clear(settings: FluidSettings | None = None) -> list[str]:
                     sandboxes._teardown(conn, sid, settings)
             finally:
                 conn.close()
-        # Nothing of a cleared database stays. (A filler that opens the file after this makes
-        # a new one; at worst two fillers then overlap and one spare too many waits.)
+        # Nothing of a cleared database stays; a filler waiting on this file sees it gone and
+        # locks a new one.
         lock.path.unlink(missing_ok=True)
     return ids
 

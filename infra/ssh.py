@@ -357,6 +357,21 @@ class GuestConnection:
         except paramiko.SSHException as exc:
             raise SSHError(f"SFTP upload to {self.host}:{remote_path} failed: {exc}") from exc
 
+    def make_dir(self, remote_path: str, mode: int = 0o700) -> None:
+        """Create a remote directory over SFTP (no shell started); an existing one is kept."""
+        sftp = self._sftp_client()
+        try:
+            sftp.mkdir(remote_path, mode)
+        except OSError as exc:
+            try:
+                if stat.S_ISDIR(sftp.stat(remote_path).st_mode or 0):
+                    return
+            except OSError:
+                pass
+            raise SSHError(f"cannot create {self.host}:{remote_path}: {exc}") from exc
+        except paramiko.SSHException as exc:
+            raise SSHError(f"SFTP mkdir of {self.host}:{remote_path} failed: {exc}") from exc
+
     def upload_bytes(self, data: bytes, remote_path: str, mode: int | None = None) -> None:
         """Write data to remote_path over SFTP with mode (if given) set before the content."""
         self._put(io.BytesIO(data), remote_path, mode)

@@ -397,6 +397,21 @@ def test_sftp_upload_then_download_round_trips_bytes_and_mode(
     assert conn.run(f"stat -c %a {remote_dir / 'tool-ro.sh'}").stdout == b"400\n"
 
 
+def test_make_dir_creates_a_private_directory_keeps_an_existing_one_and_refuses_a_file(
+    conn: GuestConnection, tmp_path: Path
+) -> None:
+    staging = tmp_path / "staging"
+    conn.make_dir(str(staging))
+    assert conn.run(f"stat -c %a {staging}").stdout == b"700\n"
+    (staging / "kept").write_text("x")
+    conn.make_dir(str(staging))
+    assert (staging / "kept").exists()
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SSHError, match="cannot create"):
+        conn.make_dir(str(tmp_path / "a-file"))
+
+
 def test_missing_remote_file_raises_file_not_found(conn: GuestConnection) -> None:
     with pytest.raises(FileNotFoundError):
         conn.read_bytes(f"/nonexistent-{uuid.uuid4().hex}")

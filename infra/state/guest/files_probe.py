@@ -2,7 +2,8 @@
 
 Argument: a JSON object with
   skip      directories not walked (pseudo and volatile trees),
-  index     path of a JSON hash cache {path: [size, mtime_ns, ctime_ns, ino, sha256, pristine]},
+  index     path of a gzipped JSON hash cache
+            {path: [size, mtime_ns, ctime_ns, ino, sha256, pristine]},
             so only files whose metadata changed are hashed again,
   content   directories whose small files are always sent (a full capture's config trees),
   max       largest file whose content is sent.
@@ -14,6 +15,7 @@ so the host can show text diffs and export it byte for byte.
 import base64
 import glob
 import grp
+import gzip
 import hashlib
 import json
 import os
@@ -27,7 +29,7 @@ content_roots = tuple(params.get("content", []))
 max_content = params.get("max", 4 << 20)
 index = {}
 if params.get("index") and os.path.exists(params["index"]):
-    with open(params["index"]) as f:
+    with gzip.open(params["index"], "rt") as f:
         index = json.load(f)
 
 # With merged /usr, dpkg lists /lib/x while the walk finds /usr/lib/x: map both spellings.
