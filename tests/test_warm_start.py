@@ -133,13 +133,17 @@ def test_a_destroyed_warm_sandbox_leaves_nothing_running_and_its_slot_serves_the
         sandboxes.destroy(again.id, settings)
 
 
-def _listening_ports() -> set[int]:
+def _forward_ports(settings: FluidSettings) -> set[int]:
+    """Ports listening in fluid's forward range; the session's other servers come and go."""
+    low, high = settings.port_range
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A":  # LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if low <= port <= high:
+                    ports.add(port)
     return ports
 
 
@@ -163,7 +167,7 @@ def _footprint(settings: FluidSettings) -> dict[str, object]:
         "disks": sorted(os.listdir(settings.disks_dir)),
         "logs": sorted(os.listdir(settings.logs_dir)),
         "slots": sorted(os.listdir(warm_slots.pool_dir(settings))),
-        "ports": sorted(_listening_ports()),
+        "ports": sorted(_forward_ports(settings)),
         "sandboxes": sorted(s.id for s in sandboxes.list_sandboxes(settings).sandboxes),
     }
 
