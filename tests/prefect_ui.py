@@ -62,6 +62,8 @@ CHROMIUM_ARGS = (
 NO_WEBGL_ARGS = ("--disable-webgl", "--disable-3d-apis")
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
 DEFAULT_TIMEOUT_S = 20.0
+# A resume the server answered with 503 is submitted again at most this often.
+MAX_RESUBMITS = 2
 
 UI = Literal["auto", "v1", "v2"]
 FieldValue = str | bool
@@ -81,6 +83,7 @@ class _PageState:
     blocked: list[str] = field(default_factory=list)
     api_errors: deque[str] = field(default_factory=lambda: deque(maxlen=10))
     unauthorized: int = 0  # API answers 401 seen so far
+    resume_unavailable: int = 0  # API answers 503 to a resume seen so far
 
 
 _STATE: weakref.WeakKeyDictionary[Page, _PageState] = weakref.WeakKeyDictionary()
@@ -94,6 +97,7 @@ class ApprovalResult:
     final_state: str  # the run's state badge after the resume ("Running", "Completed", ...)
     screenshots: list[Path]
     timings: dict[str, float]  # seconds per step, in order
+    resubmits: int = 0  # Submit clicked again after the server answered the resume with 503
 
 
 # --- browser -----------------------------------------------------------------------------
@@ -154,6 +158,7 @@ def browser(
 def _note_response(state: _PageState, response) -> None:
     if "/api/" in response.url and response.status >= 400:
         state.unauthorized += response.status == 401
+        state.resume_unavailable += response.status == 503 and response.url.endswith("/resume")
         state.api_errors.append(f"{response.status} {response.request.method} {response.url}")
 
 
@@ -475,15 +480,36 @@ def approve_paused_run(
     shot("form-filled")
 
     submit = dialog.get_by_role("button", name="Submit" if ui == "v1" else "Resume", exact=True)
-    submit.click()
     toast = page.get_by_text("Flow run resumed", exact=True)
     seen_toast = False
+    state = _STATE.get(page)
+    unavailable = state.resume_unavailable if state else 0
+    resubmits = 0
 
     def resumed() -> bool:
         nonlocal seen_toast
         seen_toast = seen_toast or toast.count() > 0
         return seen_toast and not dialog.is_visible()
 
+    def answered() -> str | None:
+        if resumed():
+            return "resumed"
+        if state and state.resume_unavailable > unavailable and dialog.is_visible():
+            return "unavailable"
+        return None
+
+    submit.click()
+    # Prefect's server on SQLite can answer a resume with 503 ("database is locked": its
+    # resume transaction is deferred and loses to a concurrent writer), and the UI only shows
+    # "Something went wrong"; a reviewer clicks Submit again, and so does this.
+    while (
+        _wait_until(page, answered, "the resume's answer", shots, timeout_s) == "unavailable"
+        and resubmits < MAX_RESUBMITS
+    ):
+        resubmits += 1
+        unavailable = state.resume_unavailable if state else 0
+        shot(f"resume-503-{resubmits}")
+        submit.click()
     _wait_until(
         page, resumed, "the 'Flow run resumed' toast and the dialog to close", shots, timeout_s
     )
@@ -502,7 +528,7 @@ def approve_paused_run(
         final_state = run_state_text(page, ui)
         step("run left Paused")
         shot("after-resume")
-    return ApprovalResult(ui, description_text, dialog_text, final_state, taken, timings)
+    return ApprovalResult(ui, description_text, dialog_text, final_state, taken, timings, resubmits)
 
 
 def _open_resume_dialog(page: Page, ui: str, shots: Path, timeout_s: float) -> Locator:
