@@ -16,20 +16,18 @@ stops them.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
 
 import libvirt
 from sqlmodel import col, select, update
 
 from infra import domains, guest_agent, images, sandboxes, ssh, store, warm_slots
 from infra.errors import FluidError
+from infra.file_locks import FileLock
 from infra.libvirt_host import connect, lookup
 from infra.owners import Owner
 from infra.settings import FluidSettings, get_settings
@@ -138,47 +136,11 @@ def _hand_over(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSetting
         guest_agent.set_clock(dom)
 
 
-class _FillLock:
+def _fill_lock(settings: FluidSettings, *, wait: bool) -> FileLock:
     """One refill at a time per database; `clear` waits for a running one."""
-
-    def __init__(self, settings: FluidSettings, *, wait: bool) -> None:
-        self.path = settings.storage_dir / "pool" / f"{settings.store_id}.spares.lock"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = None
-        while True:
-            f = self.path.open("a")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                f.close()
-                return
-            # `clear` unlinks the file it held: a lock on that unlinked file excludes nobody.
-            if self._same_file(f):
-                self._file = f
-                return
-            f.close()
-
-    def _same_file(self, f: IO[str]) -> bool:
-        try:
-            return os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
-        except FileNotFoundError:
-            return False
-
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
-    def fileno(self) -> int:
-        assert self._file is not None
-        return self._file.fileno()
-
-    def __enter__(self) -> _FillLock:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    path = settings.storage_dir / "pool" / f"{settings.store_id}.spares.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path, wait=wait)
 
 
 def fill(
@@ -190,7 +152,7 @@ def fill(
     stopped first. Returns at once when another process is filling.
     """
     settings = settings or get_settings()
-    with _FillLock(settings, wait=False) as lock:
+    with _fill_lock(settings, wait=False) as lock:
         if not lock.held:
             say("another process is starting spares")
             return []
@@ -249,7 +211,7 @@ def refill_in_background(settings: FluidSettings) -> None:
     count = wanted(settings)
     if count == 0:
         return
-    with _FillLock(settings, wait=False) as lock:
+    with _fill_lock(settings, wait=False) as lock:
         if not lock.held:
             return
         _start_filler(count, lock.fileno(), settings)
@@ -290,7 +252,7 @@ def _start_filler(count: int, fd: int, settings: FluidSettings) -> None:
 def clear(settings: FluidSettings | None = None) -> list[str]:
     """Stop every spare, after a refill that is running ends; return their ids."""
     settings = settings or get_settings()
-    with _FillLock(settings, wait=True) as lock:
+    with _fill_lock(settings, wait=True) as lock:
         ids = [r.id for r in list_spares(settings)]
         if ids:
             conn = connect(settings)
@@ -299,8 +261,7 @@ def clear(settings: FluidSettings | None = None) -> list[str]:
                     sandboxes._teardown(conn, sid, settings)
             finally:
                 conn.close()
-        # Nothing of a cleared database stays; a filler waiting on this file sees it gone and
-        # locks a new one.
+        # Nothing of a cleared database stays (a filler waiting on this file locks a new one).
         lock.path.unlink(missing_ok=True)
     return ids
 

@@ -20,7 +20,6 @@ remove stale ones.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import secrets
 import subprocess
@@ -29,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import libvirt
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +38,7 @@ from sqlmodel import select
 
 from infra import domains, guest_agent, images, ports, store
 from infra.errors import GuestAgentError, WarmStartFailed
+from infra.file_locks import FileLock
 from infra.libvirt_host import connect, domain_type, remove_domain
 from infra.settings import FluidSettings, get_settings
 from infra.ssh_ca import authority
@@ -189,26 +189,15 @@ def _held(settings: FluidSettings) -> dict[str, str]:
 
 def being_prepared(name: str, settings: FluidSettings) -> bool:
     """True while some process holds the slot's PreparationLock."""
-    with (pool_dir(settings) / f"{name}.lock").open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
+    with FileLock(pool_dir(settings) / f"{name}.lock", wait=False) as lock:
+        return not lock.held
 
 
-class PreparationLock:
+class PreparationLock(FileLock):
     """Held while a slot is being prepared, so no one else prepares or restores it."""
 
     def __init__(self, name: str, settings: FluidSettings) -> None:
-        self._file: IO[str] | None = (pool_dir(settings) / f"{name}.lock").open("w")
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        super().__init__(pool_dir(settings) / f"{name}.lock", wait=True)
 
 
 def claim(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra import spares
+from infra.file_locks import FileLock
 from infra.settings import FluidSettings
 
 
@@ -20,9 +21,11 @@ def local(settings: FluidSettings, tmp_path: Path) -> FluidSettings:
 def test_a_refill_that_waited_through_a_clear_still_excludes_the_next_one(local):
     # `clear` unlinks the lock file it holds. A process that was waiting on that file must not
     # end up holding a lock on the unlinked file while the next process locks a new one.
-    clearing = spares._FillLock(local, wait=True)
-    waiter: dict[str, spares._FillLock] = {}
-    thread = threading.Thread(target=lambda: waiter.update(lock=spares._FillLock(local, wait=True)))
+    clearing = spares._fill_lock(local, wait=True)
+    waiter: dict[str, FileLock] = {}
+    thread = threading.Thread(
+        target=lambda: waiter.update(lock=spares._fill_lock(local, wait=True))
+    )
     thread.start()
     thread.join(0.5)
     assert thread.is_alive(), "the waiter got the lock while it was held"
@@ -31,7 +34,7 @@ def test_a_refill_that_waited_through_a_clear_still_excludes_the_next_one(local)
     clearing.__exit__()
     thread.join(10)
     assert not thread.is_alive()
-    with waiter["lock"] as held, spares._FillLock(local, wait=False) as next_one:
+    with waiter["lock"] as held, spares._fill_lock(local, wait=False) as next_one:
         assert held.held
         assert held.path.exists()
         assert not next_one.held

@@ -44,7 +44,7 @@ def capture(
         name: _previous(kinds()[name], path, rec.slot, settings) for name, path in memories.items()
     }
     params: dict[str, Any] = {
-        "index": _hash_index(rec.image, rec.image_version, settings),
+        "index": _stored_index(rec.image, rec.image_version, settings),
         "previous": previous,
     }
     script: list[str] = []
@@ -158,14 +158,11 @@ def delete(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = No
     (_dir(sandbox_id, settings or get_settings()) / f"{checkpoint}.json.gz").unlink(missing_ok=True)
 
 
-def _hash_index(image: str, version: str, settings: FluidSettings) -> dict[str, list[Any]] | None:
-    """Hashes from an earlier capture of the same image, so unchanged files are not re-read."""
-    import json
-
+def _stored_index(image: str, version: str, settings: FluidSettings) -> bytes | None:
+    """Hashes from earlier captures of the same image (gzipped JSON, as the probe reads it),
+    so unchanged files are not re-read."""
     path = _index_path(image, version, settings)
-    if path.exists():
-        return json.loads(gzip.decompress(path.read_bytes()))
-    return None
+    return path.read_bytes() if path.exists() else None
 
 
 def _save_index(cap: Capture, image: str, version: str, settings: FluidSettings) -> None:
@@ -173,7 +170,8 @@ def _save_index(cap: Capture, image: str, version: str, settings: FluidSettings)
 
     path = _index_path(image, version, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    index = _hash_index(image, version, settings) or {}
+    stored = _stored_index(image, version, settings)
+    index = json.loads(gzip.decompress(stored)) if stored else {}
     # Entries are keyed by stat data, so merging captures of different clones stays correct.
     index.update(cap.state("files").hash_index())
     tmp = path.with_suffix(".tmp")
