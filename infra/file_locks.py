@@ -21,8 +21,8 @@ class FileLock:
             except BlockingIOError:
                 f.close()
                 return
-            # A lock file is removed by whoever holds it; a lock on the removed file excludes
-            # nobody, so take the one now at the path.
+            # The file may have been removed (`clear`) while we waited: a lock on a removed file
+            # excludes nobody, so take the one now at the path.
             if self._same_file(f):
                 self._file = f
                 return
