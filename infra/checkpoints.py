@@ -53,7 +53,7 @@ def create(
 ) -> Checkpoint:
     """Checkpoint a running sandbox's disk and memory under `name`.
 
-    `capture=False` skips the state capture (~20 s under TCG): fine for a checkpoint that is
+    `capture=False` skips the state capture (seconds under TCG): fine for a checkpoint that is
     only ever restored (an agent's own), not for one a change set is computed from.
     """
     settings = settings or get_settings()

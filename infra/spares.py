@@ -2,11 +2,11 @@
 
 A warm start still restores a slot and reseeds its identity while the caller waits (1.5–2 s
 here under TCG). A spare went through all of that before anyone asked: it runs in its slot's
-`fluid-pool-*` domain with its own id, identity and SSH host key, and has run a command over
-SSH. An unnamed `sandboxes.create` of the default image and network takes one (one database
-update, so two processes never take the same spare), gives it its owner, TTL and the host's
-clock, and starts a refill in the background (a detached `fill`, logging to
-<logs>/spares.log).
+`fluid-pool-*` domain with its own id, identity and SSH host key, has run a command over SSH
+and has been captured once (the base its taker's first capture builds on). An unnamed
+`sandboxes.create` of the default image and network takes one (one database update, so two
+processes never take the same spare), gives it its owner, TTL and the host's clock, and
+starts a refill in the background (a detached `fill`, logging to <logs>/spares.log).
 
 FLUID_SPARE_SANDBOXES sets how many wait (0: none); there are none without warm slots. Each
 holds a slot and its memory while it waits, has a TTL like any sandbox (the janitor reaps it),
@@ -189,6 +189,7 @@ def _fill(count: int, settings: FluidSettings, say: Progress) -> list[str]:
                 say(f"spare {box.id} did not run a command over SSH: stopping it")
                 sandboxes._teardown(conn, box.id, settings)
                 break
+            _take_base_capture(box.id, settings, say)
             dom = lookup(conn, rec.domain_name)
             if dom is not None:  # a restore leaves the clock a little behind: put it right now
                 guest_agent.set_clock(dom)
@@ -200,6 +201,17 @@ def _fill(count: int, settings: FluidSettings, say: Progress) -> list[str]:
     finally:
         conn.close()
     return started
+
+
+def _take_base_capture(spare_id: str, settings: FluidSettings, say: Progress) -> None:
+    """Capture a spare while only fluid has run in it: the taker's first capture lists only
+    what changed since (its files from the journal this capture starts)."""
+    from infra.state import capture  # the refill process only: `fluid` commands stay quick
+
+    try:
+        capture.capture(spare_id, settings=settings)
+    except FluidError as e:
+        say(f"spare {spare_id} has no base capture ({e}): its first capture will list every file")
 
 
 def refill_in_background(settings: FluidSettings) -> None:

@@ -14,6 +14,8 @@ import shutil
 import socket
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -228,9 +230,18 @@ class GuestConnection:
         return transport
 
     def run(
-        self, command: str, *, timeout: float = 300.0, output_cap: int = 30_000
+        self,
+        command: str,
+        *,
+        timeout: float = 300.0,
+        output_cap: int = 30_000,
+        stdin: bytes | None = None,
     ) -> CommandResult:
-        """Run a shell command in the guest; raise CommandTimeout if it outlives timeout seconds."""
+        """Run a shell command in the guest; raise CommandTimeout if it outlives timeout seconds.
+
+        `stdin` is sent whole, then closed, before any output is read: the command must read it
+        before it writes more than the channel's window (2 MiB).
+        """
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if output_cap < 0:
@@ -258,6 +269,11 @@ class GuestConnection:
             ) from exc
         try:
             channel.exec_command(remote)
+            if stdin is not None:
+                channel.settimeout(max(1.0, deadline - time.monotonic()))
+                channel.sendall(stdin)
+                channel.shutdown_write()
+                channel.settimeout(None)
             deadline_hit = self._pump(channel, stdout, stderr, deadline)
             if not deadline_hit:
                 # exit-status follows EOF; a close without it (exit-signal) also sets the event.
@@ -345,32 +361,25 @@ class GuestConnection:
                 ) from exc
         return self._sftp
 
-    def _put(self, source: IO[bytes], remote_path: str, mode: int | None) -> None:
+    @contextmanager
+    def _sftp_doing(self, action: str, remote_path: str) -> Iterator[paramiko.SFTPClient]:
+        """The SFTP session, with a protocol failure inside turned into an SSHError."""
         sftp = self._sftp_client()
         try:
-            with sftp.open(remote_path, "wb") as remote:
-                # Restrict the mode before any content lands, in case the file holds secrets.
-                if mode is not None:
-                    remote.chmod(mode)
-                remote.set_pipelined(True)
-                shutil.copyfileobj(source, remote, _CHUNK)
+            yield sftp
         except paramiko.SSHException as exc:
-            raise SSHError(f"SFTP upload to {self.host}:{remote_path} failed: {exc}") from exc
+            raise SSHError(f"SFTP {action} of {self.host}:{remote_path} failed: {exc}") from exc
 
-    def make_dir(self, remote_path: str, mode: int = 0o700) -> None:
-        """Create a remote directory over SFTP (no shell started); an existing one is kept."""
-        sftp = self._sftp_client()
-        try:
-            sftp.mkdir(remote_path, mode)
-        except OSError as exc:
-            try:
-                if stat.S_ISDIR(sftp.stat(remote_path).st_mode or 0):
-                    return
-            except OSError:
-                pass
-            raise SSHError(f"cannot create {self.host}:{remote_path}: {exc}") from exc
-        except paramiko.SSHException as exc:
-            raise SSHError(f"SFTP mkdir of {self.host}:{remote_path} failed: {exc}") from exc
+    def _put(self, source: IO[bytes], remote_path: str, mode: int | None) -> None:
+        with (
+            self._sftp_doing("upload", remote_path) as sftp,
+            sftp.open(remote_path, "wb") as remote,
+        ):
+            # Restrict the mode before any content lands, in case the file holds secrets.
+            if mode is not None:
+                remote.chmod(mode)
+            remote.set_pipelined(True)
+            shutil.copyfileobj(source, remote, _CHUNK)
 
     def upload_bytes(self, data: bytes, remote_path: str, mode: int | None = None) -> None:
         """Write data to remote_path over SFTP with mode (if given) set before the content."""
@@ -387,36 +396,31 @@ class GuestConnection:
     def download(self, remote_path: str, local: Path) -> None:
         """Copy remote_path to a local file, keeping the remote permission bits (rwx only)."""
         local = Path(local)
-        sftp = self._sftp_client()
-        try:
-            with sftp.open(remote_path, "rb") as remote:
-                remote_mode = stat.S_IMODE(remote.stat().st_mode or 0o600) & 0o777
-                remote.prefetch()
-                local.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as target:
-                    shutil.copyfileobj(remote, target, _CHUNK)
-                    os.fchmod(fd, remote_mode)
-        except paramiko.SSHException as exc:
-            raise SSHError(f"SFTP download of {self.host}:{remote_path} failed: {exc}") from exc
+        with (
+            self._sftp_doing("download", remote_path) as sftp,
+            sftp.open(remote_path, "rb") as remote,
+        ):
+            remote_mode = stat.S_IMODE(remote.stat().st_mode or 0o600) & 0o777
+            remote.prefetch()
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as target:
+                shutil.copyfileobj(remote, target, _CHUNK)
+                os.fchmod(fd, remote_mode)
 
     def read_bytes(self, remote_path: str) -> bytes:
         """Return the contents of remote_path."""
-        sftp = self._sftp_client()
-        try:
-            with sftp.open(remote_path, "rb") as remote:
-                remote.prefetch()
-                return remote.read()
-        except paramiko.SSHException as exc:
-            raise SSHError(f"SFTP read of {self.host}:{remote_path} failed: {exc}") from exc
+        with (
+            self._sftp_doing("read", remote_path) as sftp,
+            sftp.open(remote_path, "rb") as remote,
+        ):
+            remote.prefetch()
+            return remote.read()
 
     def list_dir(self, remote_path: str) -> list[paramiko.SFTPAttributes]:
         """The entries of a remote directory (name, mode, size, mtime), sorted by name."""
-        sftp = self._sftp_client()
-        try:
+        with self._sftp_doing("listing", remote_path) as sftp:
             return sorted(sftp.listdir_attr(remote_path), key=lambda a: a.filename)
-        except paramiko.SSHException as exc:
-            raise SSHError(f"SFTP listing of {self.host}:{remote_path} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close SFTP and the SSH connection; safe to call twice."""

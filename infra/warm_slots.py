@@ -116,7 +116,7 @@ def _remember_probes(dom: libvirt.virDomain, slot: Slot, settings: FluidSettings
     from infra.state.base import kinds
 
     for kind in kinds().values():
-        if not kind.remembers:
+        if not kind.remembered() or not kind.remembered_at_boot:
             continue
         r = guest_agent.run(
             dom, ["/bin/sh", "-c", kind.standalone_probe()], timeout_s=settings.ready_timeout_s
@@ -581,10 +581,14 @@ def clear(settings: FluidSettings | None = None, *, keep_key: str | None = None)
     for name in sorted(names):
         if name in held or (keep_key and name.startswith(f"{keep_key}-")):
             continue
-        if being_prepared(name, settings):
-            continue
-        discard(name, settings)
-        (d / f"{name}.lock").unlink(missing_ok=True)
+        # Held across the removal: a preparer that locked between a check and the removal
+        # would go on preparing a slot whose files are gone.
+        with FileLock(d / f"{name}.lock", wait=False) as lock:
+            if not lock.held:  # being prepared right now
+                continue
+            discard(name, settings)
+            # Removed while held: whoever waits on it re-takes the lock on a new file.
+            (d / f"{name}.lock").unlink(missing_ok=True)
         removed.append(name)
     if not any(d.iterdir()):
         d.rmdir()

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from infra import checkpoints, sandboxes, warm_slots
-from infra.state import capture
-from infra.state.base import ChangeSet, kinds
+from infra.state import capture, noise
+from infra.state.base import ChangeSet, kinds, unwatched
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import export, verify_digest
 from tests.conftest import fluid, fluid_json
@@ -294,3 +294,120 @@ def test_a_capture_that_asks_systemd_only_about_changed_units_matches_a_full_one
         "active": "active",
     }
     assert "getty-static.service" not in units
+
+
+WATCHING = ("packages", "users", "cron", "sysctl")
+# Each edit keeps the file's size (and inode where it writes in place): only stat's times show it.
+SAME_SIZE_EDITS = """set -e
+apt-mark auto nginx >/dev/null
+chmod 0400 /etc/sudoers.d/deploy
+echo '18 3 * * * root /usr/bin/true backup' > /etc/cron.d/fluid-backup
+echo 'vm.swappiness = 20' > /etc/sysctl.d/60-fluid.conf
+"""
+
+
+def test_kinds_whose_files_did_not_change_are_not_probed_again_yet_see_every_edit(
+    changed, settings
+):
+    """Packages, users, cron and sysctl read a few known files; while those files' stat data is
+    what the sandbox's previous capture saw, a capture reuses that output instead of probing
+    again. An edit to any of them, even one that keeps the size, is seen, and the result is
+    what a full probe reports. (Edits the module's sandbox.)"""
+    first = capture.capture(SANDBOX, settings=settings)
+    again = capture.capture(SANDBOX, settings=settings)
+    assert set(WATCHING) <= set(again.reused)
+    assert all(again.state(k).model_dump() == first.state(k).model_dump() for k in WATCHING)
+
+    r = sandboxes.run(SANDBOX, SAME_SIZE_EDITS, timeout=120, settings=settings)
+    assert r.exit_status == 0, r.stderr_text
+    edited = capture.capture(SANDBOX, settings=settings)
+
+    assert not set(WATCHING) & set(edited.reused)
+    assert "nginx" not in edited.state("packages").manual
+    shown = sandboxes.run(SANDBOX, "apt-mark showmanual", output_cap=1 << 20, settings=settings)
+    assert edited.state("packages").manual == sorted(
+        {p.split(":")[0] for p in shown.stdout_text.split()}
+    )
+    assert edited.state("users").files["/etc/sudoers.d/deploy"].mode == 0o400
+    assert [e.schedule for e in edited.state("cron").entries if e.job.endswith("backup")] == [
+        "18 3 * * *"
+    ]
+    assert edited.state("sysctl").files["/etc/sysctl.d/60-fluid.conf"].settings == {
+        "vm.swappiness": "20"
+    }
+    for name in WATCHING:
+        kind = kinds()[name]
+        full = sandboxes.run(
+            SANDBOX, kind.standalone_probe(), output_cap=1 << 24, settings=settings
+        )
+        assert full.exit_status == 0, full.stderr_text
+        fresh = kind.parse(unwatched(full.stdout_text)).model_dump()
+        assert fresh == edited.state(name).model_dump(), name
+
+
+# Every way a path can change: content, mode, owner, removal, renames of files and of whole
+# directories, a directory moved in from a tree captures skip, a symlink pointed elsewhere.
+FILE_CHURN = """set -e
+mkdir -p /opt/churn/deep/er && echo one > /opt/churn/deep/er/file
+echo two >> /etc/fluid-app.conf
+chmod 0700 /opt/churn/deep
+chown nobody /opt/churn/deep/er/file
+rm /etc/with\\ space.conf
+mv /opt/churn/deep /opt/churn/moved
+mkdir -p /var/tmp/incoming/sub && echo three > /var/tmp/incoming/sub/inner
+mv /var/tmp/incoming /srv/incoming
+ln -sfn /etc/hostname /opt/current
+mkdir /opt/gone && touch /opt/gone/a && rm -rf /opt/gone
+"""
+
+
+def _files_outside_noise(cap) -> dict[str, dict]:
+    ignore = noise.ignore_patterns()
+    return {
+        p: e.model_dump()
+        for p, e in cap.state("files").entries.items()
+        if not noise.is_noise(p, ignore)
+    }
+
+
+def test_a_capture_built_from_the_journal_lists_what_walking_every_file_lists(changed, settings):
+    """After the first capture, the guest's journal (fanotify) tells a capture which paths
+    changed and only those are listed again; merged with the previous capture, that is what a
+    walk of the whole filesystem finds. (Edits the module's sandbox.)"""
+    capture.capture(SANDBOX, settings=settings)
+    r = sandboxes.run(SANDBOX, FILE_CHURN, timeout=120, settings=settings)
+    assert r.exit_status == 0, r.stderr_text
+    from_journal = capture.capture(SANDBOX, settings=settings)
+    files = kinds()["files"]
+    capture._memory(files, SANDBOX, settings).unlink()  # nothing to build on: a full walk
+    walked = capture.capture(SANDBOX, settings=settings)
+
+    assert _files_outside_noise(from_journal) == _files_outside_noise(walked)
+    entries = from_journal.state("files").entries
+    assert entries["/opt/churn/moved/er/file"].owner == "nobody"
+    assert entries["/srv/incoming/sub/inner"].type == "file"
+    assert entries["/opt/current"].target == "/etc/hostname"
+    gone = ("/opt/churn/deep", "/opt/churn/deep/er/file", "/etc/with space.conf", "/opt/gone")
+    assert not set(gone) & set(entries)
+
+
+def test_a_capture_whose_journal_died_walks_everything_and_starts_it_again(changed, settings):
+    """Killing the journal loses nothing: the next capture walks the whole filesystem, and the
+    journal runs again for the capture after. (Edits the module's sandbox.)"""
+    r = sandboxes.run(
+        SANDBOX,
+        "pkill -f 'files_probe[.]py --serve' && echo changed > /srv/after-the-journal",
+        timeout=60,
+        settings=settings,
+    )
+    assert r.exit_status == 0, r.stderr_text
+    walked = capture.capture(SANDBOX, settings=settings)
+    assert walked.state("files").entries["/srv/after-the-journal"].size == 8
+
+    running = sandboxes.run(SANDBOX, "pgrep -f 'files_probe[.]py --serve'", settings=settings)
+    assert running.exit_status == 0, "no journal runs after the capture"
+    r = sandboxes.run(SANDBOX, "rm /srv/after-the-journal", settings=settings)
+    assert (
+        "/srv/after-the-journal"
+        not in capture.capture(SANDBOX, settings=settings).state("files").entries
+    )

@@ -12,6 +12,8 @@ import pytest
 from infra import domains, images, janitor, sandboxes, spares, store
 from infra.libvirt_host import connect, lookup
 from infra.settings import FluidSettings
+from infra.state import capture
+from infra.state.base import kinds
 
 from .conftest import fluid_json, leftovers
 
@@ -135,6 +137,19 @@ def test_taking_spares_starts_new_ones_in_the_background(taken, spare_settings):
     for sid in fresh:
         rec = sandboxes._record(sid, spare_settings)
         assert rec.spare_state == spares.WAITING and rec.slot
+
+
+def test_a_taken_spare_was_captured_before_and_its_first_capture_sees_what_changed(
+    taken, spare_settings
+):
+    """The refill captures each spare while only fluid has run in it, so the taker's first
+    capture builds on that and lists only what changed since. (Writes in one taken sandbox.)"""
+    sid = next(iter(taken))
+    assert capture._memory(kinds()["files"], sid, spare_settings).exists()
+    r = sandboxes.run(sid, "echo mine > /srv/after-the-take", settings=spare_settings)
+    assert r.exit_status == 0, r.stderr_text
+    entries = capture.capture(sid, settings=spare_settings).state("files").entries
+    assert entries["/srv/after-the-take"].size == 5
 
 
 def test_a_named_create_never_takes_a_spare(taken, spare_settings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import shutil
@@ -397,19 +398,12 @@ def test_sftp_upload_then_download_round_trips_bytes_and_mode(
     assert conn.run(f"stat -c %a {remote_dir / 'tool-ro.sh'}").stdout == b"400\n"
 
 
-def test_make_dir_creates_a_private_directory_keeps_an_existing_one_and_refuses_a_file(
-    conn: GuestConnection, tmp_path: Path
-) -> None:
-    staging = tmp_path / "staging"
-    conn.make_dir(str(staging))
-    assert conn.run(f"stat -c %a {staging}").stdout == b"700\n"
-    (staging / "kept").write_text("x")
-    conn.make_dir(str(staging))
-    assert (staging / "kept").exists()
-
-    (tmp_path / "a-file").write_text("x")
-    with pytest.raises(SSHError, match="cannot create"):
-        conn.make_dir(str(tmp_path / "a-file"))
+def test_run_sends_stdin_whole_and_closes_it(conn: GuestConnection) -> None:
+    data = os.urandom(3 << 20)  # more than the channel's window: sent as the command reads it
+    r = conn.run("sha256sum", stdin=data)
+    assert r.exit_status == 0
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert conn.run("cat", stdin=b"").stdout == b""
 
 
 def test_missing_remote_file_raises_file_not_found(conn: GuestConnection) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import inspect
 import pkgutil
+import shlex
 from abc import ABC, abstractmethod
 from datetime import datetime
 from functools import cache
@@ -20,6 +21,11 @@ from infra.state.blobs import BlobStore
 Action = Literal["added", "removed", "modified"]
 # The guest directory probes stage files in (uploads, scratch); removed after each capture.
 STAGING = "/run/fluid-state"
+# A watching kind's output starts with the stat lines of what it watches, between WATCH and
+# WATCHED; a probe that finds the previous output's lines prints UNCHANGED instead of probing.
+WATCH = "@@fluid-watch"
+WATCHED = "@@fluid-watched"
+UNCHANGED = "@@fluid-unchanged"
 
 
 class Change(BaseModel):
@@ -72,6 +78,21 @@ class TaskBundle(BaseModel):
     flagged: list[str] = Field(default_factory=list, description="tasks needing extra review")
 
 
+def watched_stat(output: str | None) -> str | None:
+    """The stat lines a watching kind's output starts with (None when it has none)."""
+    if not output or not output.startswith(WATCH + "\n"):
+        return None
+    lines, found, _rest = output.removeprefix(WATCH + "\n").partition(f"\n{WATCHED}")
+    return lines if found else None
+
+
+def unwatched(output: str) -> str:
+    """A probe's output without its stat lines, as the kind's `parse` reads it."""
+    if not output.startswith(WATCH + "\n"):
+        return output
+    return output.partition(f"\n{WATCHED}")[2].removeprefix("\n")
+
+
 def unified_diff(path: str, old: bytes | None, new: bytes | None) -> str:
     """A unified text diff; None content means the file did not exist on that side."""
     return "".join(
@@ -100,6 +121,13 @@ class ResourceKind(ABC, Generic[S]):
     # A kind that remembers finds its previous (completed) output for the same sandbox in
     # params["previous"][name] (None at first), so its probe may report only what changed.
     remembers: ClassVar[bool] = False
+    # Shell globs of every path a kind's probe reads. When the stat data of all of them (size,
+    # mtime, ctime, inode: the same key the files hash index trusts) is what the previous
+    # capture saw, the probe is skipped and its previous output reused. Implies remembering.
+    watches: ClassVar[tuple[str, ...]] = ()
+    # Whether a warm slot's preparation takes the kind's output (through the guest agent) as
+    # the base of its sandboxes' first captures.
+    remembered_at_boot: ClassVar[bool] = True
 
     def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
         """Files to put in the guest before the probe runs (remote path → bytes)."""
@@ -117,13 +145,31 @@ class ResourceKind(ABC, Generic[S]):
         """The whole output, from this probe's `output` and the previous whole one."""
         return output
 
+    def remembered(self) -> bool:
+        """Whether captures keep this kind's output for the sandbox's next capture."""
+        return self.remembers or bool(self.watches)
+
+    def script(self, params: dict[str, Any]) -> str:
+        """The probe, behind a check of the watched paths when the kind watches any."""
+        if not self.watches:
+            return self.probe(params)
+        seen = watched_stat((params.get("previous") or {}).get(self.name))
+        # One stat process and a shell comparison: each extra process costs ~30 ms on TCG.
+        check = "false" if seen is None else f'[ "$seen" = {shlex.quote(seen)} ]'
+        return (
+            f"seen=$(stat -L -c '%n %s %.9Y %.9Z %i' {' '.join(self.watches)} 2>/dev/null)\n"
+            f"if {check}; then echo {UNCHANGED}; else\n"
+            f"printf '%s\\n' {WATCH} \"$seen\" {WATCHED}\n{self.probe(params)}\nfi"
+        )
+
     def memory_name(self) -> str:
         """File name of a remembered output; it changes with the kind's code."""
         return f"{self.name}-{_code_tag(type(self))}.out"
 
     def standalone_probe(self) -> str:
-        """The probe with nothing remembered, as one script that makes and removes STAGING."""
-        return f"mkdir -p {STAGING}\n{self.probe({})}\nrm -rf {STAGING}"
+        """The probe with nothing remembered, as one script that makes and removes STAGING
+        (for a kind without uploads)."""
+        return f"mkdir -p {STAGING}\n{self.script({})}\nrm -rf {STAGING}"
 
     @abstractmethod
     def parse(self, output: str) -> S:
@@ -162,6 +208,10 @@ class Capture(BaseModel):
     image: str | None = None
     taken_at: datetime
     duration_s: float = 0.0
+    reused: list[str] = Field(
+        default_factory=list,
+        description="kinds not probed again: nothing they watch changed since the last capture",
+    )
     kinds: dict[str, Any]
 
     def state(self, kind: str) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import tarfile
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -13,7 +15,7 @@ from typing import Any
 from infra import sandboxes, warm_slots
 from infra.errors import FluidError
 from infra.settings import FluidSettings, get_settings
-from infra.state.base import STAGING, Capture, ResourceKind, kinds
+from infra.state.base import STAGING, UNCHANGED, Capture, ResourceKind, kinds, unwatched
 from infra.state.blobs import BlobStore
 
 MARK = "@@fluid-kind "
@@ -39,7 +41,9 @@ def capture(
     settings = settings or get_settings()
     start = time.monotonic()
     rec = sandboxes._record(sandbox_id, settings)
-    memories = {k.name: _memory(k, sandbox_id, settings) for k in kinds().values() if k.remembers}
+    memories = {
+        k.name: _memory(k, sandbox_id, settings) for k in kinds().values() if k.remembered()
+    }
     previous = {
         name: _previous(kinds()[name], path, rec.slot, settings) for name, path in memories.items()
     }
@@ -47,21 +51,25 @@ def capture(
         "index": _stored_index(rec.image, rec.image_version, settings),
         "previous": previous,
     }
-    script: list[str] = []
+    uploads = {path: data for k in kinds().values() for path, data in k.uploads(params).items()}
+    # The uploads travel as a tar on the command's stdin: an SFTP session costs ~0.3 s more.
+    script = ["tar -xf - -C / || exit 1"]  # the tar makes STAGING itself (0700)
+    for k in kinds().values():
+        script.append(f"echo '{MARK}{k.name}'\n{{\n{k.script(params)}\n}} 2>/dev/null")
+    script.append(f"rm -rf {STAGING}")
     with sandboxes.guest(sandbox_id, settings) as g:
-        g.make_dir(STAGING)  # over SFTP, which the uploads start anyway: no shell to wait for
-        for k in kinds().values():
-            for path, data in k.uploads(params).items():
-                g.upload_bytes(data, path)
-        for k in kinds().values():
-            script.append(f"echo '{MARK}{k.name}'\n{{\n{k.probe(params)}\n}} 2>/dev/null")
-        script.append(f"rm -rf {STAGING}")
-        r = g.run("\n".join(script), timeout=900, output_cap=1 << 31)
+        r = g.run("\n".join(script), timeout=900, output_cap=1 << 31, stdin=_tar(uploads))
     if r.exit_status != 0 and not r.stdout:
         raise FluidError(f"capture of {sandbox_id} failed: {r.stderr_text[-2000:]}")
     outputs = _split(r.stdout.decode("utf-8", errors="surrogateescape"))
+    reused = []
     for name, path in memories.items():
-        if name in outputs:
+        if name not in outputs:
+            continue
+        if outputs[name].strip() == UNCHANGED and previous[name] is not None:
+            outputs[name] = previous[name]
+            reused.append(name)
+        else:
             outputs[name] = kinds()[name].complete(outputs[name], previous[name])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(outputs[name], encoding="utf-8", errors="surrogateescape")
@@ -70,7 +78,7 @@ def capture(
     for name, k in kinds().items():
         if name not in outputs:
             raise FluidError(f"capture of {sandbox_id}: the {name} probe printed nothing")
-        state = k.parse(outputs[name])
+        state = k.parse(unwatched(outputs[name]))
         for data in k.take_blobs(state).values():
             blobs.put(data)
         states[name] = state
@@ -80,12 +88,27 @@ def capture(
         image=f"{rec.image}:{rec.image_version}",
         taken_at=datetime.now(UTC),
         duration_s=round(time.monotonic() - start, 2),
+        reused=reused,
         kinds=states,
     )
     if checkpoint:
         save(cap, settings)
     _save_index(cap, rec.image, rec.image_version, settings)
     return cap
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of absolute guest paths (stored relative, to extract under /)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        staging = tarfile.TarInfo(STAGING.lstrip("/"))
+        staging.type, staging.mode = tarfile.DIRTYPE, 0o700
+        tar.addfile(staging)
+        for path, data in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def _memory(kind: ResourceKind, sandbox_id: str, settings: FluidSettings) -> Path:
@@ -173,7 +196,10 @@ def _save_index(cap: Capture, image: str, version: str, settings: FluidSettings)
     stored = _stored_index(image, version, settings)
     index = json.loads(gzip.decompress(stored)) if stored else {}
     # Entries are keyed by stat data, so merging captures of different clones stays correct.
-    index.update(cap.state("files").hash_index())
+    new = cap.state("files").hash_index()
+    if all(index.get(path) == entry for path, entry in new.items()):
+        return  # the usual case once the journal lists only changes: nothing to write
+    index.update(new)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(gzip.compress(json.dumps(index).encode(), compresslevel=3))
     tmp.replace(path)

@@ -62,6 +62,7 @@ class Cron(ResourceKind[CronState]):
     order = 50
     state_model = CronState
     owned_globs = ("/etc/crontab", "/etc/cron.d/*", "/var/spool/cron/crontabs/*")
+    watches = ("/etc/crontab", "/etc/cron.d", "/etc/cron.d/*", SPOOL, f"{SPOOL}*")
 
     def probe(self, params: dict[str, Any]) -> str:
         return (

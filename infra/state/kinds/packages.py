@@ -50,12 +50,23 @@ class Packages(ResourceKind[PackagesState]):
     name = "packages"
     order = 10
     state_model = PackagesState
+    # dpkg's database (with its journal of unapplied updates), apt's auto marks and the log.
+    watches = (
+        "/var/lib/dpkg/status",
+        "/var/lib/dpkg/updates",
+        "/var/lib/dpkg/updates/*",
+        "/var/lib/apt/extended_states",
+        "/var/log/dpkg.log",
+    )
 
     def probe(self, params: dict[str, Any]) -> str:
         return (
             "dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'\n"
-            f"echo '{SECTION}manual'\n"
-            "apt-mark showmanual\n"
+            # apt's auto marks read directly: `apt-mark showmanual` loads apt's whole cache,
+            # ~0.6 s on a TCG guest. Manual = installed and not marked auto, as apt-mark says.
+            f"echo '{SECTION}auto'\n"
+            "awk '/^Package:/ {p = $2} /^Auto-Installed: *1/ {print p}' "
+            "/var/lib/apt/extended_states 2>/dev/null\n"
             f"echo '{SECTION}log'\n"
             "cat /var/log/dpkg.log 2>/dev/null | grep -E ' (startup|status|configure|install"
             "|remove|purge|upgrade|trigproc) ' | tail -n 5000"
@@ -68,7 +79,8 @@ class Packages(ResourceKind[PackagesState]):
             parts = line.split("\t")
             if len(parts) == 3 and parts[2].startswith("ii"):
                 installed[parts[0]] = parts[1]
-        manual = sorted(p.split(":")[0] for p in sections.get("manual", []) if p)
+        auto = {p.split(":")[0] for p in sections.get("auto", []) if p}
+        manual = sorted(name for name in installed if name not in auto)
         return PackagesState(
             installed=installed, manual=manual, dpkg_runs=_runs(sections.get("log", []))
         )

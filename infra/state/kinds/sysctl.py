@@ -48,6 +48,8 @@ class Sysctl(ResourceKind[SysctlState]):
     order = 51
     state_model = SysctlState
     owned_globs = ("/etc/sysctl.conf", "/etc/sysctl.d/*")
+    # The directory too, so an added or removed file shows; passwd/group name the owners.
+    watches = ("/etc/sysctl.conf", "/etc/sysctl.d", "/etc/sysctl.d/*", "/etc/passwd", "/etc/group")
 
     def probe(self, params: dict[str, Any]) -> str:
         return (

@@ -84,6 +84,20 @@ class Users(ResourceKind[UsersState]):
         "/home/*/.ssh/authorized_keys",
         "/etc/sudoers.d/*",
     )
+    # The directories too, so a new home, .ssh directory or sudo rule shows.
+    watches = (
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/shadow",
+        "/root/.ssh",
+        "/root/.ssh/authorized_keys",
+        "/home",
+        "/home/*",
+        "/home/*/.ssh",
+        "/home/*/.ssh/authorized_keys",
+        "/etc/sudoers.d",
+        "/etc/sudoers.d/*",
+    )
 
     def probe(self, params: dict[str, Any]) -> str:
         return PROBE
