@@ -255,7 +255,8 @@ def test_a_background_job_holding_stdout_does_not_block_the_command(shell: Guest
     r = shell.run("sleep 60 & echo started", timeout=60)
     assert r.stdout == b"started\n"
     assert time.monotonic() - t0 < 30
-    shell.run("kill %1", timeout=60)
+    # Waited for, so the next test's job is %1 and no late "Terminated" line is left over.
+    shell.run("kill %1; wait %1", timeout=60)
 
 
 def test_a_background_job_that_ended_is_not_reported_in_a_later_commands_stderr(
