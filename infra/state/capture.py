@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import tarfile
 import time
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +162,9 @@ def load(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = None
 
 def _index_path(image: str, version: str, settings: FluidSettings) -> Path:
     # Keyed by the probe too: a changed probe may record entries differently.
-    probe = (resources.files("infra.state") / "guest" / "files_probe.py").read_bytes()
-    tag = hashlib.sha256(probe).hexdigest()[:12]
-    return settings.cache_dir / "hash-index" / f"{image}-{version}-{tag}.json.gz"
+    from infra.state.kinds.files import probe_version
+
+    return settings.cache_dir / "hash-index" / f"{image}-{version}-{probe_version()}.json.gz"
 
 
 def delete_all(sandbox_id: str, settings: FluidSettings | None = None) -> None:

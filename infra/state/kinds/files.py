@@ -90,6 +90,12 @@ def _probe_code() -> bytes:
     return (resources.files("infra.state") / "guest" / "files_probe.py").read_bytes()
 
 
+@cache
+def probe_version() -> str:
+    """A short hash of the guest probe: it names the hash index and the journal's directories."""
+    return hashlib.sha256(_probe_code()).hexdigest()[:12]
+
+
 def _token(output: str | None) -> str | None:
     """The journal token a completed output ends with (None: it has none)."""
     if not output:
@@ -147,7 +153,7 @@ class Files(ResourceKind[FilesState]):
         }
         quoted = shlex.quote(json.dumps(args))
         # Directories of this probe's version: a journal left by another fluid is not asked.
-        version = hashlib.sha256(_probe_code()).hexdigest()[:12]
+        version = probe_version()
         requests, answers = f"{REQUESTS}/{version}", f"{ANSWERS}/{version}"
         answer = f"{answers}/{token}.done"
         serve = f"python3 {PROBE_PATH} --serve {requests} {answers}"
