@@ -108,6 +108,26 @@ class FluidSettings(BaseSettings):
         return self.home / "runs"
 
 
+def environment(settings: FluidSettings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """A child process's environment in which FluidSettings() reads back `settings`.
+
+    `base` (default: this process's) keeps its other variables; its FLUID_* ones go, since a
+    setting left at None must not be read back from the parent's environment.
+    """
+    import json
+
+    env = {k: v for k, v in (os.environ if base is None else base).items()}
+    for name in FluidSettings.model_fields:
+        env.pop(f"FLUID_{name.upper()}", None)
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"FLUID_{name.upper()}"] = json.dumps(value) if isinstance(value, tuple) else str(value)
+    return env
+
+
 @lru_cache
 def get_settings() -> FluidSettings:
     """The process-wide settings, read once from the environment."""

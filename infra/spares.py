@@ -30,7 +30,7 @@ from infra.errors import FluidError
 from infra.file_locks import FileLock
 from infra.libvirt_host import connect, lookup
 from infra.owners import Owner
-from infra.settings import FluidSettings, get_settings
+from infra.settings import FluidSettings, environment, get_settings
 from infra.ssh_ca import authority
 from infra.store import SandboxRecord
 
@@ -257,6 +257,8 @@ def _start_filler(count: int, fd: int, settings: FluidSettings) -> None:
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,
             pass_fds=(fd,),
+            # The filler reads its settings from the environment: the caller's, not ours.
+            env=environment(settings),
             check=False,
         )
 

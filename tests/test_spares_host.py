@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from infra import spares
 from infra.file_locks import FileLock
-from infra.settings import FluidSettings
+from infra.settings import FluidSettings, environment
 
 
 @pytest.fixture
@@ -52,3 +54,20 @@ def test_the_refill_log_moves_aside_once_it_passes_its_limit(local):
     log.write_text("small\n")
     spares._log_file(local)
     assert log.read_text() == "small\n"
+
+
+def test_a_refill_reads_the_settings_of_whoever_started_it_not_the_environment(local, monkeypatch):
+    # The refill is a process of its own that reads FLUID_* variables. A caller with settings
+    # of its own (another home, no database URL) must not have spares filled elsewhere.
+    monkeypatch.setenv("FLUID_DATABASE_URL", "sqlite:////nowhere/else.db")
+    monkeypatch.setenv("FLUID_HOME", "/nowhere/else")
+    mine = local.model_copy(update={"spare_sandboxes": 3, "port_range": (23000, 23099)})
+    code = "from infra.settings import FluidSettings as S; print(S().model_dump_json())"
+    read_back = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environment(mine),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert FluidSettings.model_validate_json(read_back.stdout) == mine
