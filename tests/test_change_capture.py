@@ -20,6 +20,7 @@ from infra.state import capture, noise
 from infra.state.base import ChangeSet, kinds, unwatched
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import export, verify_digest
+from infra.state.kinds import files
 from tests.conftest import fluid, fluid_json
 
 SANDBOX = "change"
@@ -394,6 +395,15 @@ def test_a_capture_built_from_the_journal_lists_what_walking_every_file_lists(ch
 def test_a_capture_whose_journal_died_walks_everything_and_starts_it_again(changed, settings):
     """Killing the journal loses nothing: the next capture walks the whole filesystem, and the
     journal runs again for the capture after. (Edits the module's sandbox.)"""
+    # The walk reads the hash index the sandbox's first capture left in the guest; later
+    # captures do not send it again.
+    kept = sandboxes.run(SANDBOX, f"test -s {files._guest_index()}", settings=settings)
+    assert kept.exit_status == 0, "the first capture left no hash index in the guest"
+    files_kind = kinds()["files"]
+    assert files._guest_index() in files_kind.uploads({"index": b"x", "previous": {"files": None}})
+    assert files._guest_index() not in files_kind.uploads(
+        {"index": b"x", "previous": {"files": "an earlier capture"}}
+    )
     r = sandboxes.run(
         SANDBOX,
         "pkill -f 'files_probe[.]py --serve' && echo changed > /srv/after-the-journal",

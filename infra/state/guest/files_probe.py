@@ -206,6 +206,8 @@ REQUESTS = ANSWERS = ""  # set from the command line
 KEPT_TOKENS = 16
 ANSWER_TTL_S = 60
 MAX_CHANGED = 200_000
+# dpkg quiet this long: owners and md5s are read again then, not when the next capture asks.
+DPKG_QUIET_S = 0.5
 
 
 class Journal:
@@ -238,6 +240,7 @@ class Journal:
         self.trees = {}  # directory -> number of its last creation or move into place
         self.barriers = {}  # request token -> number of the last event before it
         self.dpkg_seq = 0
+        self.dpkg_at = 0.0
         self.maps = None
         self.maps_seq = -1
         self.dirs = {}  # directory handle -> path, until a directory moves or goes
@@ -298,7 +301,7 @@ class Journal:
         if mask & ENTRY_EVENTS:
             self.changed[os.path.dirname(path)] = self.seq  # its mtime changed
         if path.startswith("/var/lib/dpkg/"):
-            self.dpkg_seq = self.seq
+            self.dpkg_seq, self.dpkg_at = self.seq, time.monotonic()
 
     def forget(self):
         """Keep the last few tokens, and the changes a request for them can still ask about."""
@@ -318,16 +321,20 @@ class Journal:
         finally:
             self.forget()
 
+    def refresh_maps(self):
+        """Read dpkg's owners and md5s again; paths whose owner or md5 changed count as changed."""
+        old, self.maps, self.maps_seq = self.maps, dpkg_maps(), self.seq
+        if old is not None:
+            # A package's install or removal changes who owns paths it never touched (a
+            # directory shared with other packages): list those again too.
+            for before, after in zip(old, self.maps, strict=True):
+                for path in before.keys() | after.keys():
+                    if before.get(path) != after.get(path):
+                        self.changed[path] = self.seq
+
     def listing(self, token, since, params):
         if self.maps is None or self.dpkg_seq > self.maps_seq:
-            old, self.maps, self.maps_seq = self.maps, dpkg_maps(), self.seq
-            if old is not None:
-                # A package's install or removal changes who owns paths it never touched (a
-                # directory shared with other packages): list those again too.
-                for before, after in zip(old, self.maps, strict=True):
-                    for path in before.keys() | after.keys():
-                        if before.get(path) != after.get(path):
-                            self.changed[path] = self.seq
+            self.refresh_maps()
         if since is None:
             listing = Listing(params, self.maps)
             listing.walk("/")
@@ -354,7 +361,12 @@ class Journal:
         for name in sorted(os.listdir(REQUESTS)):  # written before the journal started
             self.request(name)
         while True:
-            select.select([self.fd], [], [])
+            wait = None
+            if self.maps is not None and self.dpkg_seq > self.maps_seq:
+                wait = max(0.0, self.dpkg_at + DPKG_QUIET_S - time.monotonic())
+            if not select.select([self.fd], [], [], wait)[0]:
+                self.refresh_maps()  # dpkg went quiet (a capture tends to follow an install)
+                continue
             for mask, path in self.events():
                 name = os.path.basename(path or "")
                 if mask & FAN_CLOSE_WRITE and os.path.dirname(path or "") == REQUESTS:
@@ -374,7 +386,16 @@ class Journal:
             os.unlink(path)
         except (OSError, ValueError):
             return
-        write_answer(token, self.answer(token, params))
+        started = time.monotonic()
+        kind = "changes" if params.get("since") in self.barriers else "a full listing"
+        text = self.answer(token, params)
+        write_answer(token, text)
+        print(
+            f"{time.strftime('%H:%M:%S')} answered {token} with {kind} in "
+            f"{time.monotonic() - started:.3f} s ({len(text)} bytes)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def write_answer(token, text):
@@ -387,6 +408,17 @@ def write_answer(token, text):
     with open(tmp, "w", errors="surrogateescape") as f:
         f.write(text)
     os.rename(tmp, os.path.join(ANSWERS, f"{token}.done"))
+    # The asking shell waits in a `read` on this FIFO: a line wakes it at once.
+    try:
+        fd = os.open(os.path.join(ANSWERS, "wake"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # nobody waits (ENXIO), or no FIFO
+    try:
+        os.write(fd, b"\n")
+    except OSError:
+        pass  # full of lines nobody read: whoever waits sees its answer at its next look
+    finally:
+        os.close(fd)
 
 
 def start_time(pid):
@@ -420,6 +452,8 @@ def serve():
         stop_other_versions()
         with open(os.path.join(ANSWERS, "pid"), "w") as f:
             f.write(f"{os.getpid()} {start_time('self')}\n")
+        if not os.path.exists(os.path.join(ANSWERS, "wake")):
+            os.mkfifo(os.path.join(ANSWERS, "wake"), 0o600)
         try:
             journal = Journal()
         except OSError as e:

@@ -31,7 +31,8 @@ from infra.state.base import (
 )
 
 PROBE_PATH = f"{STAGING}/files_probe.py"
-INDEX_PATH = f"{STAGING}/index.json.gz"
+# The hash index stays in the guest (a skipped tree on its disk) once sent, per probe version.
+INDEX_DIR = "/var/lib/fluid/index"
 # The journal's request directory is on the root filesystem it watches (and in a skipped tree);
 # its answers go to a tmpfs it does not.
 REQUESTS = "/var/lib/fluid/journal"
@@ -96,6 +97,10 @@ def probe_version() -> str:
     return hashlib.sha256(_probe_code()).hexdigest()[:12]
 
 
+def _guest_index() -> str:
+    return f"{INDEX_DIR}/{probe_version()}.json.gz"
+
+
 def _token(output: str | None) -> str | None:
     """The journal token a completed output ends with (None: it has none)."""
     if not output:
@@ -131,10 +136,13 @@ class Files(ResourceKind[FilesState]):
 
     def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
         out = {PROBE_PATH: _probe_code()}
-        if params.get("index"):
-            # Gzipped as stored: ~1.3 MB of JSON would cross the guest's user-mode network
-            # several times slower than gunzip costs in the guest.
-            out[INDEX_PATH] = params["index"]
+        # Only a sandbox's first capture sends the index (~1.3 MB, gzipped as stored: JSON would
+        # cross the user-mode network slower than gunzip costs in the guest). It stays on the
+        # guest's disk for a later full walk (a journal that died); the journal's deltas hash
+        # only what changed and never read it. A guest reverted to before its first capture
+        # lacks it: a full walk there hashes every file, slower but the same listing.
+        if params.get("index") and (params.get("previous") or {}).get(self.name) is None:
+            out[_guest_index()] = params["index"]
         return out
 
     def probe(self, params: dict[str, Any]) -> str:
@@ -146,7 +154,7 @@ class Files(ResourceKind[FilesState]):
         args = {
             "skip": list(noise.SKIP_TREES),
             "content": list(CONTENT_ROOTS),
-            "index": INDEX_PATH if params.get("index") else None,
+            "index": _guest_index(),
             "max": params.get("max_content", 4 << 20),
             "token": token,
             "since": _token((params.get("previous") or {}).get(self.name)),
@@ -169,14 +177,18 @@ class Files(ResourceKind[FilesState]):
             f"  setsid {serve} </dev/null >>{answers}/log 2>&1 &\n"
             "  pid=$!\n"
             "fi\n"
-            # Each `sleep` is a process the single vCPU also has to run: back off to 0.2 s,
-            # or the polling would slow a full walk down by half.
-            "n=0; nap=0.01\n"
+            # Waiting is a `read` on the journal's FIFO, which it writes a line to after each
+            # answer: a builtin, woken at once (a `sleep` is a process the one vCPU must run).
+            # Until the FIFO exists (a journal just started) the shell sleeps instead.
+            "n=0; woken=\n"
             f'while [ ! -e {answer} ] && kill -0 "$pid" && [ $n -lt 5000 ]; do\n'
-            "  sleep $nap; n=$((n + 1))\n"
-            "  case $nap in 0.01) nap=0.02 ;; 0.02) nap=0.05 ;; 0.05) nap=0.1 ;; *) nap=0.2 ;;"
-            " esac\n"
+            f'  if [ -z "$woken" ] && [ -p {answers}/wake ]; then\n'
+            f"    exec 9<>{answers}/wake; woken=1\n"
+            "  fi\n"
+            '  if [ -n "$woken" ]; then read -r -t 0.2 -u 9 _; else sleep 0.1; fi\n'
+            "  n=$((n + 1))\n"
             "done\n"
+            '[ -z "$woken" ] || exec 9<&-\n'
             # The journal removes answers once they are a minute old.
             f"if [ -e {answer} ]; then cat {answer}\n"
             f"else rm -f {requests}/req-{token}; python3 {PROBE_PATH} {quoted}; fi"
