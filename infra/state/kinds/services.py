@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,17 +31,32 @@ UNIT_TREES = (
     "/lib/systemd/system-preset"
 )
 BASE_LISTING = f"{STAGING}/unit-trees.before"
-NEW_LISTING = f"{STAGING}/unit-trees.now"
-# From comm's changed `path TAB link-target ...` lines (the second file's indented by a tab):
-# the units they are, link to, or drop in for (and an instance's template).
-_NAMES_AWK = (
-    "awk -F'\\t' '{ sub(/^\\t/, \"\"); "
-    'for (i = 1; i <= 2; i++) { n = split($i, p, "/"); u = p[n]; '
-    "if (u ~ /\\.d$/) u = substr(u, 1, length(u) - 2); "
-    "else if (n > 1 && p[n-1] ~ /\\.d$/) u = substr(p[n-1], 1, length(p[n-1]) - 2); "
-    "if (u ~ /\\.(service|socket|timer|path)$/) { print u; "
-    'if (u ~ /@./) { sub(/@.*\\./, "@.", u); print u } } } }\''
-)
+CHANGED_UNITS = f"{STAGING}/units.changed"
+# Passes `find`'s listing of the unit trees through and writes to CHANGED_UNITS the units named
+# by each line that is new or gone since the previous listing (`path TAB link-target ...`):
+# what the path and its link target are, link to or drop in for, and an instance's template.
+# One awk instead of sort, comm, awk, sort and cat: each process costs ~25 ms on TCG.
+_CHANGED_UNITS_AWK = r"""
+function names(line,   f, i, n, p, u) {
+  split(line, f, "\t")
+  for (i = 1; i <= 2; i++) {
+    n = split(f[i], p, "/"); u = p[n]
+    if (u ~ /\.d$/) u = substr(u, 1, length(u) - 2)
+    else if (n > 1 && p[n-1] ~ /\.d$/) u = substr(p[n-1], 1, length(p[n-1]) - 2)
+    if (u ~ /\.(service|socket|timer|path)$/) {
+      found[u] = 1
+      if (u ~ /@./) { sub(/@.*\./, "@.", u); found[u] = 1 }
+    }
+  }
+}
+BEGIN { while ((getline line < base) > 0) old[line] = 1 }
+{ print; if ($0 in old) delete old[$0]; else names($0) }
+END {
+  for (line in old) names(line)
+  printf "" > out
+  for (u in found) print u > out
+}
+"""
 # Enablement states that are someone's decision; static, generated, alias … are not.
 DECIDED = {"enabled", "disabled", "masked"}
 IGNORED_UNITS = {"fluid-instance.service"}
@@ -88,23 +104,21 @@ class Services(ResourceKind[ServicesState]):
         # list-unit-files costs 4-7 s on a TCG guest (systemd reads every unit and symlink per
         # unit). Enablement lives in these trees, so given the listing of the sandbox's previous
         # capture only units named by a changed entry are asked about; `complete` merges them.
-        incremental = self._previous(params) is not None
-        listing = (
-            f"find {UNIT_TREES} -printf '%p\\t%l\\t%s\\t%T@\\t%C@\\n' 2>/dev/null "
-            f"| LC_ALL=C sort > {NEW_LISTING}"
-        )
-        if incremental:
+        listing = f"find {UNIT_TREES} -printf '%p\\t%l\\t%s\\t%T@\\t%C@\\n' 2>/dev/null"
+        if self._previous(params) is not None:
             query = (
-                f"units=$(LC_ALL=C comm -3 {BASE_LISTING} {NEW_LISTING} | {_NAMES_AWK} | sort -u)\n"
+                f"echo '{SECTION}listing'\n"
+                f"{listing} | awk -v base={BASE_LISTING} -v out={CHANGED_UNITS} "
+                f"{shlex.quote(_CHANGED_UNITS_AWK)}\n"
+                f'units=; while read -r u; do units="$units $u"; done < {CHANGED_UNITS}\n'
                 f"echo '{SECTION}asked'\nprintf '%s\\n' $units\n"
                 f"echo '{SECTION}'\n"
                 f'[ -z "$units" ] || {LIST_UNIT_FILES} $units'
             )
         else:
-            query = f"echo '{SECTION}'\n{LIST_UNIT_FILES}"
+            query = f"echo '{SECTION}listing'\n{listing}\necho '{SECTION}'\n{LIST_UNIT_FILES}"
         return (
-            f"{listing}\n{query}\n"
-            f"echo '{SECTION}listing'\ncat {NEW_LISTING}\n"
+            f"{query}\n"
             f"echo '{SECTION}active'\n"
             f"systemctl list-units --all --no-legend --no-pager --plain --type={UNIT_TYPES}"
         )
