@@ -13,7 +13,15 @@ from typing import Any
 from infra import sandboxes, warm_slots
 from infra.errors import FluidError
 from infra.settings import FluidSettings, get_settings
-from infra.state.base import STAGING, UNCHANGED, Capture, ResourceKind, kinds, unwatched
+from infra.state.base import (
+    STAGING,
+    UNCHANGED,
+    Capture,
+    ResourceKind,
+    kinds,
+    unwatched,
+    watch_script,
+)
 from infra.state.blobs import BlobStore
 
 MARK = "@@fluid-kind "
@@ -51,7 +59,7 @@ def capture(
     }
     uploads = {path: data for k in kinds().values() for path, data in k.uploads(params).items()}
     # The uploads travel as a tar on the command's stdin: an SFTP session costs ~0.3 s more.
-    script = ["tar -xf - -C / || exit 1"]  # the tar makes STAGING itself (0700)
+    script = ["tar -xf - -C / || exit 1", watch_script(list(kinds().values()))]  # tar: STAGING 0700
     for k in kinds().values():
         script.append(f"echo '{MARK}{k.name}'\n{{\n{k.script(params)}\n}} 2>/dev/null")
     script.append(f"rm -rf {STAGING}")
