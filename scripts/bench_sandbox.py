@@ -45,7 +45,8 @@ C. per run, the same change on two sandboxes, each: checkpoint "before" with cap
    - default path (the goal): an unnamed create, which takes a spare. The refill captured
      the spare while it waited, before anyone asked for it (as it started the spare before
      anyone asked), so the "before" capture lists only what changed since. Each sample
-     waits until a spare waits again; that wait is a row of its own;
+     waits until a spare waits (the refill a take starts runs during the sample before);
+     that wait is a row of its own;
    - named sandbox (context): a named create never takes a spare, so its "before" is the
      sandbox's first capture and walks every file.
    For --virt-diff-runs pairs (default 1) the default path's checkpoints are exported as
@@ -131,7 +132,7 @@ A_CLONE = "virt-clone full copy + boot + SSH command"
 CLI_STARTUP = "CLI start-up: python + `fluid sandbox`'s imports (no VM)"
 C_FLUID = "fluid, default (a spare taken): capture before + capture after + diff"
 C_FLUID_NAMED = "fluid, named sandbox (first capture walks every file): before + after + diff"
-C_REFILL = "  next spare waiting (and captured), after a take (background refill)"
+C_SPARE_WAIT = "  default: waited for a spare before the create (0: one was waiting)"
 C_VIRT_DIFF = "virt-diff -a before -A after"
 CHANGE = "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx"
 LIBGUESTFS_ENV = {"LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
@@ -535,15 +536,15 @@ def warm_extras(res: Results, name: str, settings: FluidSettings) -> None:
     res.timed("checkpoint delete", "ms", lambda: checkpoints.delete(name, "bench", settings))
 
 
-def wait_for_spare(res: Results, b: Bench, taken_at: float, row: str = A_REFILL) -> None:
-    """Wait until a spare waits (the refill a take started); its time is a row of its own."""
+def wait_for_spare(res: Results, b: Bench, since: float, row: str = A_REFILL) -> None:
+    """Wait until a spare waits; unless `since` is 0, the time from `since` is a `row`."""
     deadline = time.monotonic() + CLI_TIMEOUT_S
     while not spares.list_spares(b.settings, state=spares.WAITING):
         if time.monotonic() > deadline:
             raise BenchError(f"no spare waiting {CLI_TIMEOUT_S:.0f} s after a take")
         time.sleep(0.2)
-    if taken_at:
-        res.add(row, time.perf_counter() - taken_at, "s")
+    if since:
+        res.add(row, time.perf_counter() - since, "s")
 
 
 def part_a(res: Results, b: Bench) -> None:
@@ -722,9 +723,11 @@ def checkpoint_with_capture(
     return took
 
 
-def captures_and_diff(res: Results, b: Bench, s: FluidSettings, name: str, label: str) -> ChangeSet:
-    """Capture before, the change, capture after, diff; the three timed parts add up to a
-    row named `label` (the change and the snapshots are context)."""
+def captures_and_diff(
+    res: Results, b: Bench, s: FluidSettings, name: str, row: str, label: str
+) -> ChangeSet:
+    """Capture before, the change, capture after, diff; the three timed parts (rows starting
+    with `label`) add up to `row` (the change and the snapshots are context)."""
     t_before = checkpoint_with_capture(res, b, s, name, "before", label)
     r, _ = timed(
         res,
@@ -745,8 +748,8 @@ def captures_and_diff(res: Results, b: Bench, s: FluidSettings, name: str, label
 
     changeset, t_diff = timed(res, f"{label}: diff: load both captures + compare", "s", diff)
     total = t_before + t_after + t_diff
-    res.add(label, total, "s")
-    log(f"{label}: {total:.2f} s")
+    res.add(row, total, "s")
+    log(f"{row}: {total:.2f} s")
     return changeset
 
 
@@ -782,10 +785,9 @@ def part_c(res: Results, b: Bench, vd_runs: int) -> None:
         spares.fill(1, sd, say=fluid_says)
     else:
         b.problems.append("C's default path not measured: this fluid has no spares")
-    taken_at = 0.0
     for i in range(1, b.runs + 1):
         if WARM:
-            wait_for_spare(res, b, taken_at, C_REFILL)
+            wait_for_spare(res, b, time.perf_counter(), C_SPARE_WAIT)
             log(f"C run {i}/{b.runs}: default path, an unnamed create")
             sbx, _ = timed(
                 res,
@@ -793,11 +795,10 @@ def part_c(res: Results, b: Bench, vd_runs: int) -> None:
                 "s",
                 lambda: sandboxes.create(ttl_minutes=120, progress=fluid_says, settings=sd),
             )
-            taken_at = time.perf_counter()
             if getattr(sbx, "boot", None) != "spare":
                 raise BenchError(f"C: the default-path create {sbx.id} did not take a spare")
             b.names.append(sbx.id)
-            last = captures_and_diff(res, b, sd, sbx.id, C_FLUID)
+            last = captures_and_diff(res, b, sd, sbx.id, C_FLUID, "default")
             if i <= vd_runs:
                 pairs.append(export_pair(res, b, sd, sbx.id, i))
             res.timed("destroy", "ms", lambda sid=sbx.id: sandboxes.destroy(sid, sd))
@@ -812,7 +813,7 @@ def part_c(res: Results, b: Bench, vd_runs: int) -> None:
             ),
         )
         log(f"C: {name} is a {getattr(sbx, 'boot', 'cold')} start")
-        named = captures_and_diff(res, b, b.settings, name, C_FLUID_NAMED)
+        named = captures_and_diff(res, b, b.settings, name, C_FLUID_NAMED, "named")
         last = last or named
         if i <= vd_runs and not WARM:
             pairs.append(export_pair(res, b, b.settings, name, i))

@@ -136,8 +136,8 @@ class Files(ResourceKind[FilesState]):
 
     def uploads(self, params: dict[str, Any]) -> dict[str, bytes]:
         out = {PROBE_PATH: _probe_code()}
-        # Only a sandbox's first capture sends the index (~1.3 MB, gzipped as stored: JSON would
-        # cross the user-mode network slower than gunzip costs in the guest). It stays on the
+        # Only a sandbox's first capture sends the index (0.4 MB gzipped as stored; its 1.3 MB of
+        # JSON would cross the user-mode network slower than gunzip costs). It stays on the
         # guest's disk for a later full walk (a journal that died); the journal's deltas hash
         # only what changed and never read it. A guest reverted to before its first capture
         # lacks it: a full walk there hashes every file, slower but the same listing.
