@@ -108,15 +108,12 @@ class FluidSettings(BaseSettings):
         return self.home / "runs"
 
 
-def environment(settings: FluidSettings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """A child process's environment in which FluidSettings() reads back `settings`.
-
-    `base` (default: this process's) keeps its other variables; its FLUID_* ones go, since a
-    setting left at None must not be read back from the parent's environment.
-    """
+def environment(settings: FluidSettings) -> dict[str, str]:
+    """This process's environment with FLUID_* replaced so FluidSettings() reads back `settings`
+    (a setting left at None must not be read from the parent's variables)."""
     import json
 
-    env = {k: v for k, v in (os.environ if base is None else base).items()}
+    env = dict(os.environ)
     for name in FluidSettings.model_fields:
         env.pop(f"FLUID_{name.upper()}", None)
         value = getattr(settings, name)
