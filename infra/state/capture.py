@@ -54,6 +54,7 @@ def capture(
         name: _previous(kinds()[name], path, rec.slot, settings) for name, path in memories.items()
     }
     params: dict[str, Any] = {
+        # Read once: the files kind sends it, and _save_index merges this capture's hashes in.
         "index": _stored_index(rec.image, rec.image_version, settings),
         "previous": previous,
     }
@@ -100,7 +101,7 @@ def capture(
     )
     if checkpoint:
         save(cap, settings)
-    _save_index(cap, rec.image, rec.image_version, settings)
+    _save_index(cap, params["index"], rec.image, rec.image_version, settings)
     return cap
 
 
@@ -195,12 +196,13 @@ def _stored_index(image: str, version: str, settings: FluidSettings) -> bytes | 
     return path.read_bytes() if path.exists() else None
 
 
-def _save_index(cap: Capture, image: str, version: str, settings: FluidSettings) -> None:
+def _save_index(
+    cap: Capture, stored: bytes | None, image: str, version: str, settings: FluidSettings
+) -> None:
     import json
 
     path = _index_path(image, version, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stored = _stored_index(image, version, settings)
     index = json.loads(gzip.decompress(stored)) if stored else {}
     # Entries are keyed by stat data, so merging captures of different clones stays correct.
     new = cap.state("files").hash_index()

@@ -56,18 +56,25 @@ def dpkg_maps():
         real = aliases.get(path[:cut]) if cut > 0 else None
         return real + path[cut:] if real else path
 
+    def lines(pattern):
+        # The journal reads these between dpkg runs: a package's files may go mid-read.
+        for path in glob.glob(pattern):
+            try:
+                with open(path, errors="surrogateescape") as f:
+                    yield path, f.read().splitlines()
+            except FileNotFoundError:
+                continue
+
     owner = {}
-    for lst in glob.glob("/var/lib/dpkg/info/*.list"):
+    for lst, listed in lines("/var/lib/dpkg/info/*.list"):
         pkg = os.path.basename(lst)[:-5].split(":")[0]
-        with open(lst, errors="surrogateescape") as f:
-            for line in f:
-                owner.setdefault(canonical(line.rstrip("\n")), pkg)
+        for line in listed:
+            owner.setdefault(canonical(line), pkg)
     md5s = {}
-    for path in glob.glob("/var/lib/dpkg/info/*.md5sums"):
-        with open(path, errors="surrogateescape") as f:
-            for line in f:
-                digest, _, name = line.rstrip("\n").partition("  ")
-                md5s[canonical("/" + name)] = digest
+    for _, listed in lines("/var/lib/dpkg/info/*.md5sums"):
+        for line in listed:
+            digest, _, name = line.partition("  ")
+            md5s[canonical("/" + name)] = digest
     in_conffiles = False
     with open("/var/lib/dpkg/status", errors="surrogateescape") as f:
         for line in f:
