@@ -795,9 +795,9 @@ def part_c(res: Results, b: Bench, vd_runs: int) -> None:
                 "s",
                 lambda: sandboxes.create(ttl_minutes=120, progress=fluid_says, settings=sd),
             )
+            b.names.append(sbx.id)  # destroyed by the cleanup whatever happens next
             if getattr(sbx, "boot", None) != "spare":
                 raise BenchError(f"C: the default-path create {sbx.id} did not take a spare")
-            b.names.append(sbx.id)
             last = captures_and_diff(res, b, sd, sbx.id, C_FLUID, "default")
             if i <= vd_runs:
                 pairs.append(export_pair(res, b, sd, sbx.id, i))
