@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 
 from infra import sandboxes
 from infra.errors import FluidError
+from infra.permissions import write_private
 from infra.settings import FluidSettings, get_settings
 
 
@@ -44,6 +46,7 @@ class PlaybookRun(BaseModel):
     duration_s: float
     check: bool = False
     output_tail: str = ""
+    output_chars: int = 0  # of the whole output; output_tail is its end
 
     @property
     def succeeded(self) -> bool:
@@ -109,9 +112,12 @@ def run_playbook(
     diff: bool = False,
     workdir: Path | None = None,
     settings: FluidSettings | None = None,
+    output_file: Path | None = None,
 ) -> PlaybookRun:
-    """ansible-playbook DIR/site.yml against `hosts` through ansible-runner."""
-    import ansible_runner
+    """ansible-playbook DIR/site.yml against `hosts` through ansible-runner, in an
+    environment of its own (`ansible_environment`): nothing of the flow's credentials."""
+    from ansible_runner import Runner, RunnerConfig
+    from ansible_runner.utils import signal_handler
 
     settings = settings or get_settings()
     site = Path(playbook_dir).resolve() / "site.yml"
@@ -124,7 +130,7 @@ def run_playbook(
         cfg = Path(tmp) / "ansible.cfg"
         cfg.write_text("[defaults]\n")
         cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else ""))
-        env = {
+        ours = {
             "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=15m",
             "ANSIBLE_CONFIG": str(cfg),
             "ANSIBLE_NOCOLOR": "1",
@@ -133,22 +139,31 @@ def run_playbook(
             # One SSH round trip per task instead of several: tasks are slow on TCG guests.
             "ANSIBLE_PIPELINING": "1",
             "ANSIBLE_LOCAL_TEMP": str(Path(tmp) / "ansible-tmp"),
+            **_strategy(settings.ansible_strategy),
         }
-        env |= _strategy(settings.ansible_strategy)
         start = time.monotonic()
-        # The venv's ansible-playbook, even when the venv is not on PATH.
-        env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-        r = ansible_runner.run(
+        config = RunnerConfig(
             private_data_dir=tmp,
+            host_cwd=tmp,
             playbook=str(site),
             inventory=str(inv),
             cmdline=cmdline or None,
-            envvars=env,
+            # Blank, so the runner's callback settings are its own and not the flow's.
+            envvars={**ours, "ANSIBLE_CALLBACK_PLUGINS": "", "AWX_LIB_DIRECTORY": ""},
             quiet=True,
             suppress_env_files=True,
         )
+        config.prepare()
+        # prepare() starts from a copy of os.environ (the flow's: Prefect's auth string, API
+        # keys); the child gets only what Ansible and the runner's event callback need.
+        config.env = ansible_environment(ours, config.env)
+        # As ansible_runner.run does: in the main thread, Ctrl-C and SIGTERM cancel the run.
+        r = Runner(config=config, cancel_callback=signal_handler())
+        r.run()
         stats = r.stats or {}
         out = r.stdout.read() if r.stdout else ""
+        if output_file is not None:  # the whole output, where a cut view can point to it
+            write_private(Path(output_file), out.encode(errors="replace"))
         return PlaybookRun(
             status=r.status,
             rc=r.rc,
@@ -159,7 +174,47 @@ def run_playbook(
             duration_s=round(time.monotonic() - start, 1),
             check=check,
             output_tail=out[-6000:],
+            output_chars=len(out),
         )
+
+
+# What ansible-runner's prepare() sets for its own event callback (ansible_runner/config).
+RUNNER_VARIABLES = (
+    "ANSIBLE_STDOUT_CALLBACK",
+    "ANSIBLE_CALLBACK_PLUGINS",
+    "ANSIBLE_RETRY_FILES_ENABLED",
+    "ANSIBLE_CACHE_PLUGIN",
+    "ANSIBLE_CACHE_PLUGIN_CONNECTION",
+    "AWX_ISOLATED_DATA_DIR",
+    "RUNNER_OMIT_EVENTS",
+    "RUNNER_ONLY_FAILED_EVENTS",
+)
+
+
+def ansible_environment(ours: dict[str, str], prepared: dict[str, str]) -> dict[str, str]:
+    """The whole environment of ansible-playbook: PATH (the venv's bin first), HOME, a UTF-8
+    locale, TMPDIR if set, fluid's ANSIBLE_* settings and the runner's callback variables."""
+    parent = os.environ
+    home = parent.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+    env = {
+        # The venv's ansible-playbook, even when the venv is not on PATH.
+        "PATH": f"{Path(sys.executable).parent}:{parent.get('PATH') or os.defpath}",
+        "HOME": home,
+        # ansible-core refuses to start under a locale that is not UTF-8.
+        "LANG": _utf8(parent.get("LANG")),
+        "LC_ALL": _utf8(parent.get("LC_ALL") or parent.get("LANG")),
+    }
+    if parent.get("TMPDIR"):
+        env["TMPDIR"] = parent["TMPDIR"]
+    env |= ours
+    env |= {k: prepared[k] for k in RUNNER_VARIABLES if k in prepared}
+    return env
+
+
+def _utf8(locale: str | None) -> str:
+    if locale and locale.replace("-", "").lower().endswith(".utf8"):
+        return locale
+    return "C.UTF-8"
 
 
 def _strategy(name: str) -> dict[str, str]:

@@ -55,7 +55,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from bench_cleanup import destroy_quietly, leftovers
 from bench_results import (
     BenchError,
@@ -69,6 +68,7 @@ from infra import images, sandboxes, warm_slots
 from infra.libvirt_host import domain_type
 from infra.settings import FluidSettings
 from infra.state import capture as captures
+from infra.state import playbook_yaml
 from infra.state.base import Capture, ChangeSet, kinds
 from infra.state.diff import compare, terminal
 from infra.state.export import ROLE, export
@@ -182,7 +182,7 @@ def bench(
     dirs = [exports / f"run-{i}" for i in range(1, runs + 1)]
     for d in dirs:
         res.timed("export to temp dir", "ms", lambda d=d: export(cs, d, settings))
-    tasks = yaml.safe_load((dirs[0] / "roles" / ROLE / "tasks" / "main.yml").read_text())
+    tasks = playbook_yaml.load((dirs[0] / "roles" / ROLE / "tasks" / "main.yml").read_text())
     n_files = sum(1 for p in dirs[0].rglob("*") if p.is_file())
     facts.lines.append(f"export: {len(tasks)} tasks, {n_files} files in the playbook directory")
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from infra import checkpoints, sandboxes, warm_slots
-from infra.state import capture, noise
+from infra.state import capture, noise, playbook_yaml
 from infra.state.base import ChangeSet, kinds, unwatched
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import export, verify_digest
@@ -152,7 +152,7 @@ def _alive(settings) -> bool:
 def test_the_export_is_a_self_contained_playbook(playbook, tmp_path):
     site = yaml.safe_load((playbook / "site.yml").read_text())
     assert site[0]["hosts"] == "all" and site[0]["become"] is True
-    tasks = yaml.safe_load((playbook / "roles/fluid_change/tasks/main.yml").read_text())
+    tasks = playbook_yaml.load((playbook / "roles/fluid_change/tasks/main.yml").read_text())
     modules = {k for t in tasks for k in t if k.startswith("ansible.")}
     assert modules <= {
         "ansible.builtin.apt",
@@ -181,7 +181,7 @@ def test_the_export_is_a_self_contained_playbook(playbook, tmp_path):
         if t.get("ansible.builtin.copy", {}).get("dest") == "/etc/fluid-app.conf"
     )
     assert (playbook / "roles/fluid_change/files" / copy["src"]).read_text() == TEMPLATED
-    handlers = yaml.safe_load((playbook / "roles/fluid_change/handlers/main.yml").read_text())
+    handlers = playbook_yaml.load((playbook / "roles/fluid_change/handlers/main.yml").read_text())
     assert {
         "name": "restart nginx",
         "ansible.builtin.systemd_service": {"name": "nginx", "state": "restarted"},

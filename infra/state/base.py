@@ -30,6 +30,14 @@ UNCHANGED = "@@fluid-unchanged"
 WATCH_FORMAT = "%s %.9Y %.9Z %i %n"
 
 
+# Why a kind that owns a file leaves it out when its content was never kept (a capture keeps
+# no private key material, whoever sent it).
+CONTENT_NOT_KEPT = (
+    "its content was not kept (private key material, or over the capture's content limit): "
+    "not exported; provision it apart from the playbook"
+)
+
+
 class Change(BaseModel):
     """One resource that was added, removed or modified between two captures."""
 
@@ -191,7 +199,11 @@ class ResourceKind(ABC, Generic[S]):
 
     @abstractmethod
     def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
-        """Ansible tasks (ansible.builtin only) that reproduce the exported changes."""
+        """Ansible tasks (ansible.builtin only) that reproduce the exported changes.
+
+        Every string that came from the guest (and any task name or notify built from one) is
+        wrapped with infra.state.playbook_yaml.unsafe, so Ansible never templates it.
+        """
 
 
 def watch_script(watching: list[ResourceKind]) -> str:

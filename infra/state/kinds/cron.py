@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.playbook_yaml import unsafe, unsafe_each
 
 SPOOL = "/var/spool/cron/crontabs/"
 ENV_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*=")
@@ -90,15 +91,17 @@ class Cron(ResourceKind[CronState]):
         changes = []
         for key in sorted(set(a) - set(b)):
             e = a[key]
-            changes.append(
-                Change(
-                    kind=self.name,
-                    key=f"{e.file}: {e.schedule} {e.job}",
-                    action="added",
-                    after=e.model_dump(),
-                    details=[f"as {e.user}"],
-                )
+            ch = Change(
+                kind=self.name,
+                key=f"{e.file}: {e.schedule} {e.job}",
+                action="added",
+                after=e.model_dump(),
+                details=[f"as {e.user}"],
             )
+            if e.schedule.startswith("@") and e.schedule not in SPECIAL:
+                ch.exported = False
+                ch.note = f"not exported: cron has no schedule {e.schedule!r}"
+            changes.append(ch)
         for key in sorted(set(b) - set(a)):
             e = b[key]
             changes.append(
@@ -113,6 +116,8 @@ class Cron(ResourceKind[CronState]):
         return changes
 
     def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        # Files, users, schedules and jobs are the guest's: tagged !unsafe. The entry's marker
+        # name (a hash of the change) and special_time (from SPECIAL) are fluid's own.
         bundle = TaskBundle()
         for c in (c for c in changes if c.exported):
             e = CronEntry.model_validate(c.after or c.before)
@@ -132,10 +137,10 @@ class Cron(ResourceKind[CronState]):
                 )
                 bundle.tasks.append(
                     {
-                        "name": f"remove cron line {e.job}",
+                        "name": unsafe(f"remove cron line {e.job}"),
                         "ansible.builtin.lineinfile": {
-                            "path": e.file,
-                            "regexp": pattern,
+                            "path": unsafe(e.file),
+                            "regexp": unsafe(pattern),
                             "state": "absent",
                         },
                     }
@@ -143,17 +148,17 @@ class Cron(ResourceKind[CronState]):
                 continue
             args: dict[str, Any] = {
                 "name": f"fluid {hashlib.sha256(c.key.encode()).hexdigest()[:12]}",
-                "job": e.job,
-                "user": e.user,
+                "job": unsafe(e.job),
+                "user": unsafe(e.user),
             }
             if e.schedule.startswith("@"):
                 args["special_time"] = SPECIAL[e.schedule]
             else:
-                minute, hour, day, month, weekday = e.schedule.split()
+                minute, hour, day, month, weekday = unsafe_each(e.schedule.split())
                 args.update(minute=minute, hour=hour, day=day, month=month, weekday=weekday)
             if not e.file.startswith(SPOOL):
-                args["cron_file"] = e.file
+                args["cron_file"] = unsafe(e.file)
             bundle.tasks.append(
-                {"name": f"cron {e.schedule} {e.job}", "ansible.builtin.cron": args}
+                {"name": unsafe(f"cron {e.schedule} {e.job}"), "ansible.builtin.cron": args}
             )
         return bundle

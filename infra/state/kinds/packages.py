@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.playbook_yaml import unsafe_each
 
 SECTION = "@@fluid-section "
 
@@ -73,7 +74,7 @@ class Packages(ResourceKind[PackagesState]):
         )
 
     def parse(self, output: str) -> PackagesState:
-        sections = _sections(output)
+        sections = split_sections(output)
         installed = {}
         for line in sections[""]:
             parts = line.split("\t")
@@ -127,6 +128,7 @@ class Packages(ResourceKind[PackagesState]):
         return changes
 
     def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        # Package names and versions are the guest's (dpkg's answer): each tagged !unsafe.
         bundle = TaskBundle()
         install = [c.key for c in changes if c.exported and c.action == "added"]
         upgrade = [
@@ -141,7 +143,7 @@ class Packages(ResourceKind[PackagesState]):
                 {
                     "name": "install packages",
                     "ansible.builtin.apt": {
-                        "name": install + upgrade,
+                        "name": unsafe_each(install + upgrade),
                         "state": "present",
                         "update_cache": True,
                         "cache_valid_time": 3600,
@@ -152,13 +154,14 @@ class Packages(ResourceKind[PackagesState]):
             bundle.tasks.append(
                 {
                     "name": "remove packages",
-                    "ansible.builtin.apt": {"name": remove, "state": "absent"},
+                    "ansible.builtin.apt": {"name": unsafe_each(remove), "state": "absent"},
                 }
             )
         return bundle
 
 
-def _sections(output: str) -> dict[str, list[str]]:
+def split_sections(output: str) -> dict[str, list[str]]:
+    """A probe's output by SECTION markers (lines before the first one under "")."""
     out: dict[str, list[str]] = {"": []}
     current = ""
     for line in output.splitlines():

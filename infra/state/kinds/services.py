@@ -15,7 +15,8 @@ from infra.state.base import (
     ResourceKind,
     TaskBundle,
 )
-from infra.state.kinds.packages import SECTION, _sections
+from infra.state.kinds.packages import SECTION, split_sections
+from infra.state.playbook_yaml import unsafe
 
 UNIT_TYPES = "service,socket,timer,path"
 LIST_UNIT_FILES = f"systemctl list-unit-files --no-legend --no-pager --type={UNIT_TYPES}"
@@ -98,7 +99,9 @@ class Services(ResourceKind[ServicesState]):
         previous = self._previous(params)
         if previous is None:
             return {}
-        return {BASE_LISTING: ("\n".join(_sections(previous).get("listing", [])) + "\n").encode()}
+        return {
+            BASE_LISTING: ("\n".join(split_sections(previous).get("listing", [])) + "\n").encode()
+        }
 
     def probe(self, params: dict[str, Any]) -> str:
         # list-unit-files costs 4-7 s on a TCG guest (systemd reads every unit and symlink per
@@ -124,11 +127,13 @@ class Services(ResourceKind[ServicesState]):
         )
 
     def complete(self, output: str, previous: str | None) -> str:
-        sections = _sections(output)
+        sections = split_sections(output)
         if "asked" not in sections or previous is None:
             return output
         asked = set(" ".join(sections["asked"]).split())
-        files = {n: line for n, line in _by_unit(_sections(previous)[""]).items() if n not in asked}
+        files = {
+            n: line for n, line in _by_unit(split_sections(previous)[""]).items() if n not in asked
+        }
         files.update(_by_unit(sections[""]))
         return "\n".join(
             [
@@ -141,7 +146,7 @@ class Services(ResourceKind[ServicesState]):
         )
 
     def parse(self, output: str) -> ServicesState:
-        sections = _sections(output)
+        sections = split_sections(output)
         units: dict[str, Unit] = {}
         for line in sections[""]:
             parts = line.split()
@@ -185,7 +190,7 @@ class Services(ResourceKind[ServicesState]):
     def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
         bundle = TaskBundle()
         for i, c in enumerate(c for c in changes if c.exported):
-            args: dict[str, Any] = {"name": c.key}
+            args: dict[str, Any] = {"name": unsafe(c.key)}  # the guest's unit name
             if i == 0:
                 args["daemon_reload"] = True  # unit files may have been added just before
             e = c.after["enablement"]
@@ -200,7 +205,7 @@ class Services(ResourceKind[ServicesState]):
                 elif c.after["active"] in ("inactive", "failed"):
                     args["state"] = "stopped"
             bundle.tasks.append(
-                {"name": f"service {c.key}", "ansible.builtin.systemd_service": args}
+                {"name": unsafe(f"service {c.key}"), "ansible.builtin.systemd_service": args}
             )
         return bundle
 

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, PrivateAttr
 
 from infra.state.base import (
+    CONTENT_NOT_KEPT,
     Change,
     DiffContext,
     ExportContext,
@@ -16,6 +17,10 @@ from infra.state.base import (
     TaskBundle,
     unified_diff,
 )
+from infra.state.playbook_yaml import blob_name, unsafe
+
+# The handler that loads the files: fluid's name, plain in the playbook.
+APPLY = "apply sysctl settings"
 
 
 class SysctlFile(BaseModel):
@@ -106,41 +111,45 @@ class Sysctl(ResourceKind[SysctlState]):
             )
             old = ctx.blob(b.sha256) if b else b""
             new = ctx.blob(a.sha256) if a else b""
+            if new is None:
+                ch.exported, ch.note = False, CONTENT_NOT_KEPT
             if old is not None and new is not None:
                 ch.text_diff = unified_diff(path, old if b else None, new if a else None)
             changes.append(ch)
         return changes
 
     def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        # File names, owners and groups are the guest's: tagged !unsafe. The contents (keys and
+        # values) travel as bytes in files/, never through YAML.
         bundle = TaskBundle()
         for c in (c for c in changes if c.exported):
+            path = unsafe(c.key)
             if c.action == "removed":
                 bundle.tasks.append(
                     {
-                        "name": f"remove {c.key}",
-                        "ansible.builtin.file": {"path": c.key, "state": "absent"},
+                        "name": unsafe(f"remove {c.key}"),
+                        "ansible.builtin.file": {"path": path, "state": "absent"},
                     }
                 )
                 continue
             a = c.after
-            bundle.files[a["sha256"]] = a["sha256"]
+            src = blob_name(a["sha256"])
+            bundle.files[src] = src
             bundle.tasks.append(
                 {
-                    "name": f"write {c.key}",
-                    "notify": "apply sysctl settings",
+                    "name": unsafe(f"write {c.key}"),
+                    "notify": APPLY,
                     "ansible.builtin.copy": {
-                        "src": a["sha256"],
-                        "dest": c.key,
-                        "owner": a["owner"],
-                        "group": a["group"],
-                        "mode": f"{a['mode']:04o}",
+                        "src": src,
+                        "dest": path,
+                        "owner": unsafe(a["owner"]),
+                        "group": unsafe(a["group"]),
+                        "mode": f"{int(a['mode']):04o}",
                     },
                 }
             )
         if bundle.tasks:
             # No ansible.builtin module applies sysctl files; the runtime reload is a command.
-            bundle.handlers.append(
-                {"name": "apply sysctl settings", "ansible.builtin.command": "sysctl --system"}
-            )
-            bundle.flagged.append("handler 'apply sysctl settings' runs `sysctl --system`")
+            bundle.handlers.append({"name": APPLY, "ansible.builtin.command": "sysctl --system"})
+            bundle.flagged.append(f"handler '{APPLY}' runs `sysctl --system`")
         return bundle

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, PrivateAttr
 
 from infra.state.base import (
+    CONTENT_NOT_KEPT,
     Change,
     DiffContext,
     ExportContext,
@@ -19,7 +20,8 @@ from infra.state.base import (
     TaskBundle,
     unified_diff,
 )
-from infra.state.kinds.packages import _sections
+from infra.state.kinds.packages import split_sections
+from infra.state.playbook_yaml import blob_name, unsafe, unsafe_each
 
 
 class User(BaseModel):
@@ -103,7 +105,7 @@ class Users(ResourceKind[UsersState]):
         return PROBE
 
     def parse(self, output: str) -> UsersState:
-        sec = _sections(output)
+        sec = split_sections(output)
         groups: dict[str, Group] = {}
         members: dict[str, list[str]] = {}
         gid_name: dict[int, str] = {}
@@ -111,7 +113,7 @@ class Users(ResourceKind[UsersState]):
             p = line.split(":")
             if len(p) >= 4:
                 groups[p[0]] = Group(gid=int(p[2]))
-                gid_name[int(p[2])] = p[0]
+                gid_name.setdefault(int(p[2]), p[0])  # the first name of a gid wins, as getgrgid
                 for m in filter(None, p[3].split(",")):
                     members.setdefault(m, []).append(p[0])
         shadow = {}
@@ -160,6 +162,10 @@ class Users(ResourceKind[UsersState]):
                 if b == a:
                     continue
                 ch = _change(self.name, f"{kind} {name}", b, a)
+                if kind == "user" and isinstance(a, User):
+                    ch.details = _user_details(b, a, before.groups, after.groups)  # type: ignore
+                elif kind == "group" and isinstance(a, Group):
+                    ch.details = _group_details(name, b, a)  # type: ignore
                 ident = a or b
                 system = (ident.gid if kind == "group" else ident.uid) < 1000  # type: ignore
                 if b is None and system and package_ran:
@@ -172,80 +178,136 @@ class Users(ResourceKind[UsersState]):
             if b == a:
                 continue
             ch = _change(self.name, path, b, a)
+            if a is not None and path.startswith("/etc/sudoers.d/"):
+                ch.details.insert(0, "WARNING: sudo rules (grant root rights; read the rule)")
             new = ctx.blob(a.sha256) if a else None
             old = ctx.blob(b.sha256) if b else b""
+            if a is not None and new is None:
+                ch.exported, ch.note = False, CONTENT_NOT_KEPT
             if new is not None and old is not None:
                 ch.text_diff = unified_diff(path, old if b else None, new)
             changes.append(ch)
         return changes
 
     def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        # Names, groups, homes, shells, comments and paths are the guest's: tagged !unsafe.
         bundle = TaskBundle()
         done = [c for c in changes if c.exported]
         for c in (c for c in done if c.key.startswith("group ")):
-            name = c.key.removeprefix("group ")
+            name = unsafe(c.key.removeprefix("group "))
             args = (
                 {"name": name, "state": "absent"}
                 if c.action == "removed"
-                else {"name": name, "gid": c.after["gid"], "state": "present"}
+                else {"name": name, "gid": int(c.after["gid"]), "state": "present"}
             )
-            bundle.tasks.append({"name": f"group {name}", "ansible.builtin.group": args})
+            bundle.tasks.append({"name": unsafe(c.key), "ansible.builtin.group": args})
         for c in (c for c in done if c.key.startswith("user ")):
-            name = c.key.removeprefix("user ")
+            name = unsafe(c.key.removeprefix("user "))
             if c.action == "removed":
                 args = {"name": name, "state": "absent"}
             else:
                 a = c.after
                 args = {
                     "name": name,
-                    "uid": a["uid"],
-                    "group": a["group"],
-                    "groups": a["groups"],
+                    "uid": int(a["uid"]),
+                    "group": unsafe(a["group"]),
+                    "groups": unsafe_each(a["groups"]),
                     "append": False,
-                    "home": a["home"],
-                    "shell": a["shell"],
-                    "comment": a["comment"],
+                    "home": unsafe(a["home"]),
+                    "shell": unsafe(a["shell"]),
+                    "comment": unsafe(a["comment"]),
                     "state": "present",
                     "create_home": a["home"].startswith("/home/"),
                 }
+                if int(a["uid"]) == 0:
+                    args["non_unique"] = True  # root has uid 0 already
                 if a["password"] == "locked":
                     args["password_lock"] = True
-            bundle.tasks.append({"name": f"user {name}", "ansible.builtin.user": args})
+            bundle.tasks.append({"name": unsafe(c.key), "ansible.builtin.user": args})
         for c in (c for c in done if c.key.startswith("/")):
+            path = unsafe(c.key)
             if c.action == "removed":
                 bundle.tasks.append(
                     {
-                        "name": f"remove {c.key}",
-                        "ansible.builtin.file": {"path": c.key, "state": "absent"},
+                        "name": unsafe(f"remove {c.key}"),
+                        "ansible.builtin.file": {"path": path, "state": "absent"},
                     }
                 )
                 continue
             a = c.after
+            owner = {"owner": unsafe(a["owner"]), "group": unsafe(a["group"])}
             if c.key.endswith("/authorized_keys"):
                 bundle.tasks.append(
                     {
-                        "name": f"directory of {c.key}",
+                        "name": unsafe(f"directory of {c.key}"),
                         "ansible.builtin.file": {
-                            "path": c.key.rsplit("/", 1)[0],
+                            "path": unsafe(c.key.rsplit("/", 1)[0]),
                             "state": "directory",
                             "mode": "0700",
-                            "owner": a["owner"],
-                            "group": a["group"],
+                            **owner,
                         },
                     }
                 )
+            src = blob_name(a["sha256"])
             copy: dict[str, Any] = {
-                "src": a["sha256"],
-                "dest": c.key,
-                "owner": a["owner"],
-                "group": a["group"],
-                "mode": f"{a['mode']:04o}",
+                "src": src,
+                "dest": path,
+                **owner,
+                "mode": f"{int(a['mode']):04o}",
             }
             if c.key.startswith("/etc/sudoers.d/"):
                 copy["validate"] = "visudo -cf %s"
-            bundle.files[a["sha256"]] = a["sha256"]
-            bundle.tasks.append({"name": f"write {c.key}", "ansible.builtin.copy": copy})
+            bundle.files[src] = src
+            bundle.tasks.append({"name": unsafe(f"write {c.key}"), "ansible.builtin.copy": copy})
         return bundle
+
+
+# Groups whose members are root in all but name: sudo rights, logs, password hashes, raw disks.
+PRIVILEGED_GROUPS = ("sudo", "adm", "root", "wheel", "shadow", "disk")
+
+
+def _user_details(
+    b: User | None, a: User, old_groups: dict[str, Group], groups: dict[str, Group]
+) -> list[str]:
+    """What a reviewer must see of an added or changed account: who it is and what it may do."""
+    lines: list[str] = []
+    if a.uid == 0:
+        lines.append("WARNING: uid 0 (root-equivalent)")
+    primary = groups.get(a.group)
+    if primary is not None and primary.gid == 0:
+        lines.append("WARNING: primary group has gid 0 (root's group)")
+    privileged = [g for g in PRIVILEGED_GROUPS if g == a.group or g in a.groups]
+    if privileged:
+        lines.append(f"WARNING: member of {', '.join(privileged)} (privileged groups)")
+
+    def gid(u: User, known: dict[str, Group]) -> str:
+        g = known.get(u.group)
+        return f"{g.gid} ({u.group})" if g is not None else u.group
+
+    shown = (
+        ("uid", str(a.uid), str(b.uid) if b else None),
+        ("gid", gid(a, groups), gid(b, old_groups) if b else None),
+        ("groups", ", ".join(a.groups) or "(none)", ", ".join(b.groups) or "(none)" if b else None),
+        ("shell", a.shell, b.shell if b else None),
+        ("home", a.home, b.home if b else None),
+    )
+    for label, new, old in shown:
+        lines.append(
+            f"{label} {old} → {new}" if old is not None and old != new else f"{label} {new}"
+        )
+    for label, new, old in (
+        ("comment", a.comment, b.comment if b else ""),
+        ("password", a.password, b.password if b else ""),
+    ):
+        if old != new and (b is not None or new):
+            lines.append(f"{label} {old} → {new}" if b is not None else f"{label} {new}")
+    return lines
+
+
+def _group_details(name: str, b: Group | None, a: Group) -> list[str]:
+    lines = ["WARNING: gid 0 (root's group)"] if a.gid == 0 and name != "root" else []
+    lines.append(f"gid {b.gid} → {a.gid}" if b is not None and b.gid != a.gid else f"gid {a.gid}")
+    return lines
 
 
 def _change(kind: str, key: str, b: BaseModel | None, a: BaseModel | None) -> Change:
