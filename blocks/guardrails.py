@@ -31,7 +31,7 @@ class GuardrailsBlock(Block):
         "root filesystem, powering off, tampering with sshd or fluid's CA trust) and an "
         "optional allow list, matched on the parsed command; files no command may write; the "
         "roots the file tools read and write under; per-command timeout and output cap; "
-        "per-attempt budgets of tool calls, commands and command time."
+        "per-attempt budgets of tool calls, commands and command time; checkpoints per sandbox."
     )
     _logo_url: ClassVar[None] = None
 
@@ -67,6 +67,9 @@ class GuardrailsBlock(Block):
     max_commands: PositiveCount = Field(default=200, description="Commands run per attempt.")
     max_command_seconds: PositiveSeconds = Field(
         default=3600, description="Total seconds commands may run per attempt."
+    )
+    max_checkpoints: PositiveCount = Field(
+        default=10, description="Checkpoints an agent may make per sandbox."
     )
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""The janitor flow: reap sandboxes past their TTL, of ended or dead runs, and orphans.
+"""The janitor flow: reap sandboxes past their TTL, of ended or dead runs, and orphans; prune
+captures, blobs and hash indexes nothing references.
 
 Deployed to run every 10 minutes. A run suspended for approval that times out runs no code
 of its own, so this is also where such a run's sandbox goes and its timeout is recorded.
@@ -95,6 +96,15 @@ def janitor(grace_s: int = sweeper.DEFAULT_GRACE_S) -> JanitorReport:
             table=[r.model_dump() for r in report.reaped],
             key="janitor-reaped",
             description="Sandboxes the janitor removed",
+        )
+    for p in report.pruned:
+        if p.count:
+            logger.info("pruned %d %s (%d bytes)", p.count, p.what, p.bytes)
+    if any(p.count for p in report.pruned):
+        create_table_artifact(
+            table=[p.model_dump() for p in report.pruned],
+            key="janitor-pruned",
+            description="What the janitor pruned: captures, blobs and hash indexes no one uses",
         )
     logger.info(
         "%d reaped, %d kept, %d errors", len(report.reaped), len(report.kept), len(report.errors)

@@ -17,10 +17,11 @@ import libvirt
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import audit, images, sandboxes, store
+from infra import audit, firewall, images, sandboxes, store
 from infra.errors import CheckpointExists, CheckpointNotFound, FluidError, SandboxNotRunning
 from infra.libvirt_host import connect, lookup
 from infra.names import validate_name
+from infra.permissions import qemu_dir
 from infra.settings import FluidSettings, get_settings
 from infra.store import CheckpointRecord
 
@@ -49,12 +50,14 @@ def create(
     settings: FluidSettings | None = None,
     *,
     capture: bool = True,
+    trusted: bool = False,
     actor: str | None = None,
 ) -> Checkpoint:
     """Checkpoint a running sandbox's disk and memory under `name`.
 
     `capture=False` skips the state capture (seconds under TCG): fine for a checkpoint that is
-    only ever restored (an agent's own), not for one a change set is computed from.
+    only ever restored (an agent's own), not for one a change set is computed from. `trusted`:
+    only fluid has run in the sandbox yet (see infra.state.capture.capture).
     """
     settings = settings or get_settings()
     validate_name(name, "checkpoint name")
@@ -66,7 +69,7 @@ def create(
         from infra.state import capture as captures
 
         if capture:
-            captures.capture(sandbox_id, checkpoint=name, settings=settings)
+            captures.capture(sandbox_id, checkpoint=name, trusted=trusted, settings=settings)
         # The memory image holds unwritten page cache; flush it so the disk state alone
         # (what a fork boots from) matches what the guest saw.
         sandboxes.run(sandbox_id, "sync", timeout=60, actor="fluid:checkpoint", settings=settings)
@@ -130,6 +133,8 @@ def restore(
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no VM")
         snap = _snapshot(dom, sandbox_id, name)
         taken = _taken_at(sandbox_id, name, settings)
+        # Reverting with RUNNING starts QEMU when the sandbox is stopped.
+        firewall.ensure_guard(settings)
         dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
         audit.append(
             "restore",
@@ -219,7 +224,7 @@ def fork(
     finally:
         conn.close()
     manifest = images.resolve(src.image, src.image_version, settings)
-    settings.disks_dir.mkdir(parents=True, exist_ok=True)
+    qemu_dir(settings.disks_dir, settings.storage_dir)
     # Named after the new sandbox so its teardown removes a half-made copy too.
     tmp = settings.disks_dir / f"{new_id}.fork.qcow2"
     # -U: the source VM holds the image lock; the snapshot's clusters are immutable, so a

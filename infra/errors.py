@@ -67,6 +67,14 @@ class HostKeyMismatch(SSHError):
     """The guest presented a host key other than the one fluid learned at its first boot."""
 
 
+class GuestDataRefused(FluidError):
+    """What a guest sent is malformed, forged or too large; none of it was kept."""
+
+
+class NotARegularFile(FluidError):
+    """A guest path is a device, FIFO, socket or directory where a regular file was needed."""
+
+
 class CommandTimeout(FluidError):
     """A guest command ran past its timeout and was killed; `result` holds its partial output."""
 

@@ -310,6 +310,11 @@ class Guardrails(BaseModel):
     max_command_seconds: PositiveSeconds = Field(
         default=3600, description="Total time commands may run per attempt."
     )
+    max_checkpoints: PositiveCount = Field(
+        default=10,
+        description="Checkpoints an agent may make per sandbox (each holds its disk changes "
+        "and memory); the flow's own are not counted.",
+    )
 
     @model_validator(mode="after")
     def _deny_rules_explain(self) -> Self:

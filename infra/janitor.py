@@ -1,4 +1,5 @@
-"""Reaping what no one will remove: expired sandboxes, sandboxes of ended or dead runs, orphans.
+"""Reaping what no one will remove: expired sandboxes, sandboxes of ended or dead runs, orphans,
+and pruning what nothing references: captures of gone sandboxes, blobs, stale hash indexes.
 
 Touches only domains whose fluid metadata says kind=sandbox, or kind=pool for a warm slot's
 abandoned preparation (never production VMs or anything fluid did not make). Whether a flow
@@ -15,10 +16,12 @@ from typing import Literal
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import domains, sandboxes, store, warm_slots
+from infra import domains, images, sandboxes, store, warm_slots
 from infra.libvirt_host import connect, remove_domain
 from infra.owners import Owner
 from infra.settings import FluidSettings, get_settings
+from infra.state import capture as captures
+from infra.state.capture import Pruned
 from infra.store import SandboxRecord
 
 RunPhase = Literal["active", "waiting", "ended", "missing"]
@@ -42,6 +45,7 @@ class JanitorReport(BaseModel):
     reaped: list[Reaped] = []
     kept: list[str] = []
     errors: list[str] = []
+    pruned: list[Pruned] = []
 
 
 def _aware(ts: datetime) -> datetime:
@@ -140,4 +144,11 @@ def sweep(
                     reap(sid, f"a disk without a record ({disk.name})")
     finally:
         conn.close()
+    try:
+        with store.session(settings) as s:
+            kept = {r.id for r in s.exec(select(SandboxRecord))}
+        versions = {(m.name, m.version) for m in images.list_images(settings)}
+        report.pruned = captures.prune(kept, versions, grace_s=grace_s, settings=settings)
+    except Exception as e:  # pruning waits for the next sweep; the reaping is done
+        report.errors.append(f"pruning: {type(e).__name__}: {e}")
     return report

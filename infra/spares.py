@@ -30,6 +30,7 @@ from infra.errors import FluidError
 from infra.file_locks import FileLock
 from infra.libvirt_host import connect, lookup
 from infra.owners import Owner
+from infra.permissions import qemu_dir
 from infra.settings import FluidSettings, environment, get_settings
 from infra.ssh_ca import authority
 from infra.store import SandboxRecord
@@ -139,7 +140,7 @@ def _hand_over(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSetting
 def _fill_lock(settings: FluidSettings, *, wait: bool) -> FileLock:
     """One refill at a time per database; `clear` waits for a running one."""
     path = settings.storage_dir / "pool" / f"{settings.store_id}.spares.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    qemu_dir(path.parent, settings.storage_dir)
     return FileLock(path, wait=wait)
 
 
@@ -209,7 +210,7 @@ def _take_base_capture(spare_id: str, settings: FluidSettings, say: Progress) ->
     from infra.state import capture  # the refill process only: `fluid` commands stay quick
 
     try:
-        capture.capture(spare_id, settings=settings)
+        capture.capture(spare_id, trusted=True, settings=settings)
     except FluidError as e:
         say(f"spare {spare_id} has no base capture ({e}): its first capture will list every file")
 
@@ -232,7 +233,7 @@ def refill_in_background(settings: FluidSettings) -> None:
 def _log_file(settings: FluidSettings) -> Path:
     """<logs>/spares.log, moved to spares.log.1 once it passes LOG_MAX_BYTES."""
     path = settings.logs_dir / "spares.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    qemu_dir(path.parent, settings.storage_dir)
     if path.exists() and path.stat().st_size > LOG_MAX_BYTES:
         path.replace(path.with_name("spares.log.1"))
     return path

@@ -15,7 +15,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +24,13 @@ from typing import IO, Self
 import paramiko
 from pydantic import BaseModel, ConfigDict
 
-from infra.errors import CommandTimeout, HostKeyMismatch, SSHError
+from infra.errors import (
+    CommandTimeout,
+    GuestDataRefused,
+    HostKeyMismatch,
+    NotARegularFile,
+    SSHError,
+)
 from infra.ssh_ca import SessionCredentials
 
 CUT_MARKER = b"\n[fluid: %d bytes of output cut here]\n"
@@ -36,6 +42,11 @@ _CHUNK = 64 * 1024
 # Upper bound on one wait, so a missed wake-up costs latency, never a hang.
 _POLL_S = 0.5
 _TIMEOUT_EXIT_STATUSES = (124, 137)
+# Longest wait for one SFTP answer: a FIFO swapped in for a file blocks the guest's sftp-server.
+SFTP_TIMEOUT_S = 30.0
+# What read_bytes takes whole unless told otherwise (callers that show a part use read_head).
+READ_LIMIT = 64 << 20
+LIST_LIMIT = 10_000
 
 
 class CommandResult(BaseModel):
@@ -65,6 +76,24 @@ class CommandResult(BaseModel):
         return self.stderr.decode("utf-8", errors="replace")
 
 
+class RemoteFile(BaseModel):
+    """The start of a guest file: at most the limit asked for, and whether there is more."""
+
+    data: bytes
+    size: int | None = None  # as the guest's stat reports it (a sparse or /proc file lies)
+    mode: int = 0o600
+    more: bool = False
+
+
+class DirListing(BaseModel):
+    """A guest directory's entries (at most the limit asked for), sorted by name."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    entries: list[paramiko.SFTPAttributes]
+    more: bool = False
+
+
 class _CappedBuffer:
     """Keeps the first and last cap//2 bytes of a stream and counts what falls in between."""
 
@@ -85,6 +114,11 @@ class _CappedBuffer:
             # Trim only once the tail is twice its size, so trimming cost stays amortised.
             if len(self._tail) > 2 * self._half:
                 del self._tail[: len(self._tail) - self._half]
+
+    @property
+    def over(self) -> bool:
+        """Whether more came than the cap keeps."""
+        return self._total > 2 * self._half
 
     def result(self) -> tuple[bytes, int]:
         """Return (kept bytes with the cut marker if anything was dropped, dropped byte count)."""
@@ -148,6 +182,7 @@ class GuestConnection:
         *,
         user: str = "root",
         connect_timeout: float = 10.0,
+        sftp_timeout: float = SFTP_TIMEOUT_S,
     ) -> None:
         # The transport thread logs tracebacks for every refused attempt while sshd starts up.
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -155,6 +190,7 @@ class GuestConnection:
         self.port = port
         self.user = user
         self._connect_timeout = connect_timeout
+        self._sftp_timeout = sftp_timeout
         self._credentials = credentials
         self._sftp: paramiko.SFTPClient | None = None
         expected = _parse_public_key(host_key)
@@ -236,11 +272,15 @@ class GuestConnection:
         timeout: float = 300.0,
         output_cap: int = 30_000,
         stdin: bytes | None = None,
+        stop_at_cap: bool = False,
     ) -> CommandResult:
         """Run a shell command in the guest; raise CommandTimeout if it outlives timeout seconds.
 
         `stdin` is sent whole, then closed, before any output is read: the command must read it
-        before it writes more than the channel's window (2 MiB).
+        before it writes more than the channel's window (2 MiB). With `stop_at_cap`, output past
+        the cap ends the command at once (the result's `stdout_cut` or `stderr_cut` says so)
+        instead of being cut from the middle while the rest is read: for callers that refuse
+        such output whole.
         """
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -274,8 +314,9 @@ class GuestConnection:
                 channel.sendall(stdin)
                 channel.shutdown_write()
                 channel.settimeout(None)
-            deadline_hit = self._pump(channel, stdout, stderr, deadline)
-            if not deadline_hit:
+            ended = self._pump(channel, stdout, stderr, deadline, stop_at_cap)
+            deadline_hit = ended == "deadline"
+            if ended == "eof":
                 # exit-status follows EOF; a close without it (exit-signal) also sets the event.
                 deadline_hit = not channel.status_event.wait(max(0.0, deadline - time.monotonic()))
             if not deadline_hit and channel.exit_status_ready():
@@ -324,8 +365,9 @@ class GuestConnection:
         stdout: _CappedBuffer,
         stderr: _CappedBuffer,
         deadline: float,
-    ) -> bool:
-        """Drain both streams until EOF; return True if the host deadline passed first."""
+        stop_at_cap: bool = False,
+    ) -> str:
+        """Drain both streams until "eof", the "deadline" or (with stop_at_cap) "full"."""
         with selectors.DefaultSelector() as selector:
             # The channel's fileno is readable while either stream has data or at EOF.
             selector.register(channel.fileno(), selectors.EVENT_READ)
@@ -343,11 +385,13 @@ class GuestConnection:
                     busy = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return True
+                    return "deadline"
+                if stop_at_cap and (stdout.over or stderr.over):
+                    return "full"
                 if busy:
                     continue
                 if eof:
-                    return False
+                    return "eof"
                 selector.select(min(remaining, _POLL_S))
 
     def _sftp_client(self) -> paramiko.SFTPClient:
@@ -359,15 +403,32 @@ class GuestConnection:
                     f"cannot start SFTP on {self.host}:{self.port}: {exc}; check that the guest's "
                     "sshd has `Subsystem sftp` configured"
                 ) from exc
+            # Every answer has a deadline: the guest decides how long its sftp-server takes.
+            self._sftp.get_channel().settimeout(self._sftp_timeout)
         return self._sftp
+
+    def _drop_sftp(self) -> None:
+        """Close the SFTP session (one left with answers outstanding is not used again)."""
+        if self._sftp is not None:
+            sftp, self._sftp = self._sftp, None
+            with suppress(Exception):  # thrown away, broken or not
+                sftp.close()
 
     @contextmanager
     def _sftp_doing(self, action: str, remote_path: str) -> Iterator[paramiko.SFTPClient]:
-        """The SFTP session, with a protocol failure inside turned into an SSHError."""
+        """The SFTP session, with a protocol failure or a silent guest turned into SSHError."""
         sftp = self._sftp_client()
         try:
             yield sftp
+        except TimeoutError as exc:
+            self._drop_sftp()
+            raise SSHError(
+                f"SFTP {action} of {self.host}:{remote_path} got no answer within "
+                f"{self._sftp_timeout:g} s (a FIFO or a device that blocks, or a stuck guest); "
+                "that SFTP session was closed"
+            ) from exc
         except paramiko.SSHException as exc:
+            self._drop_sftp()
             raise SSHError(f"SFTP {action} of {self.host}:{remote_path} failed: {exc}") from exc
 
     def _put(self, source: IO[bytes], remote_path: str, mode: int | None) -> None:
@@ -393,45 +454,103 @@ class GuestConnection:
                 mode = stat.S_IMODE(os.fstat(source.fileno()).st_mode)
             self._put(source, remote_path, mode)
 
-    def download(self, remote_path: str, local: Path) -> None:
-        """Copy remote_path to a local file, keeping the remote permission bits (rwx only)."""
+    def download(self, remote_path: str, local: Path, limit: int = READ_LIMIT) -> None:
+        """Copy a regular file of at most `limit` bytes to a local file, keeping the remote
+        permission bits (rwx only); a larger one is refused (GuestDataRefused)."""
+        got = self.read_head(remote_path, limit)
+        if got.more:
+            raise GuestDataRefused(f"{self.host}:{remote_path} holds more than {limit} bytes")
         local = Path(local)
-        with (
-            self._sftp_doing("download", remote_path) as sftp,
-            sftp.open(remote_path, "rb") as remote,
-        ):
-            remote_mode = stat.S_IMODE(remote.stat().st_mode or 0o600) & 0o777
-            remote.prefetch()
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as target:
-                shutil.copyfileobj(remote, target, _CHUNK)
-                os.fchmod(fd, remote_mode)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as target:
+            target.write(got.data)
+            os.fchmod(fd, got.mode & 0o777)
 
-    def read_bytes(self, remote_path: str) -> bytes:
-        """Return the contents of remote_path."""
-        with (
-            self._sftp_doing("read", remote_path) as sftp,
-            sftp.open(remote_path, "rb") as remote,
-        ):
-            remote.prefetch()
-            return remote.read()
+    def read_head(self, remote_path: str, limit: int) -> RemoteFile:
+        """At most `limit` bytes from the start of a regular file, read in chunks, and whether
+        it has more; anything else (a device, a FIFO) is refused with NotARegularFile before
+        a byte is read. The guest's stat may lie (sparse, /proc): only what arrives counts."""
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        want = limit + 1  # one byte more says whether there is more
+        with self._sftp_doing("read", remote_path) as sftp:
+            # Refused before opening: opening a FIFO blocks the guest's sftp-server.
+            self._regular(remote_path, sftp.stat(remote_path))
+            with sftp.open(remote_path, "rb") as remote:
+                st = remote.stat()  # of what was opened: a swap after the stat is caught here
+                self._regular(remote_path, st)
+                if st.st_size:
+                    remote.prefetch(min(st.st_size, want))
+                buf = bytearray()
+                while len(buf) < want:
+                    chunk = remote.read(min(_CHUNK, want - len(buf)))
+                    if not chunk:
+                        break
+                    buf += chunk
+        return RemoteFile(
+            data=bytes(buf[:limit]),
+            size=st.st_size,
+            mode=stat.S_IMODE(st.st_mode or 0o600),
+            more=len(buf) > limit,
+        )
 
-    def list_dir(self, remote_path: str) -> list[paramiko.SFTPAttributes]:
-        """The entries of a remote directory (name, mode, size, mtime), sorted by name."""
+    def _regular(self, remote_path: str, attrs: paramiko.SFTPAttributes) -> None:
+        mode = attrs.st_mode or 0
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(
+                f"{self.host}:{remote_path} is {_file_type(mode)}, not a regular file; "
+                "it is not read (a device or FIFO has no end)"
+            )
+
+    def read_bytes(self, remote_path: str, limit: int = READ_LIMIT) -> bytes:
+        """The whole content of a regular file of at most `limit` bytes (else GuestDataRefused;
+        read_head reads the start of a larger one)."""
+        got = self.read_head(remote_path, limit)
+        if got.more:
+            raise GuestDataRefused(f"{self.host}:{remote_path} holds more than {limit} bytes")
+        return got.data
+
+    def list_dir(self, remote_path: str, limit: int = LIST_LIMIT) -> DirListing:
+        """At most `limit` entries of a remote directory (name, mode, size, mtime), sorted by
+        name; the listing stops there (`more`), so a huge directory costs no more."""
+        entries: list[paramiko.SFTPAttributes] = []
+        more = False
         with self._sftp_doing("listing", remote_path) as sftp:
-            return sorted(sftp.listdir_attr(remote_path), key=lambda a: a.filename)
+            # The server sends ~100 entries per answer: ask ahead only for what the limit needs.
+            listing = sftp.listdir_iter(remote_path, read_aheads=min(50, limit // 100 + 2))
+            for attrs in listing:
+                if len(entries) == limit:
+                    more = True
+                    break
+                entries.append(attrs)
+        if more:
+            listing.close()
+            self._drop_sftp()  # answers asked ahead are still on their way, the handle open
+        return DirListing(entries=sorted(entries, key=lambda a: a.filename), more=more)
 
     def close(self) -> None:
         """Close SFTP and the SSH connection; safe to call twice."""
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
+        self._drop_sftp()
         self._client.close()
 
 
 def _short(command: str, limit: int = 200) -> str:
     return command if len(command) <= limit else command[: limit - 3] + "..."
+
+
+_FILE_TYPES = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def _file_type(mode: int) -> str:
+    return _FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def ping(

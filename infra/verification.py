@@ -88,7 +88,9 @@ def verify(
                 sid, image=name, image_version=version or None, owner=owner, settings=settings
             ),
         )
-        before = timed("capture before", lambda: captures.capture(sid, settings=settings))
+        before = timed(
+            "capture before", lambda: captures.capture(sid, trusted=True, settings=settings)
+        )
         with tempfile.TemporaryDirectory(prefix="fluid-verify-") as tmp:
             hosts = [sandbox_host(sid, Path(tmp), settings)]
             report.converge = timed(

@@ -8,6 +8,7 @@ ToolResult the caller can read and correct; only an exhausted budget raises.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import shlex
@@ -23,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra import audit, checkpoints, sandboxes, ssh
 from infra.agents.base import AgentFailed
-from infra.errors import CheckpointExists, CheckpointNotFound, CommandTimeout, FluidError, SSHError
+from infra.errors import (
+    CheckpointExists,
+    CheckpointNotFound,
+    CommandTimeout,
+    FluidError,
+    NotARegularFile,
+    SSHError,
+)
 from infra.guardrails import Guardrails, GuardrailViolation
 from infra.guest_shell import GuestShell
 from infra.settings import FluidSettings
@@ -339,24 +347,36 @@ class Toolbox:
 
     def _read_file(self, args: PathArgs) -> ToolResult:
         path = self._resolve(args.path, write=False)
+        cap = self.guardrails.output_cap_bytes
+        # Only the cap (and a byte to know there is more) is read: a sparse 100 GB file costs
+        # no more than a small one, and a device or FIFO is refused before any read.
         try:
-            data = self._with_guest(lambda c: c.read_bytes(path))
+            got = self._with_guest(lambda c: c.read_head(path, cap))
         except FileNotFoundError:
             return ToolResult(ok=False, content=f"{args.path}: no such file")
+        except NotARegularFile as e:
+            return ToolResult(
+                ok=False,
+                content=f"{e}; read_file reads regular files only (use run_command, e.g. "
+                "`head -c 200 FILE | xxd`, for anything else)",
+            )
         except (PermissionError, OSError) as e:
             return ToolResult(ok=False, content=f"cannot read {args.path}: {e}")
-        cap = self.guardrails.output_cap_bytes
         note = (
-            f"\n[… file is {len(data)} bytes; only the first {cap} are shown]"
-            if len(data) > cap
+            f"\n[… only the first {cap} bytes are shown; the file says it has {got.size}; "
+            "read further with run_command, e.g. `tail -c +N FILE | head -c M`]"
+            if got.more
             else ""
         )
         try:
-            text = data[:cap].decode("utf-8")
+            # A multi-byte character cut at the cap is not a sign of binary content.
+            text = codecs.getincrementaldecoder("utf-8")().decode(got.data, final=not got.more)
         except UnicodeDecodeError:
+            text = None
+        if text is None or "\0" in text:
             return ToolResult(
                 ok=False,
-                content=f"{args.path} is binary ({len(data)} bytes); inspect it with "
+                content=f"{args.path} is binary ({got.size} bytes); inspect it with "
                 "run_command (e.g. `file`, `xxd | head`)",
             )
         return ToolResult(ok=True, content=_clip(text + note))
@@ -388,22 +408,36 @@ class Toolbox:
     def _list_dir(self, args: PathArgs) -> ToolResult:
         path = self._resolve(args.path, write=False)
         try:
-            entries = self._with_guest(lambda c: c.list_dir(path))
+            # The listing stops at the limit: a directory of millions costs no more.
+            listing = self._with_guest(lambda c: c.list_dir(path, LIST_DIR_LIMIT))
         except FileNotFoundError:
             return ToolResult(ok=False, content=f"{args.path}: no such directory")
         except OSError as e:
             return ToolResult(ok=False, content=f"cannot list {args.path}: {e}")
         lines = []
-        for a in entries[:LIST_DIR_LIMIT]:
+        for a in listing.entries:
             mode = a.st_mode or 0
             kind = "d" if stat.S_ISDIR(mode) else "l" if stat.S_ISLNK(mode) else "f"
             lines.append(f"{kind} {stat.S_IMODE(mode):04o} {a.st_size or 0:>10} {a.filename}")
-        if len(entries) > LIST_DIR_LIMIT:
-            lines.append(f"[… {len(entries) - LIST_DIR_LIMIT} more entries]")
-        return ToolResult(ok=True, content="\n".join(lines) or "(empty directory)")
+        if listing.more:
+            lines.append(
+                f"[… only {len(listing.entries)} entries shown (the first the guest listed); "
+                "the directory has more: narrow it with run_command, e.g. `ls DIR | head` or "
+                "`find DIR -maxdepth 1 -name 'PATTERN'`]"
+            )
+        return ToolResult(ok=True, content=_clip("\n".join(lines)) or "(empty directory)")
 
     def _checkpoint(self, args: NameArgs) -> ToolResult:
         name = CHECKPOINT_PREFIX + args.name
+        # Each holds the sandbox's disk changes and memory: the guardrails bound how many.
+        mine = self._mine()
+        limit = self.guardrails.max_checkpoints
+        if len(mine) >= limit:
+            raise GuardrailViolation(
+                f"the guardrails allow {limit} checkpoints per sandbox and you have made "
+                f"{len(mine)} ({', '.join(mine)}); restore one of them and work from there, "
+                "or go on without a new checkpoint"
+            )
         try:
             checkpoints.create(
                 self.sandbox_id, name, self.settings, capture=False, actor=self.actor
@@ -418,11 +452,7 @@ class Toolbox:
                 self.sandbox_id, CHECKPOINT_PREFIX + args.name, self.settings, actor=self.actor
             )
         except CheckpointNotFound:
-            mine = [
-                c.name.removeprefix(CHECKPOINT_PREFIX)
-                for c in checkpoints.list_checkpoints(self.sandbox_id, self.settings)
-                if c.name.startswith(CHECKPOINT_PREFIX)
-            ]
+            mine = self._mine()
             return ToolResult(
                 ok=False,
                 content=f"no checkpoint {args.name!r}; yours: {', '.join(mine) or 'none yet'}",
@@ -431,6 +461,14 @@ class Toolbox:
         self._drop_connection()
         self._shell.close()
         return ToolResult(ok=True, content=f"sandbox restored to checkpoint {args.name!r}")
+
+    def _mine(self) -> list[str]:
+        """The agent's checkpoints of this sandbox (the flow's own are not the agent's)."""
+        return [
+            c.name.removeprefix(CHECKPOINT_PREFIX)
+            for c in checkpoints.list_checkpoints(self.sandbox_id, self.settings)
+            if c.name.startswith(CHECKPOINT_PREFIX)
+        ]
 
     def _finish(self, args: FinishArgs) -> ToolResult:
         self.finished = args.summary

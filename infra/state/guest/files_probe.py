@@ -21,7 +21,8 @@ Output: line 1 names users and groups, line 2 is a JSON array of entries, line 3
 {"token", "delta", "gone", "trees"}. A full answer lists every entry; a delta lists the entries
 changed since `since`, the paths that are gone and the directories listed anew, subtree and all.
 A file's content is sent (base64) when it changed since the index and is not a pristine package
-file, so the host can show text diffs and export it byte for byte.
+file, so the host can show text diffs and export it byte for byte; never for password hashes or
+private keys, whose entry says why in "x" instead.
 """
 
 import base64
@@ -34,6 +35,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import select
 import stat
 import struct
@@ -90,20 +92,42 @@ def dpkg_maps():
 
 
 def names():
-    users = {p.pw_uid: p.pw_name for p in pwd.getpwall()}
-    groups = {g.gr_gid: g.gr_name for g in grp.getgrall()}
+    # The first name of an id wins, as with getpwuid and ls: a second uid-0 account appended
+    # to /etc/passwd must not rename the owner of every file root owns.
+    users = {p.pw_uid: p.pw_name for p in reversed(pwd.getpwall())}
+    groups = {g.gr_gid: g.gr_name for g in reversed(grp.getgrall())}
     return json.dumps({"users": users, "groups": groups})
 
 
-def digests(path):
+def digests(path, keep=0):
+    """sha256 and md5 of a file, and its content when it is at most `keep` bytes (else None):
+    one read gives both, so the content sent is the content hashed."""
     sha, md5 = hashlib.sha256(), hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-            md5.update(chunk)
+        data = f.read(keep + 1) if keep else b""
+        sha.update(data)
+        md5.update(data)
+        if len(data) > keep:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                sha.update(chunk)
+                md5.update(chunk)
         # Hashing must not fill the page cache: a warm slot saves it with the guest's memory.
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    return sha.hexdigest(), md5.hexdigest()
+    return sha.hexdigest(), md5.hexdigest(), (data if keep and len(data) <= keep else None)
+
+
+# Content never sent, whatever asks for it: password hashes and private keys (the host drops
+# them too; this only spares them the trip). Kept in step with infra/state/blobs.py.
+SECRET_PATHS = re.compile(r"/etc/g?shadow-?|/etc/ssh/ssh_host_[^/]*_key")
+PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----")
+
+
+def secret_reason(path, data):
+    if SECRET_PATHS.fullmatch(path):
+        return "password hashes" if "shadow" in path else "private key material"
+    if PRIVATE_KEY.search(data):
+        return "private key material"
+    return None
 
 
 def skipped(path, skip):
@@ -149,20 +173,26 @@ class Listing:
             e["s"] = st.st_size
             key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
             cached = self.index.get(path)
+            data = None
             if cached and cached[:4] == key:
                 e["h"], e["pp"] = cached[4], cached[5]
                 changed = False
             else:
                 try:
-                    e["h"], md5 = digests(path)
+                    e["h"], md5, data = digests(path, self.max_content)
                 except OSError:
                     return
                 e["pp"] = self.md5s.get(path) == md5
                 changed = True
+            # Content only with a fresh hash (an index hit is unchanged, so never wanted): the
+            # bytes sent are the bytes hashed, even if the file changes meanwhile.
             want = changed if self.changed_only else path.startswith(self.content_roots)
-            if want and not e["pp"] and st.st_size <= self.max_content:
-                with open(path, "rb") as f:
-                    e["c"] = base64.b64encode(f.read()).decode()
+            if want and not e["pp"] and data is not None:
+                why = secret_reason(path, data)
+                if why:
+                    e["x"] = why
+                else:
+                    e["c"] = base64.b64encode(data).decode()
             e["i"] = key
         else:
             e["k"] = "o"

@@ -8,6 +8,7 @@ kinds; edited package files are caught by comparing with dpkg's own checksums.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import secrets
@@ -16,9 +17,9 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr
 
-from infra.errors import FluidError
+from infra.errors import FluidError, GuestDataRefused
 from infra.state import noise
 from infra.state.base import (
     STAGING,
@@ -29,6 +30,8 @@ from infra.state.base import (
     TaskBundle,
     unified_diff,
 )
+from infra.state.blobs import SHA256, secret_reason, valid_sha
+from infra.state.playbook_yaml import blob_name, unsafe
 
 PROBE_PATH = f"{STAGING}/files_probe.py"
 # The hash index stays in the guest (a skipped tree on its disk) once sent, per probe version.
@@ -48,6 +51,7 @@ CONTENT_ROOTS = (
     "/var/spool/cron/",
 )
 COMPARED = ("type", "mode", "owner", "group", "sha256", "target")
+SECRETS = {s: s for s in ("password hashes", "private key material")}
 TYPES = {"f": "file", "d": "directory", "l": "symlink", "o": "other"}
 
 
@@ -60,12 +64,14 @@ class FileEntry(BaseModel):
     owner: str
     group: str
     size: int | None = None
-    sha256: str | None = None
+    # Checked again whenever a stored capture is loaded: a hash names a blob, a host path.
+    sha256: str | None = Field(default=None, pattern=f"^{SHA256.pattern}$")
     target: str | None = None
     package: str | None = None
     pristine: bool | None = None
     mtime_ns: int = 0
     stat_key: list[int] | None = None
+    secret: str | None = Field(default=None, description="what its content holds, never kept")
 
     def compared(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in COMPARED}
@@ -107,6 +113,31 @@ def _token(output: str | None) -> str | None:
         return None
     meta = output.split("\n", 2)
     return json.loads(meta[2]).get("token") if len(meta) > 2 and meta[2].strip() else None
+
+
+def _shown(value: object, limit: int = 100) -> str:
+    """A guest value quoted for an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _content(path: str, encoded: object, sha: str | None) -> bytes:
+    """A file's content as the probe sent it, decoded and hashed again; it must match `sha`."""
+    if sha is None:
+        raise GuestDataRefused(f"the files probe sent content for {path!r} without its sha256")
+    try:
+        data = base64.b64decode(encoded, validate=True)  # type: ignore[arg-type]
+    except (binascii.Error, TypeError, ValueError) as err:
+        raise GuestDataRefused(
+            f"the files probe sent content for {path!r} that is not base64 ({err})"
+        ) from err
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha:
+        raise GuestDataRefused(
+            f"the files probe sent content for {path!r} whose sha256 is {actual}, not the "
+            f"{sha} it reported"
+        )
+    return data
 
 
 def _is_text(data: bytes) -> bool:
@@ -224,23 +255,44 @@ class Files(ResourceKind[FilesState]):
             raise FluidError("the files probe stopped before listing any file")
         entries: dict[str, FileEntry] = {}
         blobs: dict[str, bytes] = {}
-        for e in json.loads(lines[1]):
-            entries[e["p"]] = FileEntry(
-                path=e["p"],
-                type=TYPES[e["k"]],
-                mode=e["m"],
-                owner=users.get(e["u"], str(e["u"])),
-                group=groups.get(e["g"], str(e["g"])),
-                size=e.get("s"),
-                sha256=e.get("h"),
-                target=e.get("l"),
-                package=e.get("o"),
-                pristine=e.get("pp"),
-                mtime_ns=e.get("t", 0),
-                stat_key=e.get("i"),
-            )
-            if "c" in e:
-                blobs[e["h"]] = base64.b64decode(e["c"])
+        # The guest writes all of this: a hash is a blob's name (a host path) and content is
+        # kept under it, so each hash is checked and each content hashed again here.
+        path = None
+        try:
+            for e in json.loads(lines[1]):
+                path, sha = e["p"], e.get("h")
+                if sha is not None and not valid_sha(sha):
+                    raise GuestDataRefused(
+                        f"the files probe gave {_shown(sha)} as the sha256 of {path!r}: not 64 "
+                        "lowercase hex digits"
+                    )
+                # The probe says why it sent no content; only fluid's own words are kept.
+                secret = SECRETS.get(e["x"], SECRETS["private key material"]) if "x" in e else None
+                if "c" in e:
+                    data = _content(path, e["c"], sha)
+                    secret = secret_reason(path, data) or secret
+                    if not secret:
+                        blobs[sha] = data
+                entries[path] = FileEntry(
+                    path=path,
+                    type=TYPES[e["k"]],
+                    mode=e["m"],
+                    owner=users.get(e["u"], str(e["u"])),
+                    group=groups.get(e["g"], str(e["g"])),
+                    size=e.get("s"),
+                    sha256=sha,
+                    target=e.get("l"),
+                    package=e.get("o"),
+                    pristine=e.get("pp"),
+                    mtime_ns=e.get("t", 0),
+                    stat_key=e.get("i"),
+                    secret=secret_reason(path, None) or secret,
+                )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise GuestDataRefused(
+                f"the files probe's answer is malformed (at {_shown(path)}): "
+                f"{type(err).__name__}: {_shown(str(err))}"
+            ) from err
         state = FilesState(entries=entries)
         state._blobs = blobs
         return state
@@ -311,7 +363,13 @@ class Files(ResourceKind[FilesState]):
         if a and a.type == "file" and not (b and b.type == "file" and b.sha256 == a.sha256):
             new = ctx.blob(a.sha256)
             old = ctx.blob(b.sha256) if b and b.type == "file" else b""
-            if new is None:
+            if a.secret:
+                ch.note = (
+                    f"holds {a.secret}: not exported (its content is never kept or shown); "
+                    "provision it apart from the playbook"
+                )
+                ch.exported = False
+            elif new is None:
                 ch.note = "content not captured (larger than the capture limit)"
                 ch.exported = False
             elif not _is_text(new) or (old is not None and not _is_text(old)):
@@ -323,6 +381,8 @@ class Files(ResourceKind[FilesState]):
     # --- export --------------------------------------------------------------------------
 
     def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+        # Paths, link targets, owners and groups are the guest's: tagged !unsafe. Modes,
+        # states and files/ names (a validated sha256) are fluid's and stay plain.
         bundle = TaskBundle()
         services = ctx.services_with_config()
         exported = [c for c in changes if c.exported]
@@ -333,11 +393,12 @@ class Files(ResourceKind[FilesState]):
         )
         for c in creates:
             a = c.after
-            base = {"owner": a["owner"], "group": a["group"]}
+            path = unsafe(c.key)
+            base = {"owner": unsafe(a["owner"]), "group": unsafe(a["group"])}
             if a["type"] == "directory":
                 task = {
                     "ansible.builtin.file": {
-                        "path": c.key,
+                        "path": path,
                         "state": "directory",
                         "mode": _mode(a["mode"]),
                         **base,
@@ -346,8 +407,8 @@ class Files(ResourceKind[FilesState]):
             elif a["type"] == "symlink":
                 task = {
                     "ansible.builtin.file": {
-                        "path": c.key,
-                        "src": a["target"],
+                        "path": path,
+                        "src": unsafe(a["target"]),
                         "state": "link",
                         "force": True,
                         "follow": False,
@@ -359,34 +420,33 @@ class Files(ResourceKind[FilesState]):
                 or a["sha256"] != c.before.get("sha256")
                 or c.before.get("type") != "file"
             ):
-                name = a["sha256"]
-                bundle.files[name] = a["sha256"]
+                name = blob_name(a["sha256"])
+                bundle.files[name] = name
                 task = {
                     "ansible.builtin.copy": {
                         "src": name,
-                        "dest": c.key,
+                        "dest": path,
                         "mode": _mode(a["mode"]),
                         **base,
                     }
                 }
             elif a["type"] == "file":
-                task = {"ansible.builtin.file": {"path": c.key, "mode": _mode(a["mode"]), **base}}
+                task = {"ansible.builtin.file": {"path": path, "mode": _mode(a["mode"]), **base}}
             else:
                 continue
-            task = {"name": f"{'create' if c.action == 'added' else 'update'} {c.key}", **task}
-            notify = [
-                f"restart {s}"
-                for s, roots in services.items()
-                if any(c.key.startswith(r) for r in roots)
+            verb = "create" if c.action == "added" else "update"
+            task = {"name": unsafe(f"{verb} {c.key}"), **task}
+            restarted = [
+                s for s, roots in services.items() if any(c.key.startswith(r) for r in roots)
             ]
-            if notify:
-                task["notify"] = notify
-                for s in notify:
+            if restarted:
+                task["notify"] = [unsafe(f"restart {s}") for s in restarted]
+                for s in restarted:
                     bundle.handlers.append(
                         {
-                            "name": s,
+                            "name": unsafe(f"restart {s}"),
                             "ansible.builtin.systemd_service": {
-                                "name": s.removeprefix("restart "),
+                                "name": unsafe(s),
                                 "state": "restarted",
                             },
                         }
@@ -397,8 +457,8 @@ class Files(ResourceKind[FilesState]):
         ):
             bundle.tasks.append(
                 {
-                    "name": f"remove {c.key}",
-                    "ansible.builtin.file": {"path": c.key, "state": "absent"},
+                    "name": unsafe(f"remove {c.key}"),
+                    "ansible.builtin.file": {"path": unsafe(c.key), "state": "absent"},
                 }
             )
         return bundle
