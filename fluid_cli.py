@@ -201,10 +201,12 @@ def _exec(args: argparse.Namespace, usage: str, run: Callable[[str], Any]) -> in
 
 
 def _pass_through(r: Any) -> None:
-    sys.stdout.buffer.write(r.stdout)
-    sys.stdout.buffer.flush()
-    sys.stderr.buffer.write(r.stderr)
-    sys.stderr.buffer.flush()
+    from infra.escaping import term_bytes
+
+    # Byte for byte into a pipe or file; a terminal gets no control sequence from the guest.
+    for stream, data in ((sys.stdout, r.stdout), (sys.stderr, r.stderr)):
+        stream.buffer.write(term_bytes(data) if stream.isatty() else data)
+        stream.buffer.flush()
     if r.stdout_cut or r.stderr_cut:
         _log(
             f"fluid: output capped: {r.stdout_cut} bytes of stdout and {r.stderr_cut} bytes "
@@ -505,10 +507,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _print_report(report) -> None:
+    from infra.escaping import term_line
     from infra.state.base import ChangeSet
     from infra.state.diff import terminal
 
-    print(report.summary())
+    print(term_line(report.summary()))
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
     if report.residual:
         print(terminal(ChangeSet(changes=report.residual)))
@@ -582,6 +585,8 @@ def _llm_key_secret(var: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
+    from infra.escaping import term_line
+
     agent = _agent_from_args(args)
     auto = args.auto_approve or os.environ.get("FLUID_AUTO_APPROVE", "") not in ("", "0")
     own_server = bool(os.environ.get("PREFECT_API_URL"))
@@ -610,11 +615,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     login = "" if own_server else f" (UI password: the string in {_auth_path()})"
 
-    def waiting(_fr: object) -> None:
+    def waiting(paused: Any) -> None:
+        proposal = client.pause_proposal(paused)
+        what = f" attempt {proposal[0]}, playbook digest {proposal[1]}" if proposal else ""
         print(
-            f"\n>>> waiting for approval: open {_run_url(fr.id)}{login}\n"
+            f"\n>>> waiting for approval of{what}: open {_run_url(fr.id)}{login}\n"
             ">>> and choose Resume (in the run's menu), or run\n"
-            f">>>   fluid approve {fr.id} [--comment TEXT]\n"
+            f">>>   fluid approve {fr.id} [--comment TEXT]   (shows the change, asks)\n"
             f">>>   fluid reject {fr.id} --comment TEXT\n",
             flush=True,
         )
@@ -628,7 +635,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     code = client.exit_code(final)
     state = final.state
-    print(f"run {fr.id} ended {state.name if state else '?'}: {state.message if state else ''}")
+    message = term_line(state.message or "") if state else ""
+    print(f"run {fr.id} ended {state.name if state else '?'}: {message}")
     return code
 
 
@@ -639,25 +647,76 @@ def _approver(args: argparse.Namespace) -> str:
     return args.approver or os.environ.get("FLUID_APPROVER") or getpass.getuser()
 
 
-def cmd_approve(args: argparse.Namespace) -> int:
-    _prefect()
+def _run_uuid(text: str) -> Any:
     from uuid import UUID
 
+    try:
+        return UUID(text)
+    except ValueError:
+        raise FluidError(
+            f"{text!r} is not a run id (`fluid run` prints it: run id: UUID)"
+        ) from None
+
+
+def _show_proposal(p: Any) -> None:
+    """What `fluid approve` asks about: attempt, the change summary, playbook and digest."""
+    from infra.escaping import term_line
+    from infra.state.diff import terminal
+
+    print(f"run {p.run_id} waits for approval of attempt {p.attempt}")
+    if p.task is not None:
+        print(f"task: {term_line(p.task)}")
+        print(f"production: {term_line(p.production or '?')}")
+    if p.changes is not None:
+        whole = p.playbook_dir / "changeset.json"
+        print(terminal(p.changes, diffs=False, limit=30, whole=str(whole)))
+    else:
+        print(
+            f"(the playbook is not on this host: read the change in the UI, {_run_url(p.run_id)})"
+        )
+    print(f"playbook: {p.playbook_dir} (read-only)")
+    print(f"digest: {p.digest}", flush=True)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    _prefect()
     from flows import client
 
-    client.decide(UUID(args.run_id), "approve", _approver(args), args.comment or "")
-    print(f"approved run {args.run_id} as {_approver(args)}")
+    run_id = _run_uuid(args.run_id)
+    proposal = client.waiting(run_id)
+    _show_proposal(proposal)
+    if args.digest is not None:
+        if args.digest.strip().lower() != proposal.digest:
+            raise client.ProposalMismatch(
+                f"--digest {args.digest} is not the digest of the playbook run {run_id} waits "
+                f"on (attempt {proposal.attempt}, shown above): nothing was sent"
+            )
+    elif sys.stdin.isatty():
+        answer = input(f"Apply this playbook to {proposal.production or 'production'}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            _log("fluid: not approved; nothing was sent")
+            return 1
+    else:
+        raise FluidError(
+            "no terminal to confirm on: check the change and digest above, then pass "
+            "--digest DIGEST to approve"
+        )
+    client.decide(run_id, "approve", _approver(args), args.comment or "", proposal.digest)
+    print(f"approved attempt {proposal.attempt} of run {run_id} as {_approver(args)}")
     return 0
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
     _prefect()
-    from uuid import UUID
-
     from flows import client
 
-    client.decide(UUID(args.run_id), "reject", _approver(args), args.comment)
-    print(f"rejected run {args.run_id} as {_approver(args)}: {args.comment}")
+    run_id = _run_uuid(args.run_id)
+    # A rejection applies nothing: it needs no confirmation, whatever the playbook is now.
+    proposal = client.waiting(run_id, verify=False)
+    client.decide(run_id, "reject", _approver(args), args.comment, proposal.digest)
+    print(
+        f"rejected attempt {proposal.attempt} of run {run_id} as {_approver(args)}: {args.comment}"
+    )
     return 0
 
 
@@ -699,8 +758,11 @@ def cmd_janitor(args: argparse.Namespace) -> int:
         args,
         report,
         lambda: print(
-            "\n".join(f"reaped {r.sandbox_id}: {r.reason}" for r in report.reaped)
-            or "nothing to reap"
+            "\n".join(
+                [f"reaped {r.sandbox_id}: {r.reason}" for r in report.reaped]
+                + [f"pruned {p.count} {p.what} ({p.bytes} bytes)" for p in report.pruned if p.count]
+            )
+            or "nothing to reap or prune"
         ),
     )
     return 1 if report.errors else 0
@@ -721,6 +783,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 print(f"OK: {report.count} records, head {report.head or '(empty)'}")
             for p in report.problems:
                 print(f"TAMPERED: {p}")
+            for n in report.notes:
+                print(f"NOTE: {n}")
+            for a in report.advice:
+                print(f"WHAT TO DO: {a}")
 
         _emit(args, report, human)
         return 0 if report.ok else 1
@@ -733,6 +799,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "id (`fluid sandbox list` lists sandboxes; `fluid run` prints run ids)"
         )
 
+    from infra.escaping import term_line
+
     def human() -> None:
         if not records:
             print(f"no audit records for {args.subject}")
@@ -740,7 +808,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for r in records:
             print(
                 f"{r.seq:>6}  {r.at:%Y-%m-%d %H:%M:%S}Z  {r.kind:<12}  "
-                f"{r.actor:<{width}}  {r.summary}"
+                f"{term_line(r.actor):<{width}}  {term_line(r.summary)}"
             )
 
     _emit(args, {"records": [r.model_dump(mode="json") for r in records]}, human)
@@ -918,13 +986,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply without a human (also FLUID_AUTO_APPROVE=1); stored as automatic",
     )
     for name, fn, help in (
-        ("approve", cmd_approve, "approve a run waiting for approval"),
+        (
+            "approve",
+            cmd_approve,
+            "show the change a run waits on and its digest, then approve it (asks on a "
+            "terminal; --digest D confirms without one)",
+        ),
         ("reject", cmd_reject, "reject a run; the agent gets the comment"),
     ):
         sp = sub(top, name, fn, help, json_flag=False)
         sp.add_argument("run_id")
         sp.add_argument("--comment", required=name == "reject", default=None)
         sp.add_argument("--approver", default=None, help="your name (default: login name)")
+        if name == "approve":
+            sp.add_argument(
+                "--digest",
+                default=None,
+                help="the playbook digest you approve (as shown); any other is refused",
+            )
     server = top.add_parser("server", help="the local Prefect server and worker").add_subparsers(
         dest="cmd", required=True
     )
@@ -935,7 +1014,8 @@ def build_parser() -> argparse.ArgumentParser:
         top,
         "audit",
         cmd_audit,
-        "print the audit trail of a sandbox or run; `fluid audit verify` checks the hash chain",
+        "print the audit trail of a sandbox or run; `fluid audit verify` checks the keyed chain "
+        "and the decisions and applies tables against it",
     )
     sp.add_argument("subject", metavar="SANDBOX_OR_RUN|verify")
     sp.add_argument("--head", default=None, help="verify: this published head must be in the chain")

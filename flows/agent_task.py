@@ -6,6 +6,12 @@ production in check mode. Then the run waits for a typed approval in the Prefect
 `fluid approve`): approve applies exactly the approved playbook; reject hands the comment to
 the agent and starts again from the "before" checkpoint; no answer in time applies nothing.
 
+An approval is bound to what the reviewer was shown. The playbook is sealed (a read-only copy
+in the run's folder, its digest stored in fluid's database) before it is proven; the form
+names that digest and the server accepts no other; each pause is keyed by attempt and digest.
+After the decision the approval's digest, the stored one and the sealed copy's must agree,
+or the run is refused (nothing applied, a "refused" decision in the audit trail).
+
 Run from a deployment, the wait is a suspension: no process is held, and on resume the flow
 function runs again from the top while every task before the approval comes back from the
 cache. Called directly from Python, it pauses in process instead.
@@ -19,6 +25,7 @@ them again, queueing if the host is full, before it goes on.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
@@ -27,19 +34,22 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed, State
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from blocks.production_target import ProductionTarget
 from flows.limits import sandbox_slots
 from infra import runs, sandboxes
 from infra.agents import AgentSpec
 from infra.errors import ProductionBlockError, SandboxNotFound
+from infra.escaping import md_code, md_text
 from infra.owners import Owner
+from infra.runs import PlaybookChanged
 from infra.settings import get_settings
+from infra.state.base import ChangeSet
 from tasks.agent_task import (
-    PlaybookChanged,
     Proposal,
     apply_to_production,
+    changeset_file,
     diff_attempt,
     export_attempt,
     extend_for_approval,
@@ -53,19 +63,42 @@ from tasks.agents import build_agent, load_guardrails
 from tasks.sandbox import destroy_sandbox
 
 AUTOMATIC_APPROVER = "fluid (automatic)"
+# Changes listed in the approval form; the rest are counted and pointed to.
+SUMMARY_LIMIT = 30
+DIGEST_HELP = "The digest of the playbook shown above: the decision is about this playbook only"
 
 
 class Approval(RunInput):
-    """The reviewer's decision on the proposed playbook."""
+    """The reviewer's decision on the proposed playbook, naming it by its digest."""
 
     # Rejecting is the default: a resume without a decision must never apply anything.
     decision: Literal["approve", "reject"] = Field(
         default="reject", description="approve applies the playbook to production"
     )
+    digest: str = Field(pattern="^[0-9a-f]{64}$", title="Digest", description=DIGEST_HELP)
     approver: str = Field(min_length=1, description="Your name, stored with the decision")
     comment: str = Field(
         default="", description="Why; on reject the agent gets it as feedback for its next try"
     )
+
+
+def approval_form(digest: str) -> type[Approval]:
+    """The form for one proposal: Prefect's server accepts no digest but `digest` (the form's
+    schema is stored with the pause), and the UI shows it filled in."""
+    return create_model(
+        "Approval",
+        __base__=Approval,
+        digest=(
+            Literal[digest],  # type: ignore[valid-type]
+            Field(title="Digest", description=DIGEST_HELP, json_schema_extra={"default": digest}),
+        ),
+    )
+
+
+def pause_key(attempt: int, digest: str) -> str:
+    """Each pause is its attempt and digest: a resumed run whose proposal came out different
+    asks again instead of receiving an answer about another playbook."""
+    return f"attempt-{attempt}-{digest}"
 
 
 class AgentTaskResult(BaseModel):
@@ -81,37 +114,52 @@ class AgentTaskResult(BaseModel):
 
 
 def _review_description(task: str, proposal: Proposal, production: str, max_attempts: int) -> str:
+    # Markdown for the UI: everything but fluid's own words is escaped (infra/escaping.py).
     return "\n".join(
         [
-            f"## Approve this change to **{production}**?",
+            f"## Approve this change to **{md_text(production)}**?",
             "",
-            f"Task: {task}",
+            f"Task: {md_text(task)}",
             "",
             f"Attempt {proposal.attempt} of {max_attempts}. Replay on a fresh sandbox: "
-            f"{proposal.verification}",
+            f"{md_text(proposal.verification)}",
             "",
-            f"Playbook digest: `{proposal.digest}`",
+            f"Playbook digest: {md_code(proposal.digest)}",
+            "",
+            f"{proposal.changes} change(s):",
             "",
             proposal.summary,
             "",
             "The full diff, the playbook and the check-mode preview are in this run's "
-            "Artifacts. Approve applies exactly this playbook; reject sends your comment "
-            "to the agent, which tries again from a clean sandbox.",
+            "Artifacts. Approve applies exactly this playbook (the form's digest names it); "
+            "reject sends your comment to the agent, which tries again from a clean sandbox.",
         ]
     )
 
 
-def _summary(proposal_changes: list[str]) -> str:
-    shown = proposal_changes[:30]
-    more = len(proposal_changes) - len(shown)
-    return "\n".join(f"- {c}" for c in shown) + (f"\n- … and {more} more" if more > 0 else "")
+def _summary(changeset: ChangeSet, whole: Path) -> str:
+    """The changes as a Markdown list, cut at SUMMARY_LIMIT saying how many more and where."""
+    lines = [
+        f"- {c.action} {c.kind} {md_code(c.key)}"
+        + (f" ({md_text('; '.join(c.details))})" if c.details else "")
+        + ("" if c.exported else " *(not exported)*")
+        for c in changeset.changes[:SUMMARY_LIMIT]
+    ]
+    more = len(changeset.changes) - SUMMARY_LIMIT
+    if more > 0:
+        lines.append(
+            f"- *{more} more changes not shown here; the whole change set is in the "
+            f"`agent-change` artifact and in {md_code(str(whole))}*"
+        )
+    return "\n".join(lines)
 
 
-def _ask(description: str, timeout_s: int, suspend: bool) -> Approval:
-    form = Approval.with_initial_data(description=description)
+def _ask(proposal: Proposal, description: str, timeout_s: int, suspend: bool) -> Approval:
+    form = approval_form(proposal.digest).with_initial_data(description=description)
+    key = pause_key(proposal.attempt, proposal.digest)
     if suspend:
-        return suspend_flow_run(wait_for_input=form, timeout=timeout_s)
-    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=2)
+        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=2, key=key)
 
 
 @flow(name="agent-task", persist_result=True)
@@ -169,7 +217,9 @@ def agent_task(
                             production=production,
                         ),
                     )
-                playbook = export_attempt(run_id, changeset, attempt)
+                # Sealed: proven, previewed, shown and applied as this one read-only copy.
+                sealed = export_attempt(run_id, changeset, attempt)
+                playbook = Path(sealed.path)
                 report = prove_playbook(run_id, playbook, attempt)
                 if not report.passed:
                     runs.finish(run_id, "failed", f"replay failed: {report.summary()}")
@@ -180,24 +230,21 @@ def agent_task(
                 preview_on_production(run_id, playbook, production, attempt)
                 proposal = Proposal(
                     attempt=attempt,
-                    playbook_dir=str(playbook),
-                    digest=(playbook / "DIGEST").read_text().strip(),
+                    playbook_dir=sealed.path,
+                    digest=sealed.digest,
                     changes=len(changeset.changes),
-                    summary=_summary(
-                        [
-                            f"{c.action} {c.kind} `{c.key}`"
-                            + (f" ({'; '.join(c.details)})" if c.details else "")
-                            for c in changeset.changes
-                        ]
-                    ),
+                    summary=_summary(changeset, changeset_file(run_id, attempt)),
                     verification=report.summary(),
                     verified=report.passed,
                 )
-                runs.update(run_id, status="awaiting-approval", digest=proposal.digest)
+                runs.update(run_id, status="awaiting-approval")
 
                 if auto_approve:
                     decision = Approval(
-                        decision="approve", approver=AUTOMATIC_APPROVER, comment="auto-approve"
+                        decision="approve",
+                        digest=proposal.digest,
+                        approver=AUTOMATIC_APPROVER,
+                        comment="auto-approve",
                     )
                 else:
                     extend_for_approval(box.id, approval_timeout_s)
@@ -212,6 +259,7 @@ def agent_task(
                         sandboxes.set_owner(box.id, Owner(run=run_id))
                     try:
                         decision = _ask(
+                            proposal,
                             _review_description(task, proposal, production, max_attempts),
                             approval_timeout_s,
                             suspend,
@@ -222,6 +270,13 @@ def agent_task(
                         return Cancelled(message="no approval in time: nothing was applied")
                     sandboxes.set_owner(box.id, Owner.this_process(run_id))
 
+                if decision.decision == "approve":
+                    # Bound to what was shown: the approval's digest, the one stored before
+                    # the wait and the sealed copy's must agree, or nothing is applied.
+                    try:
+                        runs.check_approval(run_id, decision.digest, playbook)
+                    except PlaybookChanged as e:
+                        return _refuse(run_id, attempt, decision, auto_approve, e)
                 outcome = "approved" if decision.decision == "approve" else "rejected"
                 runs.decide(
                     run_id,
@@ -243,11 +298,11 @@ def agent_task(
                     continue
 
                 try:
-                    applied = apply_to_production(run_id, playbook, proposal.digest, production)
+                    applied = apply_to_production(
+                        run_id, attempt, playbook, decision.digest, production
+                    )
                 except PlaybookChanged as e:
-                    runs.decide(run_id, attempt, "refused", digest=proposal.digest, comment=str(e))
-                    runs.finish(run_id, "refused", str(e))
-                    return Failed(message=str(e))
+                    return _refuse(run_id, attempt, decision, auto_approve, e)
                 runs.record_apply(run_id, applied, proposal.digest)
                 result = AgentTaskResult(
                     flow_run_id=run_id,
@@ -279,6 +334,24 @@ def agent_task(
             if not suspended:
                 _publish_audit(run_id, box.id)
                 _destroy(box.id)
+
+
+def _refuse(
+    run_id: str, attempt: int, decision: Approval, automatic: bool, why: PlaybookChanged
+) -> State:
+    """An approval that does not match what was shown: recorded as refused, nothing applied."""
+    get_run_logger().error("refused to apply: %s", why)
+    runs.decide(
+        run_id,
+        attempt,
+        "refused",
+        approver=decision.approver,
+        automatic=automatic,
+        comment=str(why),
+        digest=runs.proposed_digest(run_id),
+    )
+    runs.finish(run_id, "refused", str(why))
+    return Failed(message=f"refused: {why}")
 
 
 def load_target(production: str) -> ProductionTarget:

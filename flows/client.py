@@ -6,9 +6,11 @@ API (call infra.control_plane.use_prefect() before importing this module).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -18,9 +20,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel
 
 from infra import runs
 from infra.errors import FluidError
+from infra.escaping import term_text
+from infra.settings import get_settings
+from infra.state.base import ChangeSet
 
 DEPLOYMENT = "agent-task/agent-task"
 PAUSE_EXPIRED = "paused and never resumed"
@@ -33,6 +39,26 @@ class RunNotFound(FluidError):
 
 class RunNotWaiting(FluidError):
     """The run is not waiting for a decision."""
+
+
+class ProposalMismatch(FluidError):
+    """What the run waits on is not what a decision names or what fluid has on record."""
+
+
+class WaitingProposal(BaseModel):
+    """The proposal a paused run waits on: attempt, digest and the change it carries."""
+
+    run_id: str
+    attempt: int
+    digest: str
+    task: str | None = None
+    production: str | None = None
+    playbook_dir: Path
+    # From the sealed playbook's changeset.json; None when that copy is not on this host.
+    changes: ChangeSet | None = None
+
+
+PAUSE_KEY = re.compile(r"^attempt-(\d+)-([0-9a-f]{64})$")
 
 
 def submit(parameters: dict[str, Any]) -> FlowRun:
@@ -82,7 +108,9 @@ def follow(
                 if seen_after is not None and log.timestamp <= seen_after:
                     continue
                 seen_after = log.timestamp
-                print_line(f"{log.timestamp:%H:%M:%S} {source(log.task_run_id)}{log.message}")
+                # Logs carry guest output: no control reaches the operator's terminal.
+                line = f"{log.timestamp:%H:%M:%S} {source(log.task_run_id)}{log.message}"
+                print_line(term_text(line))
             paused = fr.state is not None and fr.state.is_paused()
             if paused and not waiting:
                 on_waiting(fr)
@@ -106,15 +134,82 @@ def exit_code(fr: FlowRun) -> int:
     return EXIT_FAILED
 
 
-def decide(run_id: UUID, decision: str, approver: str, comment: str) -> None:
-    """Resume a waiting run with a decision; RunNotWaiting when it waits for none."""
-    from prefect.flow_runs import resume_flow_run
+def pause_proposal(fr: FlowRun) -> tuple[int, str] | None:
+    """(attempt, digest) of the proposal a paused agent-task run waits on, from its pause."""
+    key = fr.state.state_details.pause_key if fr.state is not None else None
+    m = PAUSE_KEY.match(key or "")
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def waiting(run_id: UUID, *, verify: bool = True) -> WaitingProposal:
+    """The proposal run `run_id` waits on; RunNotWaiting when it waits for none.
+
+    The attempt and digest are the pause's own (what Prefect's server holds a decision to).
+    With `verify`, ProposalMismatch when fluid's record or the sealed playbook on this host
+    disagree with them.
+    """
+    from infra.state.export import digest as playbook_digest
+    from infra.state.export import load_changeset
 
     with get_client(sync_client=True) as client:
         fr = _read(client, run_id)
     if fr.state is None or not fr.state.is_paused():
         state = fr.state.name if fr.state else "unknown"
         raise RunNotWaiting(f"run {run_id} is {state}, not waiting for approval")
-    resume_flow_run(
-        run_id, run_input={"decision": decision, "approver": approver, "comment": comment}
+    found = pause_proposal(fr)
+    if found is None:
+        raise RunNotWaiting(f"run {run_id} is paused, but not for an approval of fluid's")
+    attempt, digest = found
+    rec = runs.get(str(run_id))
+    if verify and rec is not None and rec.digest != digest:
+        raise ProposalMismatch(
+            f"run {run_id} waits on playbook digest {digest}, but fluid's record says "
+            f"{rec.digest}: not deciding; check the run in the UI"
+        )
+    sealed = get_settings().runs_dir / str(run_id) / f"attempt-{attempt}" / "playbook"
+    changes = None
+    if verify and sealed.is_dir():
+        actual = playbook_digest(sealed)
+        if actual != digest:
+            raise ProposalMismatch(
+                f"the playbook in {sealed} changed after it was proposed (proposed: {digest}, "
+                f"now: {actual}); the run would refuse it: not deciding"
+            )
+        changes = load_changeset(sealed)
+    return WaitingProposal(
+        run_id=str(run_id),
+        attempt=attempt,
+        digest=digest,
+        task=rec.task if rec else None,
+        production=rec.production if rec else None,
+        playbook_dir=sealed,
+        changes=changes,
     )
+
+
+def decide(run_id: UUID, decision: str, approver: str, comment: str, digest: str) -> None:
+    """Resume a waiting run with a decision about the playbook with `digest`.
+
+    Prefect's server refuses a digest other than the one the run waits on (the run stays
+    paused): ProposalMismatch then; RunNotWaiting when it waits for no decision.
+    """
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        resume_flow_run(
+            run_id,
+            run_input={
+                "decision": decision,
+                "digest": digest,
+                "approver": approver,
+                "comment": comment,
+            },
+        )
+    except (NotPausedError, FlowPauseTimeout) as e:
+        raise RunNotWaiting(f"run {run_id} is no longer waiting for approval") from e
+    except RuntimeError as e:  # the server rejected the input against the form's schema
+        raise ProposalMismatch(
+            f"Prefect refused the decision for run {run_id}: {e}; it waits on another "
+            "playbook now (`fluid approve` shows it)"
+        ) from e

@@ -1,4 +1,5 @@
-"""The store's account of agent-task runs: status, every decision, per-host apply results.
+"""The store's account of agent-task runs: status, every decision, per-host apply results,
+and the read-only copy of each proposed playbook that an approval is bound to.
 
 Written by the flow as it goes (idempotently: a resumed run replays its early steps) and by
 the janitor for runs that ended without running code (an approval that timed out while the
@@ -7,14 +8,27 @@ run was suspended).
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+from pathlib import Path
+
 from sqlmodel import select
 
 from infra import audit, store
+from infra.errors import FluidError
+from infra.permissions import private_dir
 from infra.playbook_runs import PlaybookRun
 from infra.settings import FluidSettings, get_settings
 from infra.store import AgentRunRecord, ApplyRecord, DecisionRecord, utcnow
 
 FINAL = {"applied", "rejected", "timed-out", "refused", "failed", "no-change", "apply-failed"}
+# The sealed copy of a proposed playbook: readable by its owner, writable by nobody.
+SEALED_FILE, SEALED_DIR = 0o400, 0o500
+
+
+class PlaybookChanged(FluidError):
+    """The playbook about to be applied is not the one that was shown and approved."""
 
 
 def start(
@@ -93,12 +107,15 @@ def decide(
         summary=f"{outcome} attempt {attempt}{' (automatic)' if automatic else ''}"
         + (f", playbook sha256 {digest}" if digest else ""),
         run_id=flow_run_id,
+        # The row as stored (a refusal keeps the approver and extends the comment), which
+        # `fluid audit verify` holds the decisions table to, field for field.
         detail={
             "attempt": attempt,
-            "outcome": outcome,
-            "automatic": automatic,
-            "comment": comment,
-            "digest": digest,
+            "outcome": rec.outcome,
+            "approver": rec.approver,
+            "automatic": rec.automatic,
+            "comment": rec.comment,
+            "digest": rec.digest,
         },
         settings=settings,
     )
@@ -163,3 +180,116 @@ def decisions(flow_run_id: str, settings: FluidSettings | None = None) -> list[D
 def applies(flow_run_id: str, settings: FluidSettings | None = None) -> list[ApplyRecord]:
     with store.session(settings or get_settings()) as s:
         return list(s.exec(select(ApplyRecord).where(ApplyRecord.flow_run_id == flow_run_id)))
+
+
+def attempt_dir(flow_run_id: str, attempt: int, settings: FluidSettings | None = None) -> Path:
+    """The private folder of one attempt of a run (under FLUID_HOME's runs folder)."""
+    settings = settings or get_settings()
+    private_dir(settings.runs_dir / flow_run_id)
+    return private_dir(settings.runs_dir / flow_run_id / f"attempt-{attempt}")
+
+
+def seal(source: Path, dest: Path) -> str:
+    """Copy the exported playbook `source` to `dest` read-only (files 0400, folders 0500),
+    replacing an earlier copy there; the copy's digest, checked against its DIGEST file.
+
+    Only regular files and folders are copied: a link or a device in an export is refused.
+    """
+    from infra.state.export import digest
+
+    source, dest = Path(source), Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    unseal(tmp)
+    try:
+        _copy_tree(source, tmp)
+        sealed = digest(tmp)
+        recorded = (tmp / "DIGEST").read_text().strip() if (tmp / "DIGEST").is_file() else None
+        if recorded != sealed:
+            raise PlaybookChanged(
+                f"the exported playbook in {source} does not match its DIGEST (it says "
+                f"{recorded}, its files hash to {sealed}): it changed after the export"
+            )
+        _make_read_only(tmp)
+        unseal(dest)
+        os.rename(tmp, dest)
+    except BaseException:
+        unseal(tmp)
+        raise
+    return sealed
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    dest.mkdir(mode=0o700)
+    for entry in sorted(source.iterdir()):
+        st = entry.lstat()
+        target = dest / entry.name
+        if stat.S_ISDIR(st.st_mode):
+            _copy_tree(entry, target)
+        elif stat.S_ISREG(st.st_mode):
+            shutil.copyfile(entry, target, follow_symlinks=False)
+        else:
+            raise PlaybookChanged(
+                f"{entry} is neither a file nor a folder: a playbook fluid exported has none"
+            )
+
+
+def _make_read_only(root: Path) -> None:
+    for folder, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            os.chmod(os.path.join(folder, name), SEALED_FILE)
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), SEALED_DIR)
+    os.chmod(root, SEALED_DIR)
+
+
+def unseal(path: Path) -> None:
+    """Remove a sealed copy (its read-only folders made writable first); absent is fine."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for folder, dirs, _files in os.walk(path):
+        os.chmod(folder, 0o700)
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o700)
+    shutil.rmtree(path)
+
+
+def propose(flow_run_id: str, digest: str, settings: FluidSettings | None = None) -> None:
+    """Store the digest of the sealed playbook a reviewer is about to be shown.
+
+    Once, by the task that seals it: a resumed run replaying its cached steps leaves it as
+    stored, so it stays a record made before the wait.
+    """
+    update(flow_run_id, settings, digest=digest)
+
+
+def proposed_digest(flow_run_id: str, settings: FluidSettings | None = None) -> str | None:
+    """The digest `propose` stored for the run's latest proposal (None: none yet)."""
+    rec = get(flow_run_id, settings)
+    return rec.digest if rec is not None else None
+
+
+def check_approval(
+    flow_run_id: str, approved: str | None, sealed: Path, settings: FluidSettings | None = None
+) -> str:
+    """The digest to apply, once the approval's digest, the one stored before the wait and the
+    one of the sealed copy agree; PlaybookChanged (saying which differ) otherwise."""
+    from infra.state.export import digest
+
+    stored = proposed_digest(flow_run_id, settings)
+    if stored is None:
+        raise PlaybookChanged(
+            "fluid has no digest on record for this proposal: nothing was applied"
+        )
+    if approved != stored:
+        raise PlaybookChanged(
+            f"the approval names playbook digest {approved}, but the playbook shown for review "
+            f"has digest {stored}: nothing was applied"
+        )
+    actual = digest(sealed) if Path(sealed).is_dir() else "(the playbook is gone)"
+    if actual != stored:
+        raise PlaybookChanged(
+            f"the playbook in {sealed} changed after it was shown for approval (shown and "
+            f"approved: {stored}, now: {actual}): nothing was applied"
+        )
+    return actual

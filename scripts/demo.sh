@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make demo: the whole product on this machine. An agent installs nginx and a hello page in a
 # sandbox; fluid turns the change into a playbook, proves it on a fresh clone, waits for your
-# approval in the Prefect UI (or `fluid approve`), applies it to the production VM `demo` and
-# prints the page production now serves. FLUID_AUTO_APPROVE=1 approves without you.
+# approval in the Prefect UI (or `fluid approve RUN`, which shows the change and the playbook's
+# digest and asks; `--digest D` confirms without asking), applies it to the production VM
+# `demo` and prints the page production now serves. FLUID_AUTO_APPROVE=1 approves without you.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fluid=.venv/bin/fluid

@@ -8,7 +8,6 @@ Inputs never include secrets: settings are read from the environment inside each
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -19,17 +18,18 @@ from prefect.cache_policies import INPUTS, RUN_ID
 from pydantic import BaseModel
 
 from blocks.production_target import ProductionTarget
-from infra import audit, checkpoints, sandboxes
+from infra import audit, checkpoints, runs, sandboxes
 from infra.agents import AgentContext, AgentReport, AgentSpec
 from infra.agents.tools import Toolbox
-from infra.errors import FluidError
+from infra.escaping import md_block, md_code, md_text
 from infra.owners import Owner
+from infra.permissions import write_private
 from infra.playbook_runs import PlaybookRun, run_playbook
 from infra.settings import get_settings
 from infra.state import capture as captures
 from infra.state.base import ChangeSet
 from infra.state.diff import compare, markdown
-from infra.state.export import digest, export
+from infra.state.export import export
 from infra.verification import VerificationReport, verify
 from tasks.agents import agent_spec, build_agent, load_guardrails
 from tasks.change import verification_markdown
@@ -40,10 +40,17 @@ BEFORE = "before"
 RESUMABLE = INPUTS + RUN_ID
 # Text files of a playbook shown inline in its artifact; larger ones are only listed.
 ARTIFACT_FILE_LIMIT = 20_000
+# The end of ansible-playbook's output shown in the preview artifact.
+PREVIEW_TAIL = 5000
+# Audit records shown in the audit artifact, and characters of each record's summary.
+AUDIT_RECORDS, AUDIT_SUMMARY = 200, 150
 
 
-class PlaybookChanged(FluidError):
-    """The playbook on disk is not the one that was approved."""
+class SealedPlaybook(BaseModel):
+    """An attempt's playbook, copied read-only before anyone reviews it, and its digest."""
+
+    path: str
+    digest: str
 
 
 class Proposal(BaseModel):
@@ -59,7 +66,13 @@ class Proposal(BaseModel):
 
 
 def attempt_dir(run_id: str, attempt: int) -> Path:
-    return get_settings().runs_dir / run_id / f"attempt-{attempt}"
+    """The run's private folder for `attempt`: its change set, playbook and outputs."""
+    return runs.attempt_dir(run_id, attempt)
+
+
+def changeset_file(run_id: str, attempt: int) -> Path:
+    """Where the whole change set of an attempt is kept (artifacts show it cut)."""
+    return attempt_dir(run_id, attempt) / "changeset.json"
 
 
 @task(name="prepare sandbox", persist_result=True, cache_policy=RESUMABLE)
@@ -76,7 +89,8 @@ def prepare_sandbox(run_id: str, image: str, ttl_minutes: int) -> sandboxes.Sand
         settings=settings,
     )
     try:
-        checkpoints.create(box.id, BEFORE, settings)
+        # Nothing but fluid has run in it yet: its hashes may feed the image's hash index.
+        checkpoints.create(box.id, BEFORE, settings, trusted=True)
     except BaseException:
         sandboxes.destroy(box.id, settings)
         raise
@@ -125,23 +139,36 @@ def run_agent(
 
 
 def _cell(text: str) -> str:
-    return text[:150].replace("|", "\\|").replace("\n", " ")
+    cut = len(text) - AUDIT_SUMMARY
+    return md_text(text[:AUDIT_SUMMARY]) + (f" *… {cut} more characters*" if cut > 0 else "")
 
 
 def _publish_audit(run_id: str, sandbox_id: str, when: str) -> None:
     """The run's audit records so far and the chain's head hash, as an artifact."""
     records = [r for r in audit.entries(run_id) if r.sandbox_id in (None, sandbox_id)]
     head = audit.head()
+    earlier = len(records) - AUDIT_RECORDS
     lines = [
-        f"# Audit trail ({when})",
+        f"# Audit trail ({md_text(when)})",
         "",
-        f"Chain head: `{head}` — check it later with `fluid audit verify --head {head}`.",
+        f"Chain head: {md_code(str(head))} — check it later with "
+        f"{md_code(f'fluid audit verify --head {head}')}.",
         "",
+        *(
+            [
+                f"*{earlier} earlier records not shown; all of them: "
+                f"{md_code(f'fluid audit {run_id}')}.*",
+                "",
+            ]
+            if earlier > 0
+            else []
+        ),
         "| # | time | kind | actor | what |",
         "|---|---|---|---|---|",
         *(
-            f"| {r.seq} | {r.at:%H:%M:%S} | {r.kind} | {r.actor} | {_cell(r.summary)} |"
-            for r in records[-200:]
+            f"| {r.seq} | {r.at:%H:%M:%S} | {md_text(r.kind)} | {md_text(r.actor)} | "
+            f"{_cell(r.summary)} |"
+            for r in records[-AUDIT_RECORDS:]
         ),
     ]
     create_markdown_artifact(
@@ -158,27 +185,44 @@ def diff_attempt(run_id: str, sandbox_id: str, attempt: int) -> ChangeSet:
     before = captures.load(sandbox_id, BEFORE, settings)
     after = captures.load(sandbox_id, f"after-{attempt}", settings)
     cs = compare(before, after, settings=settings)
+    # The whole change set, for every view that shows it cut.
+    whole = write_private(changeset_file(run_id, attempt), cs.model_dump_json(indent=2).encode())
     create_markdown_artifact(
-        markdown=markdown(cs),
+        markdown=markdown(cs, whole=str(whole)),
         key="agent-change",
         description=f"What the agent changed (attempt {attempt})",
     )
-    get_run_logger().info("%d change(s)", len(cs.changes))
+    get_run_logger().info("%d change(s); the whole change set is in %s", len(cs.changes), whole)
     return cs
 
 
 def _playbook_markdown(directory: Path, dig: str, attempt: int) -> str:
-    lines = [f"# Playbook (attempt {attempt})", "", f"Digest: `{dig}`", ""]
+    lines = [
+        f"# Playbook (attempt {attempt})",
+        "",
+        f"Digest: {md_code(dig)}",
+        "",
+        f"The reviewed copy (read-only, applied as it is): {md_code(str(directory))}",
+        "",
+    ]
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         rel = path.relative_to(directory).as_posix()
         if rel in ("DIGEST", "changeset.json"):
             continue
         data = path.read_bytes()
+        heading = f"## {md_text(rel)}"
         if len(data) > ARTIFACT_FILE_LIMIT or b"\0" in data:
-            lines += [f"## {rel}", "", f"({len(data)} bytes, not shown)", ""]
+            what = "binary" if b"\0" in data else "over 20 KB"
+            lines += [
+                heading,
+                "",
+                f"*{len(data)} bytes ({what}), not shown; the whole file is in "
+                f"{md_code(str(path))}.*",
+                "",
+            ]
             continue
         lang = "yaml" if rel.endswith((".yml", ".yaml")) else ""
-        lines += [f"## {rel}", "", f"```{lang}", data.decode(errors="replace").rstrip(), "```", ""]
+        lines += [heading, "", md_block(data.decode(errors="replace").rstrip(), lang), ""]
     return "\n".join(lines)
 
 
@@ -188,20 +232,25 @@ def _playbook_markdown(directory: Path, dig: str, attempt: int) -> str:
     persist_result=True,
     cache_policy=RESUMABLE,
 )
-def export_attempt(run_id: str, changeset: ChangeSet, attempt: int) -> Path:
-    """The change as an Ansible playbook directory of this run; the playbook as an artifact."""
-    out = attempt_dir(run_id, attempt) / "playbook"
-    if out.exists():  # a half-written export from a crashed earlier try of this task
-        shutil.rmtree(out)
-    path = export(changeset, out, get_settings())
-    dig = (path / "DIGEST").read_text().strip()
+def export_attempt(run_id: str, changeset: ChangeSet, attempt: int) -> SealedPlaybook:
+    """The change as an Ansible playbook of this run, sealed: a read-only copy whose digest is
+    stored before anyone sees it. That copy is what is proven, previewed, shown and applied."""
+    folder = attempt_dir(run_id, attempt)
+    work, sealed = folder / "export", folder / "playbook"
+    # Left by a crashed earlier try of this task; a cache miss exports and seals again.
+    runs.unseal(work)
+    try:
+        dig = runs.seal(export(changeset, work, get_settings()), sealed)
+    finally:
+        runs.unseal(work)
+    runs.propose(run_id, dig)
     create_markdown_artifact(
-        markdown=_playbook_markdown(path, dig, attempt),
+        markdown=_playbook_markdown(sealed, dig, attempt),
         key="agent-playbook",
         description=f"The playbook that would be applied (attempt {attempt})",
     )
-    get_run_logger().info("playbook %s, digest %s", path, dig)
-    return path
+    get_run_logger().info("playbook %s (read-only), digest %s", sealed, dig)
+    return SealedPlaybook(path=str(sealed), digest=dig)
 
 
 @task(
@@ -220,8 +269,12 @@ def prove_playbook(run_id: str, playbook_dir: Path, attempt: int) -> Verificatio
         progress=logger.info,
     )
     (logger.info if report.passed else logger.warning)(report.summary())
+    whole = write_private(
+        attempt_dir(run_id, attempt) / "verification.json",
+        report.model_dump_json(indent=2).encode(),
+    )
     create_markdown_artifact(
-        markdown=verification_markdown(report),
+        markdown=verification_markdown(report, whole=str(whole)),
         key="agent-verification",
         description=f"Replay of the playbook on a fresh sandbox (attempt {attempt})",
     )
@@ -242,12 +295,31 @@ def _hosts_table(run: PlaybookRun) -> list[dict[str, object]]:
     ]
 
 
-def _run_on_production(production: str, playbook_dir: Path, *, check: bool) -> PlaybookRun:
+def _run_on_production(
+    production: str, playbook_dir: Path, *, check: bool, output_file: Path
+) -> PlaybookRun:
     target = ProductionTarget.load(production)
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="fluid-prod-") as tmp:
         hosts = target.ansible_hosts(Path(tmp), settings)
-        return run_playbook(Path(playbook_dir), hosts, check=check, diff=check)
+        return run_playbook(
+            Path(playbook_dir), hosts, check=check, diff=check, output_file=output_file
+        )
+
+
+def _output_tail(run: PlaybookRun, output_file: Path, limit: int) -> list[str]:
+    """The end of a playbook run's output as Markdown, saying how much is cut and where the
+    whole output is."""
+    tail = run.output_tail[-limit:]
+    cut = max(run.output_chars, len(run.output_tail)) - len(tail)
+    lines = [md_block(tail)]
+    if cut > 0:
+        lines += [
+            "",
+            f"*The first {cut} characters of the output are not shown; the whole output is in "
+            f"{md_code(str(output_file))}.*",
+        ]
+    return lines
 
 
 @task(
@@ -265,12 +337,14 @@ def preview_on_production(
     not installed yet fails here; the reviewer sees it, and the run goes on.
     """
     logger = get_run_logger()
+    output = attempt_dir(run_id, attempt) / "preview-output.txt"
+    title = f"# Check-mode preview on {md_text(production)}"
     try:
-        run = _run_on_production(production, playbook_dir, check=True)
+        run = _run_on_production(production, playbook_dir, check=True, output_file=output)
     except Exception as e:  # the preview informs; it does not decide
         logger.warning("check-mode preview failed: %s", e)
         create_markdown_artifact(
-            markdown=f"# Check-mode preview on {production}\n\nCould not run: `{e}`",
+            markdown=f"{title}\n\nCould not run: {md_code(str(e))}",
             key="agent-preview",
             description="ansible-playbook --check --diff against production",
         )
@@ -281,18 +355,17 @@ def preview_on_production(
         else "with errors (expected for tasks that depend on earlier changes)"
     )
     md = [
-        f"# Check-mode preview on {production}: {verdict}",
+        f"{title}: {verdict}",
         "",
         "| host | ok | changed | failed | unreachable |",
         "|---|---|---|---|---|",
         *(
-            f"| {r['host']} | {r['ok']} | {r['changed']} | {r['failed']} | {r['unreachable']} |"
+            f"| {md_text(str(r['host']))} | {r['ok']} | {r['changed']} | {r['failed']} | "
+            f"{r['unreachable']} |"
             for r in _hosts_table(run)
         ),
         "",
-        "```",
-        run.output_tail[-5000:],
-        "```",
+        *_output_tail(run, output, PREVIEW_TAIL),
     ]
     create_markdown_artifact(
         markdown="\n".join(md),
@@ -305,18 +378,15 @@ def preview_on_production(
 
 @task(name="apply to production", persist_result=True, cache_policy=RESUMABLE)
 def apply_to_production(
-    run_id: str, playbook_dir: Path, approved_digest: str, production: str
+    run_id: str, attempt: int, playbook_dir: Path, approved_digest: str, production: str
 ) -> PlaybookRun:
-    """Apply the approved playbook, after checking it is byte for byte what was approved."""
+    """Apply the sealed playbook of `attempt`, after checking once more that it is byte for
+    byte what was shown and approved (PlaybookChanged otherwise: nothing applied)."""
     logger = get_run_logger()
-    actual = digest(Path(playbook_dir))
-    if actual != approved_digest:
-        raise PlaybookChanged(
-            f"the playbook in {playbook_dir} changed after approval (approved digest "
-            f"{approved_digest}, now {actual}); nothing was applied"
-        )
+    actual = runs.check_approval(run_id, approved_digest, Path(playbook_dir))
     logger.info("digest %s matches the approval; applying to %s", actual, production)
-    run = _run_on_production(production, playbook_dir, check=False)
+    output = attempt_dir(run_id, attempt) / "apply-output.txt"
+    run = _run_on_production(production, playbook_dir, check=False, output_file=output)
     rows = _hosts_table(run)
     create_table_artifact(
         table=rows,
@@ -324,7 +394,11 @@ def apply_to_production(
         description=f"Applied to {production}: {'succeeded' if run.succeeded else 'FAILED'}",
     )
     (logger.info if run.succeeded else logger.error)(
-        "apply on %s %s:\n%s", production, run.status, run.output_tail[-3000:]
+        "apply on %s %s (the whole output is in %s); it ends:\n%s",
+        production,
+        run.status,
+        output,
+        run.output_tail[-3000:],
     )
     return run
 

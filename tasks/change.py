@@ -11,12 +11,16 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from infra.escaping import md_block, md_code, md_text
 from infra.settings import FluidSettings
 from infra.state import capture as captures
 from infra.state.base import Capture, ChangeSet
 from infra.state.diff import compare, markdown
 from infra.state.export import export
 from infra.verification import VerificationReport, verify
+
+# The end of a failed replay's error shown in the verification artifact.
+ERROR_TAIL = 3000
 
 
 @task(
@@ -86,17 +90,28 @@ def verify_playbook(
     return report
 
 
-def verification_markdown(report: VerificationReport) -> str:
-    """A replay's verdict, its step timings and any residual difference, as Markdown."""
+def verification_markdown(report: VerificationReport, whole: str | None = None) -> str:
+    """A replay's verdict, its step timings and any residual difference, as Markdown; `whole`
+    says where the whole report is (a file), for the error shown cut."""
     lines = [
-        f"# Verification: {report.summary()}",
+        f"# Verification: {md_text(report.summary())}",
         "",
         "| step | seconds |",
         "|---|---|",
-        *(f"| {k} | {v:.1f} |" for k, v in report.timings.items()),
+        *(f"| {md_text(k)} | {v:.1f} |" for k, v in report.timings.items()),
     ]
+    # The whole report: the file named, else what `fluid verify DIR --json` prints.
+    where = whole or "fluid verify DIR --json"
     if report.residual:
-        lines += ["", "Residual difference:", "", markdown(ChangeSet(changes=report.residual))]
+        residual = ChangeSet(changes=report.residual)
+        lines += ["", "Residual difference:", "", markdown(residual, whole=where)]
     if report.error:
-        lines += ["", "```", report.error[-3000:], "```"]
+        tail = report.error[-ERROR_TAIL:]
+        lines += ["", md_block(tail)]
+        if len(report.error) > len(tail):
+            lines += [
+                "",
+                f"*The first {len(report.error) - len(tail)} characters of the error are not "
+                f"shown; the whole report is in {md_code(where)}.*",
+            ]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Drive the Prefect UI that ships with the server in headless Debian Chromium, for tests.
 
-Only what tests need: log in through the UI's own password page, read a run's artifacts and
-approve a paused run through its Resume form. Works with both bundled UIs of Prefect 3.9:
+Only what tests need: log in through the UI's own password page, read a run's artifacts, read a
+paused run's Resume form and approve it through that form. Works with both bundled UIs of
+Prefect 3.9:
 
 * v1, the older Vue UI, served at `/`. `/runs/flow-run/<id>` (the link Prefect logs) is served
   by v1 whatever the default UI setting is; only `/` redirects to the default.
@@ -16,10 +17,16 @@ Typical use::
     with prefect_ui.browser(tmp_path / "shots") as page:
         prefect_ui.login(page, base_url, "secret")
         assert "Change summary" in prefect_ui.read_artifacts_text(page, base_url, run_id)
+        form = prefect_ui.read_resume_form(page, base_url, run_id, ui="v2")
+        assert form.values["Digest"] == digest  # a field the form fills in
         result = prefect_ui.approve_paused_run(
-            page, base_url, run_id, {"decision": "approve", "approver": "alice"}, shots,
+            page, base_url, run_id,
+            {"decision": "approve", "digest": digest, "approver": "alice"}, shots,
             expect_description=["Change summary"],
         )
+
+A text field that already holds the value asked for is left as it is (confirmed): both UIs
+fill in a `const` field such as the digest an approval names, and v1 lets no one change it.
 
 The server must tell the UI its real API address: `prefect server start --port N` does not,
 so start it with `PREFECT_UI_API_URL=http://127.0.0.1:N/api` (`login` checks this).
@@ -426,53 +433,11 @@ def approve_paused_run(
         clock = now
 
     def shot(label: str) -> None:
-        taken.append(_screenshot(page, shots, f"{ui}-{label}"))
+        taken.append(_screenshot(page, shots, f"{ui_of(page)}-{label}"))
 
-    ui = open_run_page(
-        page, base_url, flow_run_id, ui=ui, screenshots_dir=shots, timeout_s=timeout_s
+    ui, dialog, description_text, dialog_text = _resume_dialog(
+        page, base_url, flow_run_id, ui, expect_description, shots, timeout_s, step, shot
     )
-    badge = _state_badge(page, ui)
-    _wait_until(
-        page,
-        lambda: badge.count() > 0 and badge.inner_text().strip() == "Paused",
-        f"flow run {flow_run_id} to show as Paused",
-        shots,
-        timeout_s,
-    )
-    step("open run page")
-    shot("run-page")
-
-    dialog = _open_resume_dialog(page, ui, shots, timeout_s)
-    description = (
-        dialog.locator(".p-modal__body > article.markdown-renderer")
-        if ui == "v1"
-        else dialog.locator(".prose")
-    ).first
-    expected = [_norm(s) for s in expect_description]
-    seen: list[tuple[str, str]] = []
-
-    def settled() -> bool:
-        # The Markdown and the form render separately (code blocks last): wait for the
-        # expected strings, then for three equal reads in a row.
-        text = description.inner_text().strip() if description.count() else ""
-        seen.append((text, dialog.inner_text()))
-        if any(e not in _norm(seen[-1][1]) for e in expected):
-            return False
-        return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
-
-    if not _wait_until(page, settled, "the dialog", shots, timeout_s, fail=False):
-        dialog_text = seen[-1][1] if seen else ""
-        missing = [e for e in expected if e not in _norm(dialog_text)]
-        raise _failure(
-            page,
-            shots,
-            f"not in the Resume dialog after {timeout_s:g} s: {missing!r}; it shows:\n"
-            f"{dialog_text}",
-            "description-missing",
-        )
-    description_text, dialog_text = seen[-1]
-    step("open resume dialog")
-    shot("resume-dialog")
 
     for name, value in fields.items():
         _set_field(page, dialog, ui, name, value, shots, timeout_s)
@@ -531,6 +496,117 @@ def approve_paused_run(
     return ApprovalResult(ui, description_text, dialog_text, final_state, taken, timings, resubmits)
 
 
+@dataclass
+class ResumeForm:
+    ui: Literal["v1", "v2"]
+    description_text: str  # the Markdown description as rendered above the form
+    dialog_text: str
+    values: dict[str, str]  # each field's label (without "(Optional)") and what it holds
+    description_html: str  # the rendered description's HTML, to check what elements it made
+
+
+@_explained
+def read_resume_form(
+    page: Page,
+    base_url: str,
+    flow_run_id: str,
+    screenshots_dir: Path | None = None,
+    *,
+    ui: UI = "auto",
+    expect_description: Iterable[str] = (),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> ResumeForm:
+    """Open the paused run's Resume dialog, read its description and fields, and close it
+    without submitting. Text and select fields report their text; switches "true"/"false"."""
+    shots = _shots_dir(page, screenshots_dir)
+
+    def shot(label: str) -> None:
+        _screenshot(page, shots, f"{ui_of(page)}-{label}")
+
+    got, dialog, description_text, dialog_text = _resume_dialog(
+        page, base_url, flow_run_id, ui, expect_description, shots, timeout_s, lambda _: None, shot
+    )
+    labels = (
+        dialog.locator(".schema-form-property__label") if got == "v1" else dialog.locator("label")
+    )
+    values = {}
+    for text in labels.all_inner_texts():
+        name = re.sub(r"\s*\(Optional\)\s*$", "", text.strip())
+        control = _control(page, dialog, got, name, shots, timeout_s)
+        values[name] = control.evaluate(
+            """e => e.getAttribute('role') === 'switch' ? String(e.getAttribute('aria-checked'))
+                 : ('value' in e && e.tagName !== 'BUTTON') ? e.value : e.innerText.trim()"""
+        )
+    html = _description(dialog, got).inner_html()
+    dialog.get_by_role("button", name="Close" if got == "v1" else "Cancel", exact=True).click()
+    _wait_until(page, lambda: not dialog.is_visible(), "the dialog to close", shots, timeout_s)
+    return ResumeForm(got, description_text, dialog_text, values, html)
+
+
+def _description(dialog: Locator, ui: str) -> Locator:
+    return (
+        dialog.locator(".p-modal__body > article.markdown-renderer")
+        if ui == "v1"
+        else dialog.locator(".prose")
+    ).first
+
+
+def _resume_dialog(
+    page: Page,
+    base_url: str,
+    flow_run_id: str,
+    ui: UI,
+    expect_description: Iterable[str],
+    shots: Path,
+    timeout_s: float,
+    step: Callable[[str], None],
+    shot: Callable[[str], None],
+) -> tuple[Literal["v1", "v2"], Locator, str, str]:
+    """Open the paused run's page and its Resume dialog; wait until the dialog shows every
+    string of `expect_description` and has settled. (ui, dialog, description, dialog text)."""
+    got = open_run_page(
+        page, base_url, flow_run_id, ui=ui, screenshots_dir=shots, timeout_s=timeout_s
+    )
+    badge = _state_badge(page, got)
+    _wait_until(
+        page,
+        lambda: badge.count() > 0 and badge.inner_text().strip() == "Paused",
+        f"flow run {flow_run_id} to show as Paused",
+        shots,
+        timeout_s,
+    )
+    step("open run page")
+    shot("run-page")
+
+    dialog = _open_resume_dialog(page, got, shots, timeout_s)
+    description = _description(dialog, got)
+    expected = [_norm(s) for s in expect_description]
+    seen: list[tuple[str, str]] = []
+
+    def settled() -> bool:
+        # The Markdown and the form render separately (code blocks last): wait for the
+        # expected strings, then for three equal reads in a row.
+        text = description.inner_text().strip() if description.count() else ""
+        seen.append((text, dialog.inner_text()))
+        if any(e not in _norm(seen[-1][1]) for e in expected):
+            return False
+        return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+    if not _wait_until(page, settled, "the dialog", shots, timeout_s, fail=False):
+        dialog_text = seen[-1][1] if seen else ""
+        missing = [e for e in expected if e not in _norm(dialog_text)]
+        raise _failure(
+            page,
+            shots,
+            f"not in the Resume dialog after {timeout_s:g} s: {missing!r}; it shows:\n"
+            f"{dialog_text}",
+            "description-missing",
+        )
+    step("open resume dialog")
+    shot("resume-dialog")
+    return got, dialog, seen[-1][0], seen[-1][1]
+
+
 def _open_resume_dialog(page: Page, ui: str, shots: Path, timeout_s: float) -> Locator:
     if ui == "v1":
         button = page.get_by_role("button", name="Resume", exact=True)
@@ -552,15 +628,10 @@ def _open_resume_dialog(page: Page, ui: str, shots: Path, timeout_s: float) -> L
     return dialog
 
 
-def _set_field(
-    page: Page,
-    dialog: Locator,
-    ui: str,
-    name: str,
-    value: FieldValue,
-    shots: Path,
-    timeout_s: float,
-) -> None:
+def _control(
+    page: Page, dialog: Locator, ui: str, name: str, shots: Path, timeout_s: float
+) -> Locator:
+    """The input of the form field `name` (its RunInput field name or its title)."""
     title = name if (" " in name or name != name.lower()) else name.replace("_", " ")
     label_re = re.compile(rf"^\s*{re.escape(title)}(\s*\(Optional\))?\s*$", re.IGNORECASE)
     labels = (
@@ -585,6 +656,19 @@ def _set_field(
         control = row.locator("[role=switch], .p-select-button__control, textarea, input").first
     else:
         control = dialog.locator(f"[id='{label.first.get_attribute('for')}']")
+    return control
+
+
+def _set_field(
+    page: Page,
+    dialog: Locator,
+    ui: str,
+    name: str,
+    value: FieldValue,
+    shots: Path,
+    timeout_s: float,
+) -> None:
+    control = _control(page, dialog, ui, name, shots, timeout_s)
     kind = control.evaluate(
         """e => e.getAttribute('role') === 'switch' ? 'switch'
              : (e.getAttribute('aria-haspopup') === 'listbox'
@@ -630,6 +714,10 @@ def _set_field(
             shots,
             timeout_s,
         )
+    elif control.input_value() == str(value):
+        # Already holds it: a prefilled field, or one the form shows but does not let anyone
+        # change (v1 greys out a `const`, such as the digest an approval names). Confirmed.
+        pass
     else:
         text = str(value)
         control.click()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,7 +170,21 @@ def _reject_then_approve(proc: subprocess.Popen, production: str, settings: Flui
         wait_waiting(run_id, attempt=2)
         assert on_production(production, "test -e /srv/reviewed").returncode == 1
 
-        fluid("approve", run_id, "--comment", "looks right", "--approver", "alice")
+        # `fluid approve` shows the attempt, the change and its digest; with no terminal to
+        # confirm on it sends nothing until given the digest it showed.
+        approve = [FLUID, "approve", run_id, "--comment", "looks right", "--approver", "alice"]
+        shown = subprocess.run(
+            approve,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=300,
+        )
+        assert shown.returncode == 1 and b"pass --digest" in shown.stderr, shown.stderr
+        assert b"waits for approval of attempt 2" in shown.stdout, shown.stdout
+        assert b"/srv/reviewed/hello.txt" in shown.stdout
+        digest = re.search(rb"^digest: ([0-9a-f]{64})$", shown.stdout, re.M)
+        assert digest is not None, shown.stdout
+        fluid(*approve[1:], "--digest", digest.group(1).decode())
         rest, _ = proc.communicate(timeout=900)
         output.append(rest)
     finally:
@@ -269,19 +284,23 @@ EOF
     state = read_run(fr.id).state
     assert state is not None and state.is_paused()
 
-    # Someone edits the reviewed playbook, then the reviewer approves what they saw.
+    # Someone edits the reviewed playbook (sealed read-only, which stops no root), then the
+    # reviewer approves what they saw.
     rec = runs.get(str(fr.id))
     assert rec is not None and rec.digest
     playbook = settings.runs_dir / str(fr.id) / "attempt-1" / "playbook"
     tasks_file = playbook / "roles" / "fluid_change" / "tasks" / "main.yml"
+    assert (tasks_file.stat().st_mode & 0o777) == 0o400
     tasks_file.write_text(
         tasks_file.read_text()
         + "- name: sneaky\n  ansible.builtin.copy:\n    dest: /srv/tamper/sneaky\n    content: x\n"
     )
-    resume_flow_run(fr.id, run_input={"decision": "approve", "approver": "carol"})
+    resume_flow_run(
+        fr.id, run_input={"decision": "approve", "digest": rec.digest, "approver": "carol"}
+    )
     final = wait_final(fr.id)
     assert final.state is not None and final.state.is_failed()
-    assert "changed after approval" in (final.state.message or "")
+    assert "changed after it was shown for approval" in (final.state.message or "")
     assert on_production(production, "test -e /srv/tamper").returncode == 1
     decided = runs.decisions(str(fr.id))
     assert [(d.outcome, d.approver) for d in decided] == [("refused", "carol")]
@@ -458,6 +477,8 @@ def test_a_reviewer_approves_in_the_prefect_ui(
         run_id = wait_for(paused_run, 900, "the run to wait for approval")
         sid = sandbox_of(run_id)
         assert on_production(production, "test -e /srv/hello-web").returncode == 1
+        rec = runs.get(run_id)
+        assert rec is not None and rec.digest
 
         with prefect_ui.browser(shots) as page:
             prefect_ui.login(
@@ -470,11 +491,29 @@ def test_a_reviewer_approves_in_the_prefect_ui(
                 shots,
                 expect=["/etc/systemd/system/hello-web.service", "Check-mode preview", "tree"],
             )
+            # Both bundled UIs show the form naming this playbook's digest, filled in.
+            for ui in ("v2", "v1"):
+                form = prefect_ui.read_resume_form(
+                    page,
+                    prefect_stack.ui_url,
+                    run_id,
+                    shots,
+                    ui=ui,
+                    expect_description=["Approve this change", rec.digest],
+                )
+                assert form.values["Digest"] == rec.digest, (ui, form.values)
+                assert form.values["Decision"] == "reject", (ui, form.values)
+            # The reviewer confirms the digest the form names (a field no one can change).
             result = prefect_ui.approve_paused_run(
                 page,
                 prefect_stack.ui_url,
                 run_id,
-                {"decision": "approve", "approver": "dana", "comment": "approved in the UI"},
+                {
+                    "decision": "approve",
+                    "digest": rec.digest,
+                    "approver": "dana",
+                    "comment": "approved in the UI",
+                },
                 shots,
                 expect_description=["Approve this change", "Playbook digest"],
             )
@@ -498,8 +537,7 @@ def test_a_reviewer_approves_in_the_prefect_ui(
     # The check-mode preview ran into the service that only the earlier tasks would create,
     # and the run went on.
     assert "with errors" in artifacts
-    rec = runs.get(run_id)
-    assert rec is not None and rec.digest and rec.digest in result.description_text
+    assert rec.digest in result.description_text
     page_body = on_production(
         production,
         "python3 -c 'import urllib.request as u; "
