@@ -3,7 +3,9 @@
 Started on demand by `fluid run` (and `make demo`) when PREFECT_API_URL is not set, and left
 running so the UI stays open and suspended runs can be resumed. The API requires an
 authentication string that only fluid knows (a 0600 file under FLUID_HOME): nothing inside a
-sandbox can reach or authenticate to it, so an agent cannot approve its own change.
+sandbox can reach or authenticate to it, so an agent cannot approve its own change. The
+server's home (FLUID_HOME/prefect: its database, results, logs) is root's alone (0700), and
+the server makes its files 0600 (umask 077).
 
 This module starts processes and speaks HTTP; it does not import Prefect.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 
 from infra.errors import FluidError
+from infra.permissions import PRIVATE_FILE, private_dir, write_private
 from infra.settings import FluidSettings, get_settings
 
 Progress = Callable[[str], None]
@@ -64,9 +67,8 @@ def _quiet(_msg: str) -> None:
 def auth_string(settings: FluidSettings | None = None) -> SecretStr:
     """The local API's authentication string, made (0600) on first use."""
     settings = settings or get_settings()
-    path = settings.prefect_dir / "auth-string"
+    path = private_dir(settings.prefect_dir) / "auth-string"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The UI's login asks for this string as its password: one token, easy to paste.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -135,9 +137,11 @@ def _pid_alive(pid_file: Path) -> int | None:
     return pid if _running(pid) else None
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path, pid_file: Path) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+def _spawn(argv: list[str], env: dict[str, str], log: Path, pid_file: Path, umask: int = -1) -> int:
+    private_dir(log.parent)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # an older install's log may be open to others
+    with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
             argv,
             env=env,
@@ -148,8 +152,9 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path, pid_file: Path) -> i
             # Its own session: it outlives the `fluid run` that started it, and Ctrl-C there
             # does not reach it.
             start_new_session=True,
+            umask=umask,
         )
-    pid_file.write_text(str(proc.pid))
+    write_private(pid_file, str(proc.pid).encode())
     return proc.pid
 
 
@@ -213,6 +218,8 @@ def start_server(settings: FluidSettings, say: Progress = _quiet) -> ControlPlan
         env,
         d / "server.log",
         d / "server.pid",
+        # Only the server: the worker's flow runs build images, whose files need their modes.
+        umask=0o077,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -243,7 +250,7 @@ def deploy(settings: FluidSettings, say: Progress = _quiet, force: bool = False)
     except ControlPlaneError:
         _prefect_cli(["work-pool", "create", settings.work_pool, "--type", "process"], cp, settings)
     _prefect_cli(["--no-prompt", "deploy", "--all"], cp, settings)
-    stamp.write_text(_deployments_digest())
+    write_private(stamp, _deployments_digest().encode())
 
 
 def start_worker(settings: FluidSettings, say: Progress = _quiet) -> int:

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from infra.errors import ImageBuildError, ImageInUse, ImageNotFound
 from infra.names import validate_name
+from infra.permissions import private_dir, qemu_dir
 from infra.settings import FluidSettings, get_settings
 
 Progress = Callable[[str], None]
@@ -145,7 +146,7 @@ def resolve(
 
 @contextmanager
 def _build_lock(settings: FluidSettings) -> Iterator[None]:
-    settings.images_dir.mkdir(parents=True, exist_ok=True)
+    qemu_dir(settings.images_dir, settings.storage_dir)
     with (settings.images_dir / ".lock").open("w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
@@ -252,11 +253,8 @@ def _remove_work_tree(work: Path) -> None:
 
 
 def _ensure(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    d.chmod(0o755)
-    for parent in (d.parent, d.parent.parent):
-        parent.chmod(parent.stat().st_mode | 0o055)
-    return d
+    # <storage>/images/<name>: QEMU opens the disks, kernels and initrds in it by path.
+    return qemu_dir(d, d.parent.parent)
 
 
 def _build_into(
@@ -264,8 +262,8 @@ def _build_into(
 ) -> ImageManifest:
     start = time.monotonic()
     rootfs = work / "rootfs"
-    cache = settings.cache_dir / "debootstrap"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = private_dir(settings.cache_dir) / "debootstrap"
+    cache.mkdir(exist_ok=True)
     say(f"[1/4] debootstrap {settings.suite} into {rootfs} (about a minute)")
     _run(
         [

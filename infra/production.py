@@ -37,6 +37,7 @@ from infra.errors import (
 )
 from infra.libvirt_host import connect, domain_type, lookup, remove_domain
 from infra.names import validate_name
+from infra.permissions import qemu_dir
 from infra.settings import FluidSettings, get_settings
 from infra.ssh_ca import CertificateAuthority
 from infra.store import ProductionRecord
@@ -180,10 +181,10 @@ def create(
             say(f"no {image_name} image yet: building it first")
             images.build(image_name, progress=say, settings=settings)
         manifest = images.resolve(image_name, image_version, settings)
-        firewall.ensure_guard()
+        firewall.ensure_guard(settings)
         ca = sandboxes.authority(settings)
         paths = _paths(name, settings)
-        storage_dir(settings).mkdir(parents=True, exist_ok=True)
+        qemu_dir(storage_dir(settings), settings.storage_dir)
         rec = ProductionRecord(
             name=name,
             domain_name=domain_name(name),
@@ -287,6 +288,8 @@ def _provision(
                 raise DiskError(f"cannot copy {source} to {target}: {e}") from e
     if manifest.cloud_init:
         sandboxes._seed_iso(instance_id(rec.name), ca, paths.seed)
+    # Copying the disk takes a while: the guard is checked again right before QEMU starts.
+    firewall.ensure_guard(settings)
     try:
         dom.create()
     except libvirt.libvirtError as e:
@@ -407,7 +410,7 @@ def start(
             )
         if not dom.isActive():
             # After a host reboot the nftables guard is gone as well.
-            firewall.ensure_guard()
+            firewall.ensure_guard(settings)
             try:
                 dom.create()
             except libvirt.libvirtError as e:

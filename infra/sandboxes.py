@@ -30,6 +30,7 @@ from infra.errors import (
 from infra.libvirt_host import connect, domain_type, lookup, remove_domain
 from infra.names import validate_name
 from infra.owners import Owner
+from infra.permissions import private_dir, qemu_dir
 from infra.settings import FluidSettings, get_settings
 from infra.ssh_ca import CertificateAuthority, authority
 from infra.store import CheckpointRecord, CommandRecord, SandboxRecord
@@ -232,7 +233,8 @@ def create(
             say(f"no {image_name} image yet: building it first")
             images.build(image_name, progress=say, settings=settings)
         manifest = images.resolve(image_name, image_version, settings)
-        firewall.ensure_guard()
+        # Before a spare is handed over too: it runs already, and the guard may have gone.
+        firewall.ensure_guard(settings)
         ca = authority(settings)
         refill = not spare and spares.wanted(settings) > 0
         if refill and name is None and base_disk is None and parent is None:
@@ -251,8 +253,11 @@ def create(
                 say(f"sandbox {taken.id}: taken from the spares (started ahead, warm)")
                 spares.refill_in_background(settings)
                 return _view(taken, lookup(conn, taken.domain_name))
-        for d in (settings.disks_dir, settings.logs_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        # QEMU opens images and disks by path: its group may enter these, nobody else
+        # (guests' disks and console logs); the build cache is root's alone.
+        for d in (settings.images_dir, settings.disks_dir, settings.logs_dir):
+            qemu_dir(d, settings.storage_dir)
+        private_dir(settings.cache_dir)
         now = datetime.now(UTC)
         disk = settings.disks_dir / f"{sandbox_id}.qcow2"
         console = settings.logs_dir / f"{sandbox_id}.console.log"
@@ -424,6 +429,7 @@ def _cold_boot(
         seed_iso=seed,
     )
     dom = conn.defineXML(domains.render(spec))
+    firewall.ensure_guard(settings)
     try:
         dom.create()
     except libvirt.libvirtError as e:
@@ -620,6 +626,7 @@ def start(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
         if dom is None:
             raise SandboxNotFound(f"sandbox {sandbox_id} has no VM; destroy it and create anew")
         if not dom.isActive():
+            firewall.ensure_guard(settings)
             dom.create()
             wait_ready(rec, dom, settings)
         return _view(rec, dom)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +31,11 @@ class FluidSettings(BaseSettings):
     vcpus: int = Field(default=1, ge=1)
     tb_cache_mib: int = Field(default=128, ge=32, description="TCG translation cache per VM.")
     network: Literal["nat", "isolated"] = "nat"
+    egress_allow: str = Field(
+        default="",
+        description="CIDRs (comma-separated) a nat sandbox may reach although they are private "
+        "or link-local, e.g. an internal package mirror; see infra/firewall.py.",
+    )
     image: str = "debian-12"
     warm_slots: int = Field(
         default=4,
@@ -53,6 +59,20 @@ class FluidSettings(BaseSettings):
     cert_ttl_minutes: int = Field(default=5, ge=1, le=10)
     sandbox_ttl_minutes: int = Field(default=120, ge=1)
     ready_timeout_s: float = Field(default=180.0, gt=0)
+    # Everything a capture brings back is written by the guest: each is a cap, and a capture
+    # past one is refused whole (never cut), so a hostile guest cannot exhaust the host.
+    capture_max_bytes: int = Field(
+        default=256 << 20, ge=1 << 20, description="Largest output one capture may send."
+    )
+    capture_max_entries: int = Field(
+        default=1_000_000, ge=1000, description="Most entries (files, lines) one capture may list."
+    )
+    capture_max_content: int = Field(
+        default=4 << 20, ge=0, description="Largest file whose content a capture keeps (bytes)."
+    )
+    hash_index_max_entries: int = Field(
+        default=500_000, ge=0, description="Most entries the per-image hash index keeps."
+    )
     ansible_strategy: Literal["mitogen", "linear"] = Field(
         default="mitogen",
         description="mitogen keeps one Python per host for a whole playbook run (several times "
@@ -65,6 +85,21 @@ class FluidSettings(BaseSettings):
         default=4200, description="Port of the local Prefect server fluid starts on 127.0.0.1."
     )
     work_pool: str = Field(default="fluid", description="The process work pool fluid deploys to.")
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        nets = []
+        for word in value.replace(",", " ").split():
+            try:
+                nets.append(str(ipaddress.ip_network(word, strict=False)))
+            except ValueError as e:
+                raise ValueError(f"FLUID_EGRESS_ALLOW: {word!r} is not a CIDR ({e})") from e
+        return ",".join(nets)
+
+    def egress_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """FLUID_EGRESS_ALLOW as networks."""
+        return [ipaddress.ip_network(w) for w in self.egress_allow.split(",") if w]
 
     @property
     def db_url(self) -> str:

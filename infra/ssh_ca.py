@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ConfigDict
 
 from infra.errors import CAKeyPermissions, InvalidCertificateTTL
+from infra.permissions import private_dir
 from infra.settings import FluidSettings, get_settings
 
 MIN_TTL = timedelta(minutes=1)
@@ -45,12 +46,11 @@ class SessionCredentials(BaseModel):
         return key
 
     def write_files(self, directory: Path) -> Path:
-        """Write `id` (0600) and `id-cert.pub` into directory and return the key path."""
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Write `id` and `id-cert.pub` (0600) into directory (0700) and return the key path."""
+        private_dir(directory)
         key_path = directory / "id"
         _write_private(key_path, self.private_key_openssh.encode())
-        cert_path = directory / "id-cert.pub"
-        cert_path.write_text(self.certificate + "\n")
+        _write_private(directory / "id-cert.pub", (self.certificate + "\n").encode())
         return key_path
 
 
@@ -62,10 +62,13 @@ class CertificateAuthority:
 
     @classmethod
     def load_or_create(cls, path: Path) -> CertificateAuthority:
-        """Load the CA key at path, creating it (0600, parent dir 0700) if it does not exist."""
+        """Load the CA key at path, creating it (0600, parent dir 0700) if it does not exist.
+
+        An existing key directory open to others (an older install) is closed first.
+        """
         path = Path(path)
+        private_dir(path.parent)
         if not path.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             pem = _private_openssh(ed25519.Ed25519PrivateKey.generate())
             _create_exclusive(path, pem)
         mode = stat.S_IMODE(path.stat().st_mode)

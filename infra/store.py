@@ -1,20 +1,25 @@
 """fluid's records: sandboxes, checkpoints and every command run, in SQLModel tables.
 
 SQLite under FLUID_HOME by default; any SQLAlchemy URL (PostgreSQL included) by setting.
+FLUID_HOME, the runs folder and an SQLite database (with its -wal and -shm) are root's alone
+(0700/0600): they hold commands' output, guests' files and approvals.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 
 from sqlalchemy import Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
+from infra.permissions import PRIVATE_FILE, private_dir
 from infra.settings import FluidSettings, get_settings
 
 
@@ -189,8 +194,6 @@ def _engine_for(url: str) -> Engine:
 @lru_cache(maxsize=8)
 def _cached_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -215,9 +218,35 @@ def _add_missing_columns(engine: Engine) -> None:
                     conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
 
 
+# (home, database URL) pairs whose modes this process has put right already.
+_private: set[tuple[Path, str]] = set()
+
+
+def _private_home(settings: FluidSettings) -> None:
+    """FLUID_HOME, its runs folder and an SQLite database private, made so (an older install's
+    looser modes are tightened the first time this process uses them)."""
+    if (settings.home, settings.db_url) in _private:
+        return
+    private_dir(settings.home)
+    private_dir(settings.runs_dir)
+    url = settings.db_url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        db = Path(url.removeprefix("sqlite:///"))
+        if not db.parent.exists():
+            private_dir(db.parent)
+        # SQLite gives -wal and -shm the database file's mode: an empty 0600 file first.
+        os.close(os.open(db, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+        for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            if f.exists() and f.stat().st_mode & 0o077:
+                f.chmod(PRIVATE_FILE)
+    _private.add((settings.home, settings.db_url))
+
+
 def engine(settings: FluidSettings | None = None) -> Engine:
     """The engine for the configured database, its tables created on first use."""
-    return _engine_for((settings or get_settings()).db_url)
+    settings = settings or get_settings()
+    _private_home(settings)
+    return _engine_for(settings.db_url)
 
 
 @contextmanager

@@ -36,10 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import domains, guest_agent, images, ports, store
+from infra import domains, firewall, guest_agent, images, ports, store
 from infra.errors import GuestAgentError, WarmStartFailed
 from infra.file_locks import FileLock
 from infra.libvirt_host import connect, domain_type, remove_domain
+from infra.permissions import qemu_dir
 from infra.settings import FluidSettings, get_settings
 from infra.ssh_ca import authority
 
@@ -216,7 +217,7 @@ def claim(
     reason = unavailable(manifest, settings)
     if reason:
         return Claim(reason=reason)
-    pool_dir(settings).mkdir(parents=True, exist_ok=True)
+    qemu_dir(pool_dir(settings), settings.storage_dir)
     key = slot_key(manifest, ca_public_line, settings)
     held = _in_use(conn, settings)
     numbers: set[int] = set()
@@ -280,6 +281,7 @@ def boot(
         initrd=manifest.initrd_path,
         cmdline=domains.kernel_cmdline(manifest.cmdline or "", slot.instance_id, ca_public_line),
     )
+    firewall.ensure_guard(settings)
     try:
         return conn.createXML(domains.render(spec), 0)
     except libvirt.libvirtError as e:
@@ -531,6 +533,7 @@ def restore(
             ssh_port=ssh_port,
             network=network,  # type: ignore[arg-type]
         )
+        firewall.ensure_guard(settings)
         conn.restoreFlags(str(state), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
         dom = conn.lookupByName(slot.domain_name)
     except (libvirt.libvirtError, ValueError) as e:
