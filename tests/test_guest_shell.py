@@ -260,14 +260,18 @@ def test_a_background_job_holding_stdout_does_not_block_the_command(shell: Guest
 
 
 def test_a_background_job_that_ended_is_not_reported_in_a_later_commands_stderr(
-    shell: GuestShell,
+    shell: GuestShell, guest: ssh.GuestConnection
 ) -> None:
     # A job that ends a second after it is told to, while the shell waits at its prompt: bash
     # reports it once a foreground process ends, i.e. while a later command runs.
-    job = "sh -c 'trap \"sleep 1; exit 1\" TERM; while :; do sleep 0.2; done' & echo started"
-    shell.run(job, timeout=60)
+    job = "sh -c 'trap \"sleep 1; exit 1\" TERM; while :; do sleep 0.2; done' & echo $!"
+    pid = int(shell.run(job, timeout=60).stdout)
     shell.run("kill %1", timeout=60)
-    time.sleep(3)
+    # Until the shell has reaped it (a loaded TCG guest can take seconds), it has not ended.
+    deadline = time.monotonic() + 60
+    while guest.run(f"test -e /proc/{pid}", timeout=30).exit_status == 0:
+        assert time.monotonic() < deadline, "the job did not end within 60 s of its kill"
+        time.sleep(0.5)
     assert shell.run("pwd", timeout=60).stderr == b""
     r = shell.run("sleep 0; echo next", timeout=60)
     assert (r.stdout, r.stderr) == (b"next\n", b"")
