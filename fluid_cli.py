@@ -501,18 +501,42 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from infra.verification import verify
 
-    report = verify(Path(args.dir), image=args.image, progress=_log)
+    report = verify(
+        Path(args.dir),
+        image=args.image,
+        progress=_log,
+        accept_exclusions=args.accept_exclusions or (),
+    )
     _emit(args, report, lambda: _print_report(report))
     return 0 if report.passed else 1
 
 
 def _print_report(report) -> None:
+    import shlex
+
     from infra.escaping import term_line
     from infra.state.base import ChangeSet
     from infra.state.diff import terminal
 
-    print(term_line(report.summary()))
-    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
+    def line(c: Any) -> str:
+        return f"{term_line(c.kind)} {term_line(c.key)}  # {term_line(c.exclusion())}"
+
+    if report.excluded:
+        print(
+            f"FAILED: {len(report.excluded)} change(s) the playbook leaves out are not "
+            "accepted; no replay was booted"
+        )
+        print("".join(f"  not accepted: {line(c)}\n" for c in report.excluded), end="")
+        keys = " ".join(f"--accept-exclusion {shlex.quote(c.key)}" for c in report.excluded)
+        print(f"to accept them (provisioned apart): fluid verify DIR {term_line(keys)}")
+    else:
+        print(term_line(report.summary()))
+    for c in report.accepted:
+        print(f"accepted exclusion: {line(c)}")
+    for key in report.unmatched:
+        print(f"ignored --accept-exclusion {term_line(key)}: no change left out has that key")
+    if report.timings:
+        print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items()))
     if report.residual:
         print(terminal(ChangeSet(changes=report.residual)))
 
@@ -609,6 +633,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["approval_timeout_s"] = args.timeout
     if args.guardrails:
         params["guardrails"] = args.guardrails
+    if args.accept_exclusions:
+        params["accept_exclusions"] = args.accept_exclusions
     fr = client.submit(params)
     print(f"run id: {fr.id}", flush=True)
     print(f"UI: {_run_url(fr.id)}", flush=True)
@@ -828,6 +854,18 @@ def _known_subject(subject: str) -> bool:
 # --- parser ------------------------------------------------------------------------------
 
 
+def _accept_exclusion_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--accept-exclusion",
+        dest="accept_exclusions",
+        action="append",
+        metavar="KEY",
+        default=None,
+        help="accept that the playbook leaves out the change with this key (a path, "
+        "'user NAME'…; repeatable); the proof fails on any exclusion not accepted",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fluid", description=__doc__.splitlines()[0])
     top = p.add_subparsers(dest="group", required=True)
@@ -964,6 +1002,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub(top, "verify", cmd_verify, "replay a playbook on a fresh sandbox and compare")
     sp.add_argument("dir")
     sp.add_argument("--image", default=None, help="image name (default: the one recorded)")
+    _accept_exclusion_option(sp)
 
     sp = sub(top, "run", cmd_run, "run an agent task as a Prefect flow run", json_flag=False)
     sp.add_argument("task", help="what the agent should do, in words")
@@ -985,6 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="apply without a human (also FLUID_AUTO_APPROVE=1); stored as automatic",
     )
+    _accept_exclusion_option(sp)
     for name, fn, help in (
         (
             "approve",

@@ -126,6 +126,7 @@ def _review_description(task: str, proposal: Proposal, production: str, max_atte
             "",
             f"Playbook digest: {md_code(proposal.digest)}",
             "",
+            *([proposal.exclusions, ""] if proposal.exclusions else []),
             f"{proposal.changes} change(s):",
             "",
             proposal.summary,
@@ -137,13 +138,31 @@ def _review_description(task: str, proposal: Proposal, production: str, max_atte
     )
 
 
+def _exclusions(changeset: ChangeSet, accepted: list[str]) -> str:
+    """The changes the playbook leaves out, each named with why (all of them: a reviewer
+    approves knowing what production will not get); Markdown, or "" when there are none."""
+    excluded = [c for c in changeset.changes if c.excluded]
+    if not excluded:
+        return ""
+    lines = [
+        f"**Not in the playbook: {len(excluded)} change(s) no replay reproduces** "
+        "(production will not get them from this playbook):",
+        "",
+    ]
+    for c in excluded:
+        state = "accepted by this run" if c.key in accepted else "NOT accepted"
+        lines.append(f"- {md_text(c.kind)} {md_code(c.key)}: {md_text(c.exclusion())} ({state})")
+    return "\n".join(lines)
+
+
 def _summary(changeset: ChangeSet, whole: Path) -> str:
-    """The changes as a Markdown list, cut at SUMMARY_LIMIT saying how many more and where."""
+    """The changes as a Markdown list, cut at SUMMARY_LIMIT saying how many more and where;
+    the changes the playbook leaves out come first (and are listed again above, whole)."""
     lines = [
         f"- {c.action} {c.kind} {md_code(c.key)}"
         + (f" ({md_text('; '.join(c.details))})" if c.details else "")
         + ("" if c.exported else " *(not exported)*")
-        for c in changeset.changes[:SUMMARY_LIMIT]
+        for c in sorted(changeset.changes, key=lambda c: not c.excluded)[:SUMMARY_LIMIT]
     ]
     more = len(changeset.changes) - SUMMARY_LIMIT
     if more > 0:
@@ -173,11 +192,14 @@ def agent_task(
     auto_approve: bool = False,
     sandbox_ttl_minutes: Annotated[int, Field(ge=10)] = 120,
     guardrails: str | None = None,
+    accept_exclusions: list[str] | None = None,
 ) -> State:
     """Do `task` in a sandbox with `agent`; apply the proven change to `production` once approved.
 
     `agent` is scripted steps, an LLM endpoint, or the name of a saved LLM block;
     `guardrails` names a Guardrails block (fluid's defaults when empty).
+    `accept_exclusions` names (by key) the changes the playbook may leave out; any other change
+    it leaves out fails the proof, and so the run, before a replay boots.
     `auto_approve` skips the human (the approval is stored as automatic). Ends Completed when
     applied (or nothing changed), Cancelled when rejected or not approved in time, Failed
     otherwise. The sandbox is destroyed however the run ends.
@@ -220,7 +242,14 @@ def agent_task(
                 # Sealed: proven, previewed, shown and applied as this one read-only copy.
                 sealed = export_attempt(run_id, changeset, attempt)
                 playbook = Path(sealed.path)
-                report = prove_playbook(run_id, playbook, attempt)
+                report = prove_playbook(run_id, playbook, attempt, accept_exclusions)
+                if report.excluded:
+                    why = (
+                        f"the playbook leaves out {len(report.excluded)} change(s) this run did "
+                        f"not accept: {report.error}"
+                    )
+                    runs.finish(run_id, "failed", why)
+                    return Failed(message=f"{why}; nothing was replayed or applied")
                 if not report.passed:
                     runs.finish(run_id, "failed", f"replay failed: {report.summary()}")
                     return Failed(
@@ -236,6 +265,7 @@ def agent_task(
                     summary=_summary(changeset, changeset_file(run_id, attempt)),
                     verification=report.summary(),
                     verified=report.passed,
+                    exclusions=_exclusions(changeset, accept_exclusions or []),
                 )
                 runs.update(run_id, status="awaiting-approval")
 

@@ -44,7 +44,7 @@ from infra.settings import FluidSettings, get_settings
 from infra.store import AgentRunRecord, AuditRecord
 
 if TYPE_CHECKING:
-    from infra.ssh import CommandResult
+    from infra.command_output import CommandResult
 
 GENESIS = "0" * 64
 KINDS = ("tool-call", "tool-blocked", "command", "checkpoint", "restore", "approval", "apply")

@@ -24,6 +24,7 @@ from typing import TypeVar
 import paramiko
 
 from infra import sandboxes, ssh
+from infra.command_output import CUT_MARKER, CommandResult, short_command
 from infra.errors import CommandTimeout, GuestShellError, SSHError
 from infra.settings import FluidSettings
 
@@ -237,7 +238,7 @@ def _read_capped(sftp: paramiko.SFTPClient, path: str, cap: int) -> tuple[bytes,
         f.seek(size - half)
         tail = f.read(half)
     cut = size - 2 * half
-    return data[:half] + ssh.CUT_MARKER % cut + tail, cut
+    return data[:half] + CUT_MARKER % cut + tail, cut
 
 
 def _remove_job(sftp: paramiko.SFTPClient, jobdir: str) -> None:
@@ -401,7 +402,7 @@ class GuestShell:
     def _sftp(self, fn: Callable[[paramiko.SFTPClient], T]) -> T:
         return self._op(lambda c: fn(c._sftp_client()))
 
-    def _exec(self, script: str) -> ssh.CommandResult:
+    def _exec(self, script: str) -> CommandResult:
         return self._op(lambda c: c.run(script, timeout=EXEC_TIMEOUT_S))
 
     # -- the session ------------------------------------------------------------------------
@@ -601,7 +602,7 @@ class GuestShell:
         timeout: float,
         output_cap: int = 64_000,
         on_output: Callable[[str], None] | None = None,
-    ) -> ssh.CommandResult:
+    ) -> CommandResult:
         """Run a command in the shell: exact stdout/stderr bytes and exit status.
 
         Output lines go to `on_output` while the command runs. Past `timeout` seconds the
@@ -633,7 +634,7 @@ class GuestShell:
         out, out_cut = self._sftp(lambda sftp: _read_capped(sftp, f"{jobdir}/out", output_cap))
         err, err_cut = self._sftp(lambda sftp: _read_capped(sftp, f"{jobdir}/err", output_cap))
         self._sftp(lambda sftp: _remove_job(sftp, jobdir))
-        result = ssh.CommandResult(
+        result = CommandResult(
             command=command,
             exit_status=-1 if status is None else status,
             stdout=out,
@@ -646,7 +647,7 @@ class GuestShell:
             timed_out=timed_out,
         )
         if died is not None:
-            raise GuestShellError(f"{died} (command {ssh._short(command)!r})", result=result)
+            raise GuestShellError(f"{died} (command {short_command(command)!r})", result=result)
         if timed_out:
             how = (
                 "the shell did not respond to Ctrl-C or SIGKILL and was restarted: the working "
@@ -655,7 +656,7 @@ class GuestShell:
                 else "it was interrupted; the shell and its state are kept"
             )
             raise CommandTimeout(
-                f"command {ssh._short(command)!r} ran past its {timeout:g} s timeout and {how}; "
+                f"command {short_command(command)!r} ran past its {timeout:g} s timeout and {how}; "
                 "pass a larger timeout if it legitimately needs longer (partial output is in "
                 ".result)",
                 result=result,

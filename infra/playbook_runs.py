@@ -7,11 +7,13 @@ import pwd
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from infra import sandboxes
 from infra.errors import FluidError
@@ -34,6 +36,31 @@ class AnsibleHost(BaseModel):
     become_user: str = "root"
 
 
+# Characters of a module's message kept per task result (it may quote guest data: shown
+# escaped), and task results kept per run (one per task and host).
+MESSAGE_LIMIT = 500
+TASK_RESULTS = 10_000
+# ansible-runner's event for one task's result on one host → its status.
+RESULT_EVENTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_skipped": "skipped",
+    "runner_on_unreachable": "unreachable",
+}
+
+TaskStatus = Literal["changed", "ok", "skipped", "failed", "ignored", "unreachable"]
+
+
+class TaskResult(BaseModel):
+    """What one task did on one host. In check mode "changed" means it would change, and
+    "ignored" that it failed there and the play went on (export.PREVIEW_GOES_ON)."""
+
+    task: str
+    host: str
+    status: TaskStatus
+    message: str = Field(default="", description="the module's message, for a failure")
+
+
 class PlaybookRun(BaseModel):
     """The outcome of one ansible-playbook run."""
 
@@ -47,6 +74,9 @@ class PlaybookRun(BaseModel):
     check: bool = False
     output_tail: str = ""
     output_chars: int = 0  # of the whole output; output_tail is its end
+    # In the order they ran, the first TASK_RESULTS of tasks_total.
+    tasks: list[TaskResult] = Field(default_factory=list)
+    tasks_total: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -55,6 +85,39 @@ class PlaybookRun(BaseModel):
     @property
     def changed_total(self) -> int:
         return sum(self.changed.values())
+
+
+def task_results(into: list[TaskResult], count: list[int]) -> Callable[[dict[str, Any]], bool]:
+    """An ansible-runner event handler that appends each task result to `into` (the first
+    TASK_RESULTS; count[0] counts them all)."""
+
+    def handle(event: dict[str, Any]) -> bool:
+        status = RESULT_EVENTS.get(str(event.get("event")))
+        if status is None:
+            return True
+        count[0] += 1
+        if len(into) >= TASK_RESULTS:
+            return True
+        data = event.get("event_data") or {}
+        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        if status == "ok" and res.get("changed"):
+            status = "changed"
+        if status == "failed" and data.get("ignore_errors"):
+            status = "ignored"
+        message = ""
+        if status in ("failed", "ignored", "unreachable"):
+            message = str(res.get("msg") or res.get("stderr") or "")[:MESSAGE_LIMIT]
+        into.append(
+            TaskResult(
+                task=str(data.get("task", "")),
+                host=str(data.get("host", "")),
+                status=status,
+                message=message,
+            )
+        )
+        return True  # the runner still writes the event to its (temporary) artifacts
+
+    return handle
 
 
 def sandbox_host(
@@ -158,7 +221,13 @@ def run_playbook(
         # keys); the child gets only what Ansible and the runner's event callback need.
         config.env = ansible_environment(ours, config.env)
         # As ansible_runner.run does: in the main thread, Ctrl-C and SIGTERM cancel the run.
-        r = Runner(config=config, cancel_callback=signal_handler())
+        results: list[TaskResult] = []
+        count = [0]
+        r = Runner(
+            config=config,
+            cancel_callback=signal_handler(),
+            event_handler=task_results(results, count),
+        )
         r.run()
         stats = r.stats or {}
         out = r.stdout.read() if r.stdout else ""
@@ -175,6 +244,8 @@ def run_playbook(
             check=check,
             output_tail=out[-6000:],
             output_chars=len(out),
+            tasks=results,
+            tasks_total=count[0],
         )
 
 

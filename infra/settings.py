@@ -68,7 +68,22 @@ class FluidSettings(BaseSettings):
         default=1_000_000, ge=1000, description="Most entries (files, lines) one capture may list."
     )
     capture_max_content: int = Field(
-        default=4 << 20, ge=0, description="Largest file whose content a capture keeps (bytes)."
+        default=4 << 20,
+        ge=0,
+        description="Largest file whose content travels inline in the capture's output (bytes); "
+        "a larger one is streamed into the blob store after it.",
+    )
+    capture_max_file: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Largest file whose content a capture keeps (bytes); a larger file's change "
+        "is not exported and says so.",
+    )
+    capture_max_total: int = Field(
+        default=4 << 30,
+        ge=0,
+        description="Most content one capture streams from the guest (bytes); past it the "
+        "capture is refused whole.",
     )
     hash_index_max_entries: int = Field(
         default=500_000, ge=0, description="Most entries the per-image hash index keeps."

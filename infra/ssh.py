@@ -14,7 +14,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,13 @@ from typing import IO, Self
 import paramiko
 from pydantic import BaseModel, ConfigDict
 
+from infra.command_output import (
+    CappedBuffer,
+    CommandResult,
+    OutputSink,
+    StreamResult,
+    short_command,
+)
 from infra.errors import (
     CommandTimeout,
     GuestDataRefused,
@@ -33,7 +40,6 @@ from infra.errors import (
 )
 from infra.ssh_ca import SessionCredentials
 
-CUT_MARKER = b"\n[fluid: %d bytes of output cut here]\n"
 # Grace for coreutils `timeout` to escalate from TERM to KILL inside the guest.
 KILL_AFTER_S = 5
 # The guest enforces the timeout; the host deadline only catches a guest that stopped answering.
@@ -47,33 +53,6 @@ SFTP_TIMEOUT_S = 30.0
 # What read_bytes takes whole unless told otherwise (callers that show a part use read_head).
 READ_LIMIT = 64 << 20
 LIST_LIMIT = 10_000
-
-
-class CommandResult(BaseModel):
-    """Outcome of one guest command; output beyond the cap is cut from the middle."""
-
-    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
-
-    command: str
-    exit_status: int
-    stdout: bytes
-    stderr: bytes
-    stdout_cut: int
-    stderr_cut: int
-    started_at: datetime
-    ended_at: datetime
-    duration_s: float
-    timed_out: bool = False
-
-    @property
-    def stdout_text(self) -> str:
-        """Stdout decoded as UTF-8, invalid bytes replaced."""
-        return self.stdout.decode("utf-8", errors="replace")
-
-    @property
-    def stderr_text(self) -> str:
-        """Stderr decoded as UTF-8, invalid bytes replaced."""
-        return self.stderr.decode("utf-8", errors="replace")
 
 
 class RemoteFile(BaseModel):
@@ -92,41 +71,6 @@ class DirListing(BaseModel):
 
     entries: list[paramiko.SFTPAttributes]
     more: bool = False
-
-
-class _CappedBuffer:
-    """Keeps the first and last cap//2 bytes of a stream and counts what falls in between."""
-
-    def __init__(self, cap: int) -> None:
-        self._half = cap // 2
-        self._head = bytearray()
-        self._tail = bytearray()
-        self._total = 0
-
-    def add(self, data: bytes) -> None:
-        self._total += len(data)
-        room = self._half - len(self._head)
-        if room > 0:
-            self._head += data[:room]
-            data = data[room:]
-        if data and self._half:
-            self._tail += data
-            # Trim only once the tail is twice its size, so trimming cost stays amortised.
-            if len(self._tail) > 2 * self._half:
-                del self._tail[: len(self._tail) - self._half]
-
-    @property
-    def over(self) -> bool:
-        """Whether more came than the cap keeps."""
-        return self._total > 2 * self._half
-
-    def result(self) -> tuple[bytes, int]:
-        """Return (kept bytes with the cut marker if anything was dropped, dropped byte count)."""
-        tail = self._tail[len(self._tail) - self._half :] if self._half else b""
-        cut = self._total - len(self._head) - len(tail)
-        if cut:
-            return bytes(self._head) + CUT_MARKER % cut + bytes(tail), cut
-        return bytes(self._head) + bytes(tail), 0
 
 
 class _RejectAsMismatch(paramiko.RejectPolicy):
@@ -293,8 +237,8 @@ class GuestConnection:
             f"timeout --kill-after={KILL_AFTER_S} {guest_timeout} "
             f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
         )
-        stdout = _CappedBuffer(output_cap)
-        stderr = _CappedBuffer(output_cap)
+        stdout = CappedBuffer(output_cap)
+        stderr = CappedBuffer(output_cap)
         started_at = datetime.now(UTC)
         t0 = time.monotonic()
         deadline = t0 + timeout + HOST_GRACE_S
@@ -323,7 +267,8 @@ class GuestConnection:
                 exit_status = channel.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SSHError(
-                f"SSH to {self.host}:{self.port} failed while running {_short(command)!r}: {exc}"
+                f"SSH to {self.host}:{self.port} failed while running "
+                f"{short_command(command)!r}: {exc}"
             ) from exc
         finally:
             channel.close()
@@ -348,7 +293,7 @@ class GuestConnection:
         )
         if timed_out:
             raise CommandTimeout(
-                f"command {_short(command)!r} on {self.host}:{self.port} ran past its "
+                f"command {short_command(command)!r} on {self.host}:{self.port} ran past its "
                 f"{timeout:g} s timeout and was killed; pass a larger timeout= to run() if it "
                 "legitimately needs longer (partial output is in .result)",
                 result=result,
@@ -359,11 +304,70 @@ class GuestConnection:
             raise SSHError(f"lost the SSH connection to {self.host}:{self.port} mid-command")
         return result
 
+    def stream(
+        self,
+        command: str,
+        take: Callable[[bytes], None],
+        *,
+        limit: int,
+        timeout: float = 600.0,
+    ) -> StreamResult:
+        """Run a shell command in the guest and hand its stdout to `take` chunk by chunk as it
+        arrives (the channel's window bounds what is in flight: memory stays flat), at most
+        `limit` bytes: past that the command is ended at once and the result says `over`.
+        CommandTimeout past `timeout` seconds (the guest kills the command; the host stops
+        waiting a little later)."""
+        if timeout <= 0 or limit < 0:
+            raise ValueError(f"timeout must be positive and limit not negative: {timeout}, {limit}")
+        guest_timeout = max(1, math.ceil(timeout))
+        remote = (
+            f"timeout --kill-after={KILL_AFTER_S} {guest_timeout} "
+            f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
+        )
+        sink = OutputSink(take, limit)
+        stderr = CappedBuffer(16 << 10)
+        t0 = time.monotonic()
+        deadline = t0 + timeout + HOST_GRACE_S
+        exit_status = -1
+        try:
+            channel = self._transport().open_session(timeout=self._connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"cannot open an SSH session on {self.host}:{self.port}: {exc}; the sandbox may "
+                "be overloaded or stopped, open a new GuestConnection"
+            ) from exc
+        try:
+            channel.exec_command(remote)
+            channel.shutdown_write()
+            ended = self._pump(channel, sink, stderr, deadline, stop_at_cap=True)
+            if ended == "eof" and channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+                exit_status = channel.recv_exit_status()
+            elif ended != "full":
+                raise CommandTimeout(
+                    f"command {short_command(command)!r} on {self.host}:{self.port} ran past its "
+                    f"{timeout:g} s timeout and was killed",
+                    result=None,
+                )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"SSH to {self.host}:{self.port} failed while running "
+                f"{short_command(command)!r}: {exc}"
+            ) from exc
+        finally:
+            channel.close()
+        return StreamResult(
+            exit_status=exit_status,
+            received=min(sink.total, limit),
+            over=sink.over,
+            stderr=stderr.result()[0],
+            duration_s=time.monotonic() - t0,
+        )
+
     @staticmethod
     def _pump(
         channel: paramiko.Channel,
-        stdout: _CappedBuffer,
-        stderr: _CappedBuffer,
+        stdout: CappedBuffer | OutputSink,
+        stderr: CappedBuffer,
         deadline: float,
         stop_at_cap: bool = False,
     ) -> str:
@@ -533,10 +537,6 @@ class GuestConnection:
         """Close SFTP and the SSH connection; safe to call twice."""
         self._drop_sftp()
         self._client.close()
-
-
-def _short(command: str, limit: int = 200) -> str:
-    return command if len(command) <= limit else command[: limit - 3] + "..."
 
 
 _FILE_TYPES = {

@@ -29,6 +29,13 @@ the repeatable rows):
 - diff (compare): ``diff.compare(before, after)`` of the last unchanged capture and the changed
   one, N times; host CPU only (plus reading blobs for text diffs).
 - export to temp dir: ``export.export(changeset, new dir)``, N times, each into a new directory.
+- capture, small change / 1 GiB file (child process): after the exports, a one-line file is
+  written and the sandbox captured, then a 1 GiB random file (``head -c 1G /dev/urandom``) is
+  made and the sandbox captured again; each capture runs in a fresh Python process.
+  "capture peak RSS" is that process's VmHWM, reset (``/proc/self/clear_refs``) once fluid's
+  modules are loaded and an SSH connection made, so it is the capture's own peak; "capture RSS
+  growth" is that peak minus the process's VmRSS just before the capture. The large file's
+  content streams into the blob store, so both stay near the small change's.
 - destroy: ``sandboxes.destroy()`` of the benchmark sandbox.
 - replay: <step>: ``verification.verify()`` run once on the first export, per step: create,
   capture before, converge, capture after, idempotence, destroy. Taken from the report's
@@ -47,8 +54,10 @@ the expected changes, or when any step or the cleanup failed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +75,7 @@ from bench_results import (
 
 from infra import images, sandboxes, warm_slots
 from infra.libvirt_host import domain_type
-from infra.settings import FluidSettings
+from infra.settings import FluidSettings, environment
 from infra.state import capture as captures
 from infra.state import playbook_yaml
 from infra.state.base import Capture, ChangeSet, kinds
@@ -88,6 +97,45 @@ EXPECTED = (
     ("files", "/etc/nginx/sites-available/bench", "added"),
 )
 CHANGE_TIMEOUT_S = 1800.0
+BIG_FILE = "/opt/big.bin"
+MAKE_BIG = f"head -c 1G /dev/urandom > {BIG_FILE}"
+SMALL_CHANGE = "echo 'a small change' > /etc/fluid-bench-small.conf"
+# A capture in a fresh Python, so its figures are its own: fluid's modules are loaded and an SSH
+# connection made first, then the peak resident set is reset (clear_refs 5 resets VmHWM), so
+# VmHWM afterwards is the capture's own peak and VmHWM - VmRSS(before) what it added.
+MEASURE = r"""
+import json, sys, time
+from infra import sandboxes
+from infra.settings import FluidSettings
+from infra.state import capture
+from infra.state.base import kinds
+
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+settings = FluidSettings()
+kinds()
+with sandboxes.guest(sys.argv[1], settings) as g:
+    g.run("true")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
+t = time.perf_counter()
+cap = capture.capture(sys.argv[1], settings=settings)
+seconds = time.perf_counter() - t
+entry = cap.state("files").entries.get(sys.argv[2])
+print(json.dumps({
+    "seconds": seconds,
+    "rss_before": before,
+    "peak": status("VmHWM"),
+    "stored": bool(entry and capture.blob_store(settings).has(entry.sha256)),
+}))
+"""
+MIB = 1 << 20
 STEP_PREFIX = "verify: "  # verify() announces each step with this
 
 
@@ -133,7 +181,7 @@ def bench(
         lambda: sandboxes.create(name, image=golden.name, ttl_minutes=120, settings=settings),
     )
 
-    index = captures._index_path(golden.name, golden.version, settings)
+    index = captures.index_path(golden.name, golden.version, settings)
     label = "first capture (hash index present)" if index.exists() else "first capture (no index)"
     log(f"hash index {index}: {'present' if index.exists() else 'absent'} before first capture")
     before = res.timed(label, "s", lambda: captures.capture(name, settings=settings))
@@ -186,6 +234,8 @@ def bench(
     n_files = sum(1 for p in dirs[0].rglob("*") if p.is_file())
     facts.lines.append(f"export: {len(tasks)} tasks, {n_files} files in the playbook directory")
 
+    large_file_rows(res, facts, name, settings)
+
     # One VM at a time: the replay's sandbox boots after this one is gone.
     res.timed("destroy", "ms", lambda: sandboxes.destroy(name, settings))
 
@@ -211,6 +261,50 @@ def bench(
     facts.lines.append(f"replay step times from {source}")
     log(f"replay: {report.summary()} in {total:.1f} s")
     return report
+
+
+def measured_capture(name: str, path: str, settings: FluidSettings) -> dict:
+    """One capture of `name` in a child process: its seconds, its own peak RSS and growth, and
+    whether the content of `path` ended up in the blob store."""
+    r = subprocess.run(
+        [sys.executable, "-c", MEASURE, name, path],
+        env=environment(settings),
+        capture_output=True,
+        timeout=CHANGE_TIMEOUT_S,
+        check=False,
+    )
+    if r.returncode != 0:
+        raise BenchError(f"the measured capture failed:\n{r.stderr.decode()[-3000:]}")
+    got = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    got["growth"] = got["peak"] - got["rss_before"]
+    return got
+
+
+def large_file_rows(res: Results, facts: Facts, name: str, settings: FluidSettings) -> None:
+    """A small change's capture, then a 1 GiB file's, each in a child process: time, peak RSS
+    and its growth, so a flat memory use shows beside the baseline."""
+    log("small change, captured in a child process (baseline for the large file)")
+    sandboxes.run(name, SMALL_CHANGE, timeout=60, actor="bench", settings=settings)
+    small = measured_capture(name, "/etc/fluid-bench-small.conf", settings)
+    log("a 1 GiB random file in the sandbox, captured in a child process")
+    r = res.timed(
+        "make a 1 GiB file in the guest (context)",
+        "s",
+        lambda: sandboxes.run(name, MAKE_BIG, timeout=CHANGE_TIMEOUT_S, settings=settings),
+    )
+    if r.exit_status != 0:
+        raise BenchError(f"making {BIG_FILE} failed: {r.stderr_text[-1500:]}")
+    big = measured_capture(name, BIG_FILE, settings)
+    if not big["stored"]:
+        facts.problems.append(f"the capture did not store the content of {BIG_FILE}")
+    for label, got in (("small change", small), ("1 GiB file", big)):
+        res.add(f"capture, {label} (child process)", got["seconds"], "s")
+        res.add(f"capture peak RSS, {label}", got["peak"] / MIB, "MiB")
+        res.add(f"capture RSS growth, {label}", got["growth"] / MIB, "MiB")
+    facts.lines.append(
+        "large file: peak RSS is the capturing child's VmHWM, reset once its modules were loaded "
+        "and an SSH connection made; growth is that peak minus its VmRSS just before the capture"
+    )
 
 
 def step_times(marks: list[tuple[str, float]], end: float) -> dict[str, float]:

@@ -702,7 +702,7 @@ def checkpoint_with_capture(
     snapshot, as in checkpoints.create. Returns the capture's wall time.
     """
     rec = sandboxes._record(name, s)
-    index = captures._index_path(rec.image, rec.image_version, s)
+    index = captures.index_path(rec.image, rec.image_version, s)
     if not index.exists():
         b.fact(
             "C",

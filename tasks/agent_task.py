@@ -63,6 +63,8 @@ class Proposal(BaseModel):
     summary: str
     verification: str
     verified: bool
+    # Markdown: the changes the playbook leaves out, accepted by the run (shown first).
+    exclusions: str = ""
 
 
 def attempt_dir(run_id: str, attempt: int) -> Path:
@@ -209,15 +211,17 @@ def _playbook_markdown(directory: Path, dig: str, attempt: int) -> str:
         rel = path.relative_to(directory).as_posix()
         if rel in ("DIGEST", "changeset.json"):
             continue
-        data = path.read_bytes()
+        # Only the start is read: a captured file in files/ may be gigabytes.
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            data = f.read(ARTIFACT_FILE_LIMIT + 1)
         heading = f"## {md_text(rel)}"
         if len(data) > ARTIFACT_FILE_LIMIT or b"\0" in data:
             what = "binary" if b"\0" in data else "over 20 KB"
             lines += [
                 heading,
                 "",
-                f"*{len(data)} bytes ({what}), not shown; the whole file is in "
-                f"{md_code(str(path))}.*",
+                f"*{size} bytes ({what}), not shown; the whole file is in {md_code(str(path))}.*",
                 "",
             ]
             continue
@@ -259,14 +263,18 @@ def export_attempt(run_id: str, changeset: ChangeSet, attempt: int) -> SealedPla
     persist_result=True,
     cache_policy=RESUMABLE,
 )
-def prove_playbook(run_id: str, playbook_dir: Path, attempt: int) -> VerificationReport:
-    """Replay the playbook on a fresh sandbox: converge, idempotence, zero residual."""
+def prove_playbook(
+    run_id: str, playbook_dir: Path, attempt: int, accept_exclusions: list[str] | None = None
+) -> VerificationReport:
+    """Replay the playbook on a fresh sandbox: converge, idempotence, zero residual. A change
+    the playbook leaves out fails it (before any boot) unless `accept_exclusions` names it."""
     logger = get_run_logger()
     report = verify(
         Path(playbook_dir),
         settings=get_settings(),
         owner=Owner.this_process(run_id),
         progress=logger.info,
+        accept_exclusions=accept_exclusions or (),
     )
     (logger.info if report.passed else logger.warning)(report.summary())
     whole = write_private(
@@ -331,13 +339,17 @@ def _output_tail(run: PlaybookRun, output_file: Path, limit: int) -> list[str]:
 def preview_on_production(
     run_id: str, playbook_dir: Path, production: str, attempt: int
 ) -> PlaybookRun | None:
-    """`--check --diff` against production, published for the reviewer; never fails the run.
+    """`--check --diff` against production, summarised per task and host for the reviewer
+    (would change, no change, unknown until applied); never fails the run.
 
-    Check mode cannot see earlier would-be changes, so a service task for a package that is
-    not installed yet fails here; the reviewer sees it, and the run goes on.
+    Check mode cannot see earlier would-be changes: a task that needs one (a service of a
+    package not installed yet, apt without package lists) fails there. fluid's playbooks
+    ignore errors in check mode only, so the preview goes on and lists such a task as unknown
+    until applied, with the module's message.
     """
     logger = get_run_logger()
-    output = attempt_dir(run_id, attempt) / "preview-output.txt"
+    folder = attempt_dir(run_id, attempt)
+    output = folder / "preview-output.txt"
     title = f"# Check-mode preview on {md_text(production)}"
     try:
         run = _run_on_production(production, playbook_dir, check=True, output_file=output)
@@ -349,13 +361,83 @@ def preview_on_production(
             description="ansible-playbook --check --diff against production",
         )
         return None
-    verdict = (
-        "clean"
-        if run.succeeded
-        else "with errors (expected for tasks that depend on earlier changes)"
+    whole = write_private(folder / "preview.json", run.model_dump_json(indent=2).encode())
+    verdict = preview_verdict(run)
+    create_markdown_artifact(
+        markdown=preview_markdown(run, production, output=output, whole=whole),
+        key="agent-preview",
+        description=f"ansible-playbook --check --diff against production (attempt {attempt})",
     )
+    logger.info("check-mode preview on %s: %s", production, verdict)
+    return run
+
+
+# What a task result means in a check-mode preview.
+PREVIEW_LABELS = {
+    "changed": "would change",
+    "ok": "no change",
+    "ignored": "unknown until applied",
+    "skipped": "skipped",
+    "failed": "failed",
+    "unreachable": "unreachable",
+}
+# Task results listed in the preview artifact; the rest are counted and pointed to.
+PREVIEW_ROWS = 200
+
+
+def preview_counts(run: PlaybookRun) -> dict[str, int]:
+    """How many task results (per task and host) the preview has of each kind, by label."""
+    counts = dict.fromkeys(PREVIEW_LABELS.values(), 0)
+    for t in run.tasks:
+        counts[PREVIEW_LABELS[t.status]] += 1
+    return counts
+
+
+def preview_verdict(run: PlaybookRun) -> str:
+    """The preview in one line: its counts, and whether anything failed."""
+    counts = preview_counts(run)
+    shown = ", ".join(f"{n} {label}" for label, n in counts.items() if n)
+    if not run.succeeded:
+        return f"with errors ({shown or 'no task ran'})"
+    if counts["unknown until applied"]:
+        return f"with errors in check mode only ({shown})"
+    return f"clean ({shown or 'no tasks'})"
+
+
+def preview_markdown(run: PlaybookRun, production: str, *, output: Path, whole: Path) -> str:
+    """The check-mode preview for the reviewer: a line per task and host (cut at PREVIEW_ROWS
+    saying how many more and where the whole is), then the end of ansible's output."""
+    counts = preview_counts(run)
+    rows = run.tasks[:PREVIEW_ROWS]
+    more = run.tasks_total - len(rows)
     md = [
-        f"{title}: {verdict}",
+        f"# Check-mode preview on {md_text(production)}: {md_text(preview_verdict(run))}",
+        "",
+        "Per task and host: "
+        + ", ".join(
+            f"**{n}** {label}"
+            for label, n in counts.items()
+            if n or label in ("would change", "no change", "unknown until applied")
+        )
+        + ". *Unknown until applied*: the task failed in check mode, most often because it "
+        "needs an earlier change that check mode only pretends to make; the real apply stops "
+        "at a task that fails.",
+        "",
+        "| # | task | host | in check mode | message |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {i} | {md_code(t.task, table=True)} | {md_text(t.host)} | "
+            f"{PREVIEW_LABELS[t.status]} | {md_text(t.message)} |"
+            for i, t in enumerate(rows, 1)
+        ),
+    ]
+    if more > 0:
+        md += [
+            "",
+            f"*{more} more task results not shown; the whole preview is in {md_code(str(whole))} "
+            f"and ansible's whole output in {md_code(str(output))}.*",
+        ]
+    md += [
         "",
         "| host | ok | changed | failed | unreachable |",
         "|---|---|---|---|---|",
@@ -367,13 +449,7 @@ def preview_on_production(
         "",
         *_output_tail(run, output, PREVIEW_TAIL),
     ]
-    create_markdown_artifact(
-        markdown="\n".join(md),
-        key="agent-preview",
-        description=f"ansible-playbook --check --diff against production (attempt {attempt})",
-    )
-    logger.info("check-mode preview on %s: %s", production, verdict)
-    return run
+    return "\n".join(md)
 
 
 @task(name="apply to production", persist_result=True, cache_policy=RESUMABLE)

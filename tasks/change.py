@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from infra.escaping import md_block, md_code, md_text
 from infra.settings import FluidSettings
 from infra.state import capture as captures
-from infra.state.base import Capture, ChangeSet
-from infra.state.diff import compare, markdown
+from infra.state.base import Capture, Change, ChangeSet
+from infra.state.diff import ACCEPT_HOW, compare, exclusions_table, markdown
 from infra.state.export import export
 from infra.verification import VerificationReport, verify
 
@@ -76,10 +76,18 @@ def verify_playbook(
     image: str | None = None,
     settings: FluidSettings | None = None,
     artifact_key: str | None = "verification",
+    accept_exclusions: list[str] | None = None,
 ) -> VerificationReport:
-    """Replay the playbook on a fresh sandbox (create → converge → idempotence → verify)."""
+    """Replay the playbook on a fresh sandbox (create → converge → idempotence → verify);
+    changes it leaves out fail the proof unless named in `accept_exclusions`."""
     logger = get_run_logger()
-    report = verify(Path(playbook_dir), image=image, settings=settings, progress=logger.info)
+    report = verify(
+        Path(playbook_dir),
+        image=image,
+        settings=settings,
+        progress=logger.info,
+        accept_exclusions=accept_exclusions or (),
+    )
     logger.info(report.summary())
     if artifact_key:
         create_markdown_artifact(
@@ -90,12 +98,35 @@ def verify_playbook(
     return report
 
 
+def _exclusion_rows(title: str, changes: list[Change]) -> list[str]:
+    return [f"## {title}: {len(changes)}", "", *exclusions_table(changes), ""] if changes else []
+
+
 def verification_markdown(report: VerificationReport, whole: str | None = None) -> str:
-    """A replay's verdict, its step timings and any residual difference, as Markdown; `whole`
+    """A replay's verdict, the changes it does not reproduce (first: not accepted, then
+    accepted by name), its step timings and any residual difference, as Markdown; `whole`
     says where the whole report is (a file), for the error shown cut."""
+    verdict = report.summary()
+    if report.excluded:
+        verdict = (
+            f"FAILED: {len(report.excluded)} change(s) the playbook leaves out are not "
+            "accepted; no replay was booted"
+        )
     lines = [
-        f"# Verification: {md_text(report.summary())}",
+        f"# Verification: {md_text(verdict)}",
         "",
+        *_exclusion_rows("Not reproduced and not accepted (the proof fails)", report.excluded),
+        *([f"Accept each by its key: {ACCEPT_HOW}.", ""] if report.excluded else []),
+        *_exclusion_rows("Not reproduced, accepted by this run", report.accepted),
+        *(
+            [
+                "Accepted keys that name no change left out (ignored): "
+                + ", ".join(md_code(k) for k in report.unmatched),
+                "",
+            ]
+            if report.unmatched
+            else []
+        ),
         "| step | seconds |",
         "|---|---|",
         *(f"| {md_text(k)} | {v:.1f} |" for k, v in report.timings.items()),
@@ -105,7 +136,7 @@ def verification_markdown(report: VerificationReport, whole: str | None = None) 
     if report.residual:
         residual = ChangeSet(changes=report.residual)
         lines += ["", "Residual difference:", "", markdown(residual, whole=where)]
-    if report.error:
+    if report.error and not report.excluded:
         tail = report.error[-ERROR_TAIL:]
         lines += ["", md_block(tail)]
         if len(report.error) > len(tail):

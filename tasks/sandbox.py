@@ -15,10 +15,10 @@ from prefect.tasks import Task
 
 from infra import checkpoints, sandboxes
 from infra.checkpoints import Checkpoint
+from infra.command_output import CommandResult
 from infra.errors import CheckpointNotFound, InvalidName, SandboxNotFound, SandboxNotRunning
 from infra.sandboxes import Sandbox
 from infra.settings import FluidSettings
-from infra.ssh import CommandResult
 
 # How much of a command's output goes to the Prefect log; the full result is returned.
 LOG_OUTPUT_LINES = 10

@@ -24,9 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from infra import audit, runs, sandboxes, store
+from infra.command_output import CommandResult
 from infra.playbook_runs import PlaybookRun
 from infra.settings import FluidSettings
-from infra.ssh import CommandResult
 from tests.conftest import fluid, fresh_postgres_database
 
 

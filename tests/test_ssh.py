@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import infra.ssh
+from infra.command_output import CUT_MARKER, CommandResult
 from infra.errors import (
     CAKeyPermissions,
     CommandTimeout,
@@ -28,7 +29,7 @@ from infra.errors import (
     InvalidCertificateTTL,
     SSHError,
 )
-from infra.ssh import CUT_MARKER, CommandResult, GuestConnection, openssh_command, ping
+from infra.ssh import GuestConnection, openssh_command, ping
 from infra.ssh_ca import CertificateAuthority, SessionCredentials
 
 SSHD = Path("/usr/sbin/sshd")

@@ -4,6 +4,11 @@ Everything the guest sends is attacker-written: the whole output is capped (and 
 cut, past the cap), its entries counted before any JSON is parsed, every kind's output parsed
 and checked (hashes, content, sizes) before anything is written, and only then are memories,
 blobs, the stored capture and the hash index written. A refused capture leaves nothing.
+
+Small files' contents travel inline in that output; a file larger than FLUID_CAPTURE_MAX_CONTENT
+is only hashed there, then streamed on the same connection into a private part of the blob
+store, re-hashed as it arrives, bounded by its reported size, FLUID_CAPTURE_MAX_FILE and
+FLUID_CAPTURE_MAX_TOTAL, and renamed into place only with the rest of the capture.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
+import shlex
 import shutil
 import tarfile
 import time
@@ -27,6 +34,7 @@ from infra import sandboxes, warm_slots
 from infra.errors import FluidError, GuestDataRefused
 from infra.permissions import private_dir, write_private
 from infra.settings import FluidSettings, get_settings
+from infra.ssh import GuestConnection
 from infra.state.base import (
     STAGING,
     UNCHANGED,
@@ -36,9 +44,31 @@ from infra.state.base import (
     unwatched,
     watch_script,
 )
-from infra.state.blobs import BlobStore, secret_reason, valid_sha
+from infra.state.blobs import BlobStore, Incoming, LargeContent, secret_reason, valid_sha
 
 MARK = "@@fluid-kind "
+# Sends one file's first N bytes as they are on disk: opened without following a last symlink
+# and without blocking (a FIFO swapped in is refused, not waited on), a regular file only.
+SEND = r"""
+import os, stat, sys
+fd = os.open(bytes.fromhex(sys.argv[1]), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+if not stat.S_ISREG(os.fstat(fd).st_mode):
+    sys.exit("not a regular file any more")
+os.set_blocking(fd, True)
+left, out = int(sys.argv[2]), sys.stdout.buffer
+while left > 0:
+    data = os.read(fd, min(left, 1 << 20))
+    if not data:
+        break
+    out.write(data)
+    left -= len(data)
+out.flush()
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+"""
+# Slowest transfer a streamed file is given time for (bytes/s), beyond a fixed allowance: only
+# a guard against a guest that stops sending.
+STREAM_MIN_RATE = 1 << 20
+STREAM_ALLOWANCE_S = 120.0
 # What a malformed probe output raises while it is completed or parsed.
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 # Anything that looks like a sha256 in stored captures and memories keeps its blob.
@@ -110,45 +140,60 @@ def capture(
         script.append(f"echo '{MARK}{k.name}'\n{{\n{k.script(params)}\n}} 2>/dev/null")
     script.append(f"rm -rf {STAGING}")
     limit = settings.capture_max_bytes
+    store = blob_store(settings)
     with sandboxes.guest(sandbox_id, settings) as g:
         r = g.run(
             "\n".join(script), timeout=900, output_cap=limit, stdin=_tar(uploads), stop_at_cap=True
         )
-    if r.stdout_cut:
-        raise GuestDataRefused(
-            f"capture of {sandbox_id} refused: the guest sent more than {limit} bytes; nothing "
-            "of it was kept (raise FLUID_CAPTURE_MAX_BYTES if the change is really that large)"
-        )
-    if r.exit_status != 0 and not r.stdout:
-        raise FluidError(f"capture of {sandbox_id} failed: {r.stderr_text[-2000:]}")
-    # Each entry is a line or a JSON object, and no entry has 16 values: both are counted
-    # before any JSON is parsed, which bounds the objects parsing makes.
-    listed = r.stdout.count(b"\n") + r.stdout.count(b"{")
-    values = r.stdout.count(b",") // 16
-    if max(listed, values) > settings.capture_max_entries:
-        raise GuestDataRefused(
-            f"capture of {sandbox_id} refused: the guest listed about {max(listed, values)} "
-            f"entries, more than {settings.capture_max_entries}; nothing of it was kept (raise "
-            "FLUID_CAPTURE_MAX_ENTRIES if the sandbox really holds that many)"
-        )
-    try:
-        outputs = _split(r.stdout.decode("utf-8", errors="surrogateescape"))
-        states, remember, blobs, reused = _check(outputs, previous, settings)
-    except GuestDataRefused as e:
-        raise GuestDataRefused(f"capture of {sandbox_id} refused, nothing of it kept: {e}") from e
-    cap = Capture(
-        sandbox_id=sandbox_id,
-        checkpoint=checkpoint,
-        image=f"{rec.image}:{rec.image_version}",
-        taken_at=datetime.now(UTC),
-        duration_s=round(time.monotonic() - start, 2),
-        reused=reused,
-        kinds=states,
-    )
+        if r.stdout_cut:
+            raise GuestDataRefused(
+                f"capture of {sandbox_id} refused: the guest sent more than {limit} bytes; "
+                "nothing of it was kept (raise FLUID_CAPTURE_MAX_BYTES if the change is really "
+                "that large)"
+            )
+        if r.exit_status != 0 and not r.stdout:
+            raise FluidError(f"capture of {sandbox_id} failed: {r.stderr_text[-2000:]}")
+        # Each entry is a line or a JSON object, and no entry has 16 values: both are counted
+        # before any JSON is parsed, which bounds the objects parsing makes.
+        listed = r.stdout.count(b"\n") + r.stdout.count(b"{")
+        values = r.stdout.count(b",") // 16
+        if max(listed, values) > settings.capture_max_entries:
+            raise GuestDataRefused(
+                f"capture of {sandbox_id} refused: the guest listed about {max(listed, values)} "
+                f"entries, more than {settings.capture_max_entries}; nothing of it was kept "
+                "(raise FLUID_CAPTURE_MAX_ENTRIES if the sandbox really holds that many)"
+            )
+        try:
+            outputs = _split(r.stdout.decode("utf-8", errors="surrogateescape"))
+            del r  # the parsed states replace it: not held while large files stream in
+            states, remember, blobs, reused, large = _check(outputs, previous, settings)
+            # Same connection, and only when there is something to stream: a capture without
+            # a large new file costs no second round trip.
+            parts = _stream_large(g, large, store, settings)
+        except GuestDataRefused as e:
+            raise GuestDataRefused(
+                f"capture of {sandbox_id} refused, nothing of it kept: {e}"
+            ) from e
     # Checked whole: now written, blobs first so nothing written names a blob not stored.
-    store = blob_store(settings)
-    for data in blobs:
-        store.put(data)
+    try:
+        cap = Capture(
+            sandbox_id=sandbox_id,
+            checkpoint=checkpoint,
+            image=f"{rec.image}:{rec.image_version}",
+            taken_at=datetime.now(UTC),
+            duration_s=round(time.monotonic() - start, 2),
+            reused=reused,
+            kinds=states,
+        )
+        for data in blobs:
+            store.put(data)
+        for part in parts:
+            part.commit()
+        for f in large:
+            store.touch(f.sha256)  # named again: the janitor prunes by age
+    finally:
+        for part in parts:
+            part.discard()  # nothing left once committed
     if remember:
         private_dir(_root(settings))
         private_dir(_dir(sandbox_id, settings))
@@ -164,13 +209,14 @@ def capture(
 
 def _check(
     outputs: dict[str, str], previous: dict[str, str | None], settings: FluidSettings
-) -> tuple[dict[str, Any], dict[str, str], list[bytes], list[str]]:
+) -> tuple[dict[str, Any], dict[str, str], list[bytes], list[str], list[LargeContent]]:
     """Every kind's output completed, parsed and checked, nothing written: (states, outputs to
-    remember, blob contents, kinds reused)."""
+    remember, blob contents, kinds reused, files to stream in)."""
     remember: dict[str, str] = {}
     reused: list[str] = []
     states: dict[str, Any] = {}
     blobs: list[bytes] = []
+    large: list[LargeContent] = []
     for name, k in kinds().items():
         if name not in outputs:
             raise GuestDataRefused(f"the {name} probe printed nothing")
@@ -194,8 +240,60 @@ def _check(
                 )
             if secret_reason(None, data) is None:  # private keys are never kept, whoever sent
                 blobs.append(data)
+        large.extend(k.take_large(state))
         states[name] = state
-    return states, remember, blobs, reused
+    return states, remember, blobs, reused, large
+
+
+def _stream_large(
+    g: GuestConnection, large: list[LargeContent], store: BlobStore, settings: FluidSettings
+) -> list[Incoming]:
+    """The content of each large file the store lacks, streamed into a private part, hashed
+    and checked as it arrives: each read is bounded by the size the probe reported (itself
+    within FLUID_CAPTURE_MAX_FILE), all of them by FLUID_CAPTURE_MAX_TOTAL, before a byte is
+    read. Returns the checked parts for the caller to commit; on any failure none is left.
+
+    A file over the per-file limit is not streamed: its change says so and is not exported.
+    """
+    wanted: dict[str, LargeContent] = {}
+    for f in large:
+        if f.size > settings.capture_max_file or f.sha256 in wanted:
+            continue
+        if not store.has(f.sha256):  # content stored before is not sent again
+            wanted[f.sha256] = f
+    total = sum(f.size for f in wanted.values())
+    if total > settings.capture_max_total:
+        raise GuestDataRefused(
+            f"the guest has {len(wanted)} large files to send, {total} bytes in all, more than "
+            f"the {settings.capture_max_total} one capture takes (raise "
+            "FLUID_CAPTURE_MAX_TOTAL if the change is really that large)"
+        )
+    parts: list[Incoming] = []
+    try:
+        for f in wanted.values():
+            part = store.incoming(f.sha256, f.path)
+            parts.append(part)
+            # One byte more than reported says the file grew since it was hashed.
+            command = f"python3 -c {shlex.quote(SEND)} {os.fsencode(f.path).hex()} {f.size + 1}"
+            timeout = STREAM_ALLOWANCE_S + f.size / STREAM_MIN_RATE
+            got = g.stream(command, part.write, limit=f.size, timeout=timeout)
+            if got.over or got.exit_status != 0:
+                why = (
+                    "it grew"
+                    if got.over
+                    else got.stderr.decode(errors="replace").strip()[-300:] or "no reason given"
+                )
+                raise GuestDataRefused(
+                    f"the content of {f.path!r} could not be streamed from the guest ({why}): it "
+                    "changed or went since the files probe hashed it; capture again once "
+                    "nothing writes to it"
+                )
+            part.check()
+    except BaseException:
+        for part in parts:
+            part.discard()
+        raise
+    return parts
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -300,6 +398,11 @@ def delete(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = No
 
 def _index_dir(settings: FluidSettings) -> Path:
     return settings.cache_dir / "hash-index"
+
+
+def index_path(image: str, version: str, settings: FluidSettings | None = None) -> Path:
+    """Where the hash index of an image version is kept (it may not exist yet)."""
+    return _index_dir(settings or get_settings()) / _index_name(image, version)
 
 
 def _index_name(image: str, version: str) -> str:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
+from deepdiff import DeepDiff
+
 from infra.escaping import md_block, md_code, md_text, term_line, term_text, visible
 from infra.settings import FluidSettings, get_settings
 from infra.state import noise
-from infra.state.base import Capture, Change, ChangeSet, DiffContext, kinds
+from infra.state.base import (
+    Capture,
+    Change,
+    ChangeSet,
+    DiffContext,
+    canonical,
+    changed_keys,
+    kinds,
+)
 from infra.state.capture import blob_store
 from infra.state.playbook_yaml import hold_back
 
@@ -41,21 +53,62 @@ def compare(
     )
 
 
-def residual(expected: ChangeSet, actual: ChangeSet) -> list[Change]:
-    """Changes in one set and not the other (an empty list: the replay reproduced it)."""
-    want = {c.identity(): c for c in expected.changes}
-    got = {c.identity(): c for c in actual.changes}
-    missing = [
-        c.model_copy(update={"note": "expected but not reproduced"})
-        for k, c in want.items()
-        if k not in got
-    ]
-    extra = [
-        c.model_copy(update={"note": "not in the original change"})
-        for k, c in got.items()
-        if k not in want
-    ]
-    return missing + extra
+def exclusions(cs: ChangeSet) -> list[Change]:
+    """The changes the playbook leaves out and nothing in it brings: no replay reproduces them."""
+    return [c for c in cs.changes if c.excluded]
+
+
+Group = tuple[str, str, str]
+
+
+def _groups(changes: Iterable[Change]) -> dict[Group, list[Change]]:
+    out: dict[Group, list[Change]] = {}
+    for c in changes:
+        out.setdefault((c.kind, c.key, c.action), []).append(c)
+    return out
+
+
+def residual(
+    expected: ChangeSet, actual: ChangeSet, *, accepted: Collection[str] = ()
+) -> list[Change]:
+    """Changes in one set and not the other (an empty list: the replay reproduced it).
+
+    Every expected change counts, exported or not, except an exclusion whose key is in
+    `accepted` (the run accepted that the playbook leaves it out). deepdiff finds the
+    (kind, key, action) groups that differ; within one, changes match by their identity.
+    """
+    # Reported in each side's own order: the expected changes missing, then the extra ones.
+    order = {id(c): i for i, c in enumerate([*expected.changes, *actual.changes])}
+    want = _groups(c for c in expected.changes if not (c.excluded and c.key in accepted))
+    got = _groups(actual.changes)
+    found: list[tuple[int, Change]] = []
+    for group in changed_keys(want, got, lambda cs: sorted(canonical(c.after) for c in cs)):
+        mine, theirs = want.get(group, []), got.get(group, [])
+        made = {c.identity() for c in theirs}
+        meant = {c.identity() for c in mine}
+        found += [
+            (order[id(c)], c.model_copy(update={"note": _not_reproduced(c, theirs)}))
+            for c in mine
+            if c.identity() not in made
+        ]
+        found += [
+            (order[id(c)], c.model_copy(update={"note": "not in the original change"}))
+            for c in theirs
+            if c.identity() not in meant
+        ]
+    return [c for _, c in sorted(found, key=lambda pair: pair[0])]
+
+
+def _not_reproduced(c: Change, replayed: list[Change]) -> str:
+    """Why an expected change is in the residual: absent from the replay, or made otherwise."""
+    if c.excluded:
+        return f"expected but not reproduced: {c.exclusion()}"
+    if len(replayed) != 1 or c.after is None or replayed[0].after is None:
+        return "expected but not reproduced"
+    fields = DeepDiff(c.after, replayed[0].after).affected_root_keys
+    return "expected but not reproduced: the replay made it with another " + ", ".join(
+        str(f) for f in fields
+    )
 
 
 def _title(cs: ChangeSet) -> str:
@@ -76,6 +129,7 @@ def markdown(cs: ChangeSet, *, max_diff_lines: int = 80, whole: str | None = Non
     where = md_code(whole or _json_command(cs))
     counts = ", ".join(f"{len(cs.of(k))} {k}" for k in kinds() if cs.of(k))
     lines += [f"**{len(cs.changes)} changes**: {counts}", ""]
+    lines += _exclusions_markdown(exclusions(cs))
     for name in kinds():
         group = cs.of(name)
         if not group:
@@ -100,6 +154,39 @@ def markdown(cs: ChangeSet, *, max_diff_lines: int = 80, whole: str | None = Non
                     ]
                 lines.append("")
     return "\n".join(lines)
+
+
+# How a run accepts that its playbook leaves a change out (each one by its key).
+ACCEPT_HOW = (
+    "`fluid run … --accept-exclusion KEY` or `fluid verify DIR --accept-exclusion KEY` "
+    "(the agent-task flow's `accept_exclusions`)"
+)
+
+
+def exclusions_table(excluded: list[Change]) -> list[str]:
+    """Markdown table lines naming each change the playbook leaves out, and why."""
+    return [
+        "| kind | key | why |",
+        "|---|---|---|",
+        *(
+            f"| {md_text(c.kind)} | {md_code(c.key, table=True)} | {md_text(c.exclusion())} |"
+            for c in excluded
+        ),
+    ]
+
+
+def _exclusions_markdown(excluded: list[Change]) -> list[str]:
+    """The changes no replay reproduces, first and whole: a reviewer must see each one."""
+    if not excluded:
+        return []
+    return [
+        f"## Not reproduced: {len(excluded)} change(s) the playbook leaves out",
+        "",
+        "The proof fails unless the run accepts each of them by its key: " + ACCEPT_HOW + ".",
+        "",
+        *exclusions_table(excluded),
+        "",
+    ]
 
 
 def _diff_lines(c: Change) -> list[str]:
@@ -136,6 +223,15 @@ def terminal(
     out = [term_line(_title(cs))]
     if cs.empty:
         return out[0] + "\nno changes"
+    excluded = exclusions(cs)
+    if excluded:
+        out.append(f"\nnot reproduced: {len(excluded)} change(s) the playbook leaves out")
+        out += [
+            f"  ! {term_line(c.kind)} {term_line(c.key)}  # {term_line(c.exclusion())}"
+            for c in excluded[:limit]
+        ]
+        if limit is not None and len(excluded) > limit:
+            out.append(f"  ... {len(excluded) - limit} more; all are in the whole change set")
     shown = 0
     for name in kinds():
         group = cs.of(name)

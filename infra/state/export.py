@@ -23,9 +23,14 @@ from infra.names import NAME_PATTERN
 from infra.settings import FluidSettings, get_settings
 from infra.state import playbook_yaml
 from infra.state.base import ChangeSet, ExportContext, kinds
+from infra.state.blobs import CHUNK, BlobStore
 from infra.state.capture import blob_store
 
 ROLE = "fluid_change"
+# On every task and handler fluid writes (its own template, never guest data): a preview in
+# check mode goes on past a task that fails there, as one that needs an earlier would-be change
+# (a package's user, directory or unit) does; applied for real, a failure stops the play.
+PREVIEW_GOES_ON = {"ignore_errors": "{{ ansible_check_mode }}"}
 
 
 class ExportError(FluidError):
@@ -48,18 +53,21 @@ def export(cs: ChangeSet, out: Path, settings: FluidSettings | None = None) -> P
     # A change that cannot be carried literally is left out here too, whoever made `cs`.
     cs = cs.model_copy(update={"changes": [playbook_yaml.hold_back(c) for c in cs.changes]})
     ctx = ExportContext(changeset=cs)
-    tasks, handlers, flagged = [], [], []
+    tasks, handlers, flagged, last = [], [], [], []
     files: dict[str, str] = {}
     try:
         for name, k in kinds().items():
             bundle = k.export(cs.of(name), ctx)
             tasks.extend(bundle.tasks)
+            last.extend(bundle.last)
             handlers.extend(h for h in bundle.handlers if h not in handlers)
             files.update(bundle.files)
             flagged.extend(bundle.flagged)
         for name, sha in files.items():
             playbook_yaml.blob_name(name)
             playbook_yaml.blob_name(sha)
+        tasks = [t | PREVIEW_GOES_ON for t in [*tasks, *last]]
+        handlers = [h | PREVIEW_GOES_ON for h in handlers]
     except playbook_yaml.PlaybookYAMLError as e:
         raise ExportError(f"{e}; the capture is not trustworthy, export it again") from e
     for c in cs.changes:
@@ -75,7 +83,7 @@ def export(cs: ChangeSet, out: Path, settings: FluidSettings | None = None) -> P
         for d in (out, out / "roles", role, role / "tasks", role / "handlers", role / "files"):
             d.mkdir(mode=0o700, exist_ok=True)
         for name, sha in files.items():
-            _copy_blob(blobs.get(sha), sha, role / "files" / name)
+            _copy_blob(blobs, sha, role / "files" / name)
         _write(
             role / "tasks" / "main.yml",
             playbook_yaml.dump(
@@ -111,16 +119,27 @@ def _play(cs: ChangeSet) -> dict:
     }
 
 
-def _copy_blob(data: bytes | None, sha: str, dest: Path) -> None:
-    """Captured content into the playbook, checked against the sha256 it is filed under."""
-    if data is None:
-        raise ExportError(f"the contents with sha256 {sha} were not captured; nothing exported")
-    if hashlib.sha256(data).hexdigest() != sha:
+def _copy_blob(blobs: BlobStore, sha: str, dest: Path) -> None:
+    """Captured content into the playbook, streamed in chunks (a large file is never held in
+    memory) and re-hashed on the way: it must hash to the sha256 it is filed under."""
+    try:
+        source = blobs.open(sha)
+    except FileNotFoundError:
+        raise ExportError(
+            f"the contents with sha256 {sha} were not captured; nothing exported"
+        ) from None
+    h = hashlib.sha256()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with source, os.fdopen(fd, "wb") as out:
+        while chunk := source.read(CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    if h.hexdigest() != sha:
+        # The caller removes the whole playbook directory, this file with it.
         raise ExportError(
             f"the blob store's content for {sha} does not hash to it; it was altered after "
             "capture, so nothing was exported"
         )
-    _write(dest, data)
 
 
 def _write(path: Path, data: str | bytes) -> None:

@@ -3,6 +3,14 @@
 In the spirit of blueprintignore(5): logs, caches, package lists and databases (packages are
 captured from dpkg itself), identity that every machine has of its own, and the traces fluid
 and Ansible leave behind. Extend it with FLUID_IGNORE (comma-separated globs).
+
+Files a user may legitimately edit are not here whole even when fluid writes part of them:
+/etc/hosts and /etc/hostname are compared without the lines naming the sandbox itself (the
+hosts kind). What stays whole-file is all fluid's or all the machine's: machine-ids, SSH host
+keys and fluid's sshd files (written per sandbox at every boot; exporting them would clone one
+machine's identity onto another), /etc/resolv.conf (the user-mode network's resolver; a host's
+DNS settings belong in the files that generate it, which are captured), and files that tools
+regenerate from captured sources (ld.so.cache, ssl/certs, the *- backups of passwd and group).
 """
 
 from __future__ import annotations
@@ -44,8 +52,6 @@ DEFAULT_IGNORE = (
     "/var/mail/**",
     "/etc/machine-id",
     "/var/lib/dbus/machine-id",
-    "/etc/hostname",
-    "/etc/hosts",
     "/etc/ssh/ssh_host_*",
     "/etc/ssh/fluid_*",
     "/etc/ld.so.cache",

@@ -22,7 +22,10 @@ Output: line 1 names users and groups, line 2 is a JSON array of entries, line 3
 changed since `since`, the paths that are gone and the directories listed anew, subtree and all.
 A file's content is sent (base64) when it changed since the index and is not a pristine package
 file, so the host can show text diffs and export it byte for byte; never for password hashes or
-private keys, whose entry says why in "x" instead.
+private keys, whose entry says why in "x" instead. A file larger than `max` is marked "L" in
+place of its content: the host streams it in afterwards and checks it against "h". An entry
+the journal saw written says by whom in "w": "dpkg" (dpkg or a process it started: a
+maintainer script, a trigger) or "agent" (any other process, or one gone before it was asked).
 """
 
 import base64
@@ -100,26 +103,38 @@ def names():
 
 
 def digests(path, keep=0):
-    """sha256 and md5 of a file, and its content when it is at most `keep` bytes (else None):
-    one read gives both, so the content sent is the content hashed."""
+    """sha256 and md5 of a file, its content when it is at most `keep` bytes (else None), and
+    whether a larger one holds private key material: one read gives all, so the content sent
+    is the content hashed."""
     sha, md5 = hashlib.sha256(), hashlib.md5()
+    key, tail = False, b""
     with open(path, "rb") as f:
         data = f.read(keep + 1) if keep else b""
         sha.update(data)
         md5.update(data)
-        if len(data) > keep:
+        if not keep or len(data) > keep:
+            # Searched as it is hashed (the host streams such a file in afterwards): the
+            # overlap finds a key split between chunks, the substring test keeps it cheap.
+            tail = data[-KEY_OVERLAP:]
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 sha.update(chunk)
                 md5.update(chunk)
+                mark = b"PRIVATE KEY-----"
+                if not key and (mark in chunk or mark in tail + chunk[:KEY_OVERLAP]):
+                    key = bool(PRIVATE_KEY.search(tail + chunk))
+                tail = (tail + chunk[-KEY_OVERLAP:])[-KEY_OVERLAP:]
+            key = key or bool(PRIVATE_KEY.search(data))
         # Hashing must not fill the page cache: a warm slot saves it with the guest's memory.
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    return sha.hexdigest(), md5.hexdigest(), (data if keep and len(data) <= keep else None)
+    small = data if keep and len(data) <= keep else None
+    return sha.hexdigest(), md5.hexdigest(), small, key
 
 
 # Content never sent, whatever asks for it: password hashes and private keys (the host drops
 # them too; this only spares them the trip). Kept in step with infra/state/blobs.py.
 SECRET_PATHS = re.compile(r"/etc/g?shadow-?|/etc/ssh/ssh_host_[^/]*_key")
 PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----")
+KEY_OVERLAP = 128  # longer than any PRIVATE_KEY match
 
 
 def secret_reason(path, data):
@@ -149,6 +164,9 @@ class Listing:
                 self.index = json.load(f)
         self.changed_only = delta or bool(self.index)
         self.root_dev = os.lstat("/").st_dev
+        # The journal's word on who last wrote each path (see Journal.writer_of); a walk
+        # without the journal has none.
+        self.writers = {}
         # Encoded once at the end: one json.dumps per entry costs more than the walk.
         self.entries = []
 
@@ -163,6 +181,9 @@ class Listing:
         pkg = self.owner.get(path)
         if pkg:
             e["o"] = pkg
+        writer = self.writers.get(path)
+        if writer:
+            e["w"] = writer[0]
         if stat.S_ISLNK(st.st_mode):
             e["k"] = "l"
             e["l"] = os.readlink(path)
@@ -173,13 +194,13 @@ class Listing:
             e["s"] = st.st_size
             key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
             cached = self.index.get(path)
-            data = None
+            data, has_key = None, False
             if cached and cached[:4] == key:
                 e["h"], e["pp"] = cached[4], cached[5]
                 changed = False
             else:
                 try:
-                    e["h"], md5, data = digests(path, self.max_content)
+                    e["h"], md5, data, has_key = digests(path, self.max_content)
                 except OSError:
                     return
                 e["pp"] = self.md5s.get(path) == md5
@@ -193,6 +214,14 @@ class Listing:
                     e["x"] = why
                 else:
                     e["c"] = base64.b64encode(data).decode()
+            elif want and not e["pp"] and changed:
+                # Too large to travel inline: "L" asks the host to stream it in by its hash
+                # (a file changed since fails the host's check and the capture is taken again).
+                why = secret_reason(path, b"") or ("private key material" if has_key else None)
+                if why:
+                    e["x"] = why
+                else:
+                    e["L"] = 1
             e["i"] = key
         else:
             e["k"] = "o"
@@ -241,6 +270,8 @@ INFO = struct.Struct("=BBH")
 O_PATH = 0o10000000
 REQUESTS = ANSWERS = ""  # set from the command line
 KEPT_TOKENS = 16
+MAX_LINEAGE = 50_000
+DPKG = "/usr/bin/dpkg"
 ANSWER_TTL_S = 60
 MAX_CHANGED = 200_000
 # dpkg quiet this long: owners and md5s are read again then, not when the next capture asks.
@@ -281,6 +312,9 @@ class Journal:
         self.maps = None
         self.maps_seq = -1
         self.dirs = {}  # directory handle -> path, until a directory moves or goes
+        self.writers = {}  # path -> ("dpkg" | "agent", number of the event that said so)
+        self.last_barrier = 0
+        self.lineage = {}  # (pid, start time) -> "dpkg" | "agent"
 
     def dir_path(self, handle):
         path = self.dirs.get(handle)
@@ -303,7 +337,7 @@ class Journal:
         data = os.read(self.fd, 1 << 16)
         at = 0
         while at + METADATA.size <= len(data):
-            length, _vers, _res, meta_len, mask, fd, _pid = METADATA.unpack_from(data, at)
+            length, _vers, _res, meta_len, mask, fd, pid = METADATA.unpack_from(data, at)
             if fd >= 0:
                 os.close(fd)
             info = at + meta_len
@@ -322,10 +356,10 @@ class Journal:
                     if mask & FAN_ONDIR and mask & (FAN_MOVED_FROM | FAN_MOVED_TO | FAN_DELETE):
                         self.dirs.clear()
                 info += size or INFO.size
-            yield mask, path
+            yield mask, path, pid
             at += length or METADATA.size
 
-    def note(self, mask, path):
+    def note(self, mask, path, pid):
         self.seq += 1
         if mask & FAN_Q_OVERFLOW:
             self.barriers.clear()  # events were lost: every later request gets everything
@@ -333,6 +367,11 @@ class Journal:
         if path is None:
             return
         self.changed[path] = self.seq
+        # Who wrote it, asked now: the writer may be gone by the time a capture asks. Once a
+        # process outside dpkg touched a path since the last request, the path stays its.
+        was = self.writers.get(path)
+        if not (was and was[0] == "agent" and was[1] > self.last_barrier):
+            self.writers[path] = (self.writer_of(pid), self.seq)
         if mask & FAN_ONDIR and mask & (FAN_CREATE | FAN_MOVED_TO):
             self.trees[path] = self.seq
         if mask & ENTRY_EVENTS:
@@ -349,10 +388,43 @@ class Journal:
         floor = min(self.barriers.values(), default=self.seq)
         self.changed = {p: n for p, n in self.changed.items() if n > floor}
         self.trees = {p: n for p, n in self.trees.items() if n > floor}
+        self.writers = {p: w for p, w in self.writers.items() if w[1] > floor}
+        if len(self.lineage) > MAX_LINEAGE:
+            self.lineage.clear()
+
+    def writer_of(self, pid):
+        """The writer's side: "dpkg" when process `pid` is dpkg or a descendant of it (a
+        maintainer script, a trigger), else "agent": anyone else, or a process already gone
+        (nothing proves it was dpkg's)."""
+        chain = []
+        verdict = "agent"
+        while pid > 1:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat_line = f.read(4096)
+            except OSError:
+                break
+            comm, _, rest = stat_line.rpartition(b")")
+            fields = rest.split()
+            if len(fields) < 20:
+                break
+            key = (pid, fields[19])
+            known = self.lineage.get(key)
+            if known is not None:
+                verdict = known
+                break
+            chain.append(key)
+            if comm.partition(b"(")[2] == b"dpkg" and is_dpkg(pid):
+                verdict = "dpkg"
+                break
+            pid = int(fields[1])
+        for key in chain:
+            self.lineage[key] = verdict
+        return verdict
 
     def answer(self, token, params):
         since = self.barriers.get(params.get("since"))
-        self.barriers[token] = self.seq
+        self.barriers[token] = self.last_barrier = self.seq
         try:
             return self.listing(token, since, params)
         finally:
@@ -374,9 +446,11 @@ class Journal:
             self.refresh_maps()
         if since is None:
             listing = Listing(params, self.maps)
+            listing.writers = self.writers
             listing.walk("/")
             return listing.text({"token": token, "delta": False})
         listing = Listing(params, self.maps, delta=True)
+        listing.writers = self.writers
         gone, trees = [], []
         for path in sorted(p for p, n in self.changed.items() if n > since):
             if skipped(path, listing.skip) or any(path.startswith(t + "/") for t in trees):
@@ -404,13 +478,13 @@ class Journal:
             if not select.select([self.fd], [], [], wait)[0]:
                 self.refresh_maps()  # dpkg went quiet (a capture tends to follow an install)
                 continue
-            for mask, path in self.events():
+            for mask, path, pid in self.events():
                 name = os.path.basename(path or "")
                 if mask & FAN_CLOSE_WRITE and os.path.dirname(path or "") == REQUESTS:
                     self.seq += 1
                     self.request(name)
                 else:
-                    self.note(mask, path)
+                    self.note(mask, path, pid)
 
     def request(self, name):
         if not name.startswith("req-"):
@@ -456,6 +530,14 @@ def write_answer(token, text):
         pass  # full of lines nobody read: whoever waits sees its answer at its next look
     finally:
         os.close(fd)
+
+
+def is_dpkg(pid):
+    """Whether process `pid` runs dpkg's own binary (a name alone is any process's choice)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == DPKG
+    except OSError:
+        return False
 
 
 def start_time(pid):

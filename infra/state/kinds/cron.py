@@ -8,7 +8,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.base import (
+    Change,
+    DiffContext,
+    ExportContext,
+    ResourceKind,
+    TaskBundle,
+    changed_keys,
+)
 from infra.state.playbook_yaml import unsafe, unsafe_each
 
 SPOOL = "/var/spool/cron/crontabs/"
@@ -89,7 +96,9 @@ class Cron(ResourceKind[CronState]):
         b = {e.model_dump_json(): e for e in before.entries}
         a = {e.model_dump_json(): e for e in after.entries}
         changes = []
-        for key in sorted(set(a) - set(b)):
+        # Each entry is keyed by itself: a changed line is one removed and one added.
+        differ = changed_keys(b, a)
+        for key in (k for k in differ if k not in b):
             e = a[key]
             ch = Change(
                 kind=self.name,
@@ -102,7 +111,7 @@ class Cron(ResourceKind[CronState]):
                 ch.exported = False
                 ch.note = f"not exported: cron has no schedule {e.schedule!r}"
             changes.append(ch)
-        for key in sorted(set(b) - set(a)):
+        for key in (k for k in differ if k not in a):
             e = b[key]
             changes.append(
                 Change(

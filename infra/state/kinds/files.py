@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr
 
 from infra.errors import FluidError, GuestDataRefused
-from infra.state import noise
+from infra.state import noise, owned_metadata
 from infra.state.base import (
     STAGING,
     Change,
@@ -28,9 +28,10 @@ from infra.state.base import (
     ExportContext,
     ResourceKind,
     TaskBundle,
+    changed_keys,
     unified_diff,
 )
-from infra.state.blobs import SHA256, secret_reason, valid_sha
+from infra.state.blobs import SHA256, BlobTooLarge, LargeContent, secret_reason, valid_sha
 from infra.state.playbook_yaml import blob_name, unsafe
 
 PROBE_PATH = f"{STAGING}/files_probe.py"
@@ -51,6 +52,8 @@ CONTENT_ROOTS = (
     "/var/spool/cron/",
 )
 COMPARED = ("type", "mode", "owner", "group", "sha256", "target")
+# A file larger than this is shown as binary with its size: a diff never reads it whole.
+TEXT_DIFF_MAX = 1 << 20
 SECRETS = {s: s for s in ("password hashes", "private key material")}
 TYPES = {"f": "file", "d": "directory", "l": "symlink", "o": "other"}
 
@@ -69,6 +72,9 @@ class FileEntry(BaseModel):
     target: str | None = None
     package: str | None = None
     pristine: bool | None = None
+    # The journal's word on who last wrote it: dpkg (or a process dpkg started), or anyone
+    # else; None when no journal watched it change (a full walk).
+    writer: Literal["dpkg", "agent"] | None = None
     mtime_ns: int = 0
     stat_key: list[int] | None = None
     secret: str | None = Field(default=None, description="what its content holds, never kept")
@@ -82,6 +88,7 @@ class FilesState(BaseModel):
 
     entries: dict[str, FileEntry]
     _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
+    _large: dict[str, LargeContent] = PrivateAttr(default_factory=dict)
 
     def hash_index(self) -> dict[str, list[Any]]:
         """The hash cache the guest probe reuses for unchanged files."""
@@ -138,6 +145,29 @@ def _content(path: str, encoded: object, sha: str | None) -> bytes:
             f"{sha} it reported"
         )
     return data
+
+
+def _large(path: str, sha: str | None, size: object) -> LargeContent:
+    """A file the probe hashed and asks the host to stream in (its content was too large to
+    travel inline)."""
+    if sha is None or type(size) is not int or size < 0:
+        raise GuestDataRefused(
+            f"the files probe offered the content of {path!r} without its sha256 and size"
+        )
+    return LargeContent(path=path, sha256=sha, size=size)
+
+
+def _small_blob(ctx: DiffContext, sha: str | None) -> bytes | None:
+    """A blob of at most TEXT_DIFF_MAX bytes, to diff as text (None: not stored, or larger)."""
+    try:
+        return ctx.blobs.get(sha, limit=TEXT_DIFF_MAX)
+    except BlobTooLarge:
+        return None
+
+
+def _bytes(n: int) -> str:
+    """A size for people: exact, and in MiB when it is large."""
+    return f"{n} bytes" if n < 1 << 20 else f"{n} bytes ({n / (1 << 20):.1f} MiB)"
 
 
 def _is_text(data: bytes) -> bool:
@@ -242,6 +272,11 @@ class Files(ResourceKind[FilesState]):
             for path in [p for p in entries if p in exact or p.startswith(under)]:
                 del entries[path]
         for e in json.loads(lines[1]):
+            # A path listed again without events of its own (a child changed, dpkg's lists
+            # moved) keeps the journal's earlier word on who wrote it.
+            old_entry = entries.get(e["p"])
+            if "w" not in e and old_entry and "w" in old_entry:
+                e["w"] = old_entry["w"]
             entries[e["p"]] = e
         listed = json.dumps(list(entries.values()), separators=(",", ":"))
         return "\n".join([lines[0], listed, json.dumps({"token": meta["token"], "delta": False})])
@@ -255,6 +290,7 @@ class Files(ResourceKind[FilesState]):
             raise FluidError("the files probe stopped before listing any file")
         entries: dict[str, FileEntry] = {}
         blobs: dict[str, bytes] = {}
+        large: dict[str, LargeContent] = {}
         # The guest writes all of this: a hash is a blob's name (a host path) and content is
         # kept under it, so each hash is checked and each content hashed again here.
         path = None
@@ -273,6 +309,8 @@ class Files(ResourceKind[FilesState]):
                     secret = secret_reason(path, data) or secret
                     if not secret:
                         blobs[sha] = data
+                elif "L" in e and not secret and not secret_reason(path, None):
+                    large.setdefault(sha, _large(path, sha, e.get("s")))
                 entries[path] = FileEntry(
                     path=path,
                     type=TYPES[e["k"]],
@@ -284,6 +322,7 @@ class Files(ResourceKind[FilesState]):
                     target=e.get("l"),
                     package=e.get("o"),
                     pristine=e.get("pp"),
+                    writer=e.get("w"),
                     mtime_ns=e.get("t", 0),
                     stat_key=e.get("i"),
                     secret=secret_reason(path, None) or secret,
@@ -295,33 +334,54 @@ class Files(ResourceKind[FilesState]):
             ) from err
         state = FilesState(entries=entries)
         state._blobs = blobs
+        state._large = large
         return state
 
     def take_blobs(self, state: FilesState) -> dict[str, bytes]:
         blobs, state._blobs = state._blobs, {}
         return blobs
 
+    def take_large(self, state: FilesState) -> list[LargeContent]:
+        large, state._large = state._large, {}
+        return list(large.values())
+
     # --- diff ----------------------------------------------------------------------------
 
     def diff(self, before: FilesState, after: FilesState, ctx: DiffContext) -> list[Change]:
         ignore = tuple(ctx.ignore)
-        owned = _owned_by_other_kinds()
-        windows = ctx.after.state("packages").dpkg_windows(since=ctx.before.taken_at)
-        gone_packages = set(ctx.before.state("packages").installed) - set(
-            ctx.after.state("packages").installed
-        )
+        owned, metadata_kept = owned_metadata.globs()
+        packages_before, packages = ctx.before.state("packages"), ctx.after.state("packages")
+        gone_packages = set(packages_before.installed) - set(packages.installed)
+        scripted = packages.scripted_paths(packages_before)
+        managed = packages.managed_links(packages_before)
         old_users, new_users = ctx.before.state("users").users, ctx.after.state("users").users
         homes = {u.home for n, u in new_users.items() if n not in old_users and u.home != "/"}
-        made = _package_made_dirs(before, after, windows)
+        made = _package_made_dirs(before, after, scripted)
         changes: list[Change] = []
-        for path in sorted(set(before.entries) | set(after.entries)):
-            if noise.is_noise(path, ignore) or (owned and noise.is_noise(path, owned)):
+        # deepdiff per directory first, then within the directories that differ (base.py).
+        parent = lambda p: p.rpartition("/")[0]  # noqa: E731
+        for path in changed_keys(before.entries, after.entries, FileEntry.compared, parent):
+            if noise.is_noise(path, ignore):
                 continue
             b, a = before.entries.get(path), after.entries.get(path)
-            if b and a and b.compared() == a.compared():
+            if owned and noise.is_noise(path, owned):
+                # Another kind owns the content; its mode, owner, group or link target is
+                # reported here, once, unless that kind keeps them itself: when it changed,
+                # or on a new path when a module would not create it so unasked.
+                if (
+                    a
+                    and not noise.is_noise(path, metadata_kept)
+                    and not (b is None and path in made)
+                    and not _package_made(a, b, scripted)
+                    and (owned_metadata.of(b) != owned_metadata.of(a) if b else True)
+                    and (b is not None or not owned_metadata.is_default(a))
+                ):
+                    changes.append(owned_metadata.change(path, b, a))
                 continue
-            if a is not None and (_package_made(a, b, windows) or path in made):
+            if a is not None and (_package_made(a, b, scripted) or path in made):
                 continue
+            if path in managed and (a or b).type == "symlink":  # type: ignore[union-attr]
+                continue  # update-alternatives in auto mode, run by a package's scripts
             if a is not None and b is None and _made_by_useradd(path, a, after, homes):
                 continue
             if a is None and b is not None and b.package in gone_packages:
@@ -361,21 +421,32 @@ class Files(ResourceKind[FilesState]):
                 + (f" → {a.target}" if a.target else "")
             )
         if a and a.type == "file" and not (b and b.type == "file" and b.sha256 == a.sha256):
-            new = ctx.blob(a.sha256)
-            old = ctx.blob(b.sha256) if b and b.type == "file" else b""
+            # Sizes first: a large blob is never read whole to be shown (it is binary here).
+            size = ctx.blobs.size(a.sha256)
+            old_size = ctx.blobs.size(b.sha256) if b and b.type == "file" else 0
             if a.secret:
                 ch.note = (
                     f"holds {a.secret}: not exported (its content is never kept or shown); "
                     "provision it apart from the playbook"
                 )
                 ch.exported = False
-            elif new is None:
-                ch.note = "content not captured (larger than the capture limit)"
+            elif size is None:
+                ch.note = (
+                    f"content not captured: {a.size} bytes, over the per-file limit of a capture "
+                    "(FLUID_CAPTURE_MAX_FILE); not exported, raise it and capture again"
+                )
                 ch.exported = False
-            elif not _is_text(new) or (old is not None and not _is_text(old)):
+            elif max(size, old_size or 0) > TEXT_DIFF_MAX:
                 ch.binary = True
-            elif old is not None and old != new:
-                ch.text_diff = unified_diff(path, old if b else None, new)
+            else:
+                new = _small_blob(ctx, a.sha256)
+                old = _small_blob(ctx, b.sha256) if b and b.type == "file" else b""
+                if new is None or not _is_text(new) or (old is not None and not _is_text(old)):
+                    ch.binary = True
+                elif old is not None and old != new:
+                    ch.text_diff = unified_diff(path, old if b else None, new)
+            if ch.binary:
+                ch.details.append(f"binary content, {_bytes(size or 0)}")
         return ch
 
     # --- export --------------------------------------------------------------------------
@@ -386,6 +457,11 @@ class Files(ResourceKind[FilesState]):
         bundle = TaskBundle()
         services = ctx.services_with_config()
         exported = [c for c in changes if c.exported]
+        # After every kind's tasks: the path may be one another kind's task creates.
+        bundle.last = [
+            owned_metadata.task(c) for c in exported if owned_metadata.is_metadata_only(c)
+        ]
+        exported = [c for c in exported if not owned_metadata.is_metadata_only(c)]
         # Directories first (parents before children), then everything else; removals last.
         creates = sorted(
             (c for c in exported if c.action != "removed"),
@@ -464,42 +540,27 @@ class Files(ResourceKind[FilesState]):
         return bundle
 
 
-def _owned_by_other_kinds() -> tuple[str, ...]:
-    from infra.state.base import kinds
-
-    globs: list[str] = []
-    for k in kinds().values():
-        globs.extend(getattr(k, "owned_globs", ()))
-    return tuple(globs)
-
-
-def _package_made(a: FileEntry, b: FileEntry | None, windows: list[tuple[float, float]]) -> bool:
-    """True for entries a package made: written while dpkg ran, or shipped and untouched."""
-    t = a.mtime_ns / 1e9
-    if any(start <= t <= end for start, end in windows):
+def _package_made(a: FileEntry, b: FileEntry | None, scripted: set[str]) -> bool:
+    """True for entries a package accounts for, on evidence (never on timing): the journal saw
+    dpkg or a process it started write it last; or dpkg's lists ship it (a file with dpkg's own
+    checksum) or a maintainer script of a package installed in between names it, and nothing
+    about it but its content changed. Without the journal (a full walk after it died) only the
+    lists and the scripts count."""
+    if a.writer == "dpkg":
         return True
-    if b is not None and (a.type, a.mode, a.owner, a.group, a.target) != (
-        b.type,
-        b.mode,
-        b.owner,
-        b.group,
-        b.target,
-    ):
-        return False  # chmod and chown leave mtime alone: someone decided them
-    return bool(a.package and (a.type != "file" or a.pristine))
+    if b is not None and owned_metadata.of(a) != owned_metadata.of(b):
+        return False  # a chmod, chown or re-pointed link outside dpkg: someone decided it
+    if a.package and (a.type != "file" or a.pristine):
+        return True
+    return b is None and a.path in scripted
 
 
-def _package_made_dirs(
-    before: FilesState, after: FilesState, windows: list[tuple[float, float]]
-) -> set[str]:
-    """New directories holding something a package made: the package made them too.
-
-    A directory's mtime moves whenever an entry is added to it later, so the dpkg time
-    windows cannot tell who made it; its package-made contents can.
-    """
+def _package_made_dirs(before: FilesState, after: FilesState, scripted: set[str]) -> set[str]:
+    """New directories holding something a package made: the package made them too (the
+    evidence for a file often names only the file; its new parents came with it)."""
     made: set[str] = set()
     for path, a in after.entries.items():
-        if path in before.entries or not _package_made(a, None, windows):
+        if path in before.entries or not _package_made(a, None, scripted):
             continue
         parent = path.rsplit("/", 1)[0]
         while parent and parent not in before.entries and parent not in made:

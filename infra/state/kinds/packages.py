@@ -1,48 +1,103 @@
-"""Packages: dpkg's installed packages and apt's manual marks (RPM would be a sibling kind)."""
+"""Packages: dpkg's installed packages and apt's manual marks (RPM would be a sibling kind).
+
+Also the evidence that credits an account to a package: the names its maintainer scripts could
+create (the words of a preinst or postinst that calls adduser, useradd, addgroup, groupadd or
+systemd-sysusers) and the accounts its sysusers.d files declare.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+import shlex
 from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import Change, DiffContext, ExportContext, ResourceKind, TaskBundle
+from infra.state.base import (
+    Change,
+    DiffContext,
+    ExportContext,
+    ResourceKind,
+    TaskBundle,
+    changed_keys,
+)
 from infra.state.playbook_yaml import unsafe_each
 
 SECTION = "@@fluid-section "
 
 
 class PackagesState(BaseModel):
-    """Installed packages (name → version), the manual ones, and dpkg's recent runs."""
+    """Installed packages (name → version), the manual ones, and the account names each
+    package's maintainer scripts and sysusers.d files account for."""
 
     installed: dict[str, str]
     manual: list[str]
-    dpkg_runs: list[tuple[float, float]] = []
+    accounts: dict[str, list[str]] = {}
+    script_paths: dict[str, list[str]] = {}
+    alternatives: dict[str, str] = {}  # name -> auto | manual, from dpkg's alternatives db
 
-    def dpkg_windows(self, since: datetime | None = None) -> list[tuple[float, float]]:
-        """Time windows (epoch seconds) in which dpkg ran, after `since` if given."""
-        if since is None:
-            return list(self.dpkg_runs)
-        cutoff = (since - timedelta(seconds=5)).timestamp()
-        return [(s, e) for s, e in self.dpkg_runs if e >= cutoff]
+    def account_makers(self, name: str, before: PackagesState) -> list[str]:
+        """Packages installed or upgraded since `before` whose scripts or sysusers.d files
+        account for the user or group `name` (empty: nothing credits it to a package)."""
+        return sorted(
+            p
+            for p, names in self.accounts.items()
+            if name in names and self.installed.get(p) not in (None, before.installed.get(p))
+        )
+
+    def managed_links(self, before: PackagesState) -> set[str]:
+        """/etc/alternatives links the package system set, when packages changed since
+        `before`: those of alternatives in auto mode (a `--set` by hand makes one manual), and
+        of alternatives whose last member went."""
+        if self.installed == before.installed:
+            return set()
+        names = {n for n, mode in self.alternatives.items() if mode == "auto"}
+        names |= set(before.alternatives) - set(self.alternatives)
+        return {f"{ALTERNATIVES_LINKS}/{n}" for n in names}
+
+    def scripted_paths(self, before: PackagesState) -> set[str]:
+        """Absolute paths named in the maintainer scripts of packages installed or upgraded
+        since `before`: what those scripts may have made besides the payload."""
+        return {
+            path
+            for p, paths in self.script_paths.items()
+            if self.installed.get(p) not in (None, before.installed.get(p))
+            for path in paths
+        }
 
 
-def _runs(log_lines: list[str]) -> list[tuple[float, float]]:
-    """dpkg invocations from /var/log/dpkg.log, merged when they follow within 2 s."""
-    runs: list[list[float]] = []
-    for line in log_lines:
-        try:
-            ts = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-        except ValueError:
-            continue
-        t = ts.timestamp()
-        if " startup " in line and (not runs or t - runs[-1][1] > 2):
-            runs.append([t, t])
-        elif runs:
-            runs[-1][1] = t
-    # the log has whole seconds: the last second lasts until its end
-    return [(s, e + 1.0) for s, e in runs]
+# As "package TAB word" lines: the words of maintainer scripts that make accounts, the u/g/m
+# names of sysusers.d files, and the absolute paths any preinst or postinst names (the files a
+# script makes: `ln -s`, `mkdir`). One awk over every such file (a process costs ~30 ms on TCG).
+ACCOUNT_COMMANDS = "adduser|useradd|addgroup|groupadd|systemd-sysusers"
+_ACCOUNTS_AWK = r"""
+function pkg(path,   p) { p = path; sub(/.*\//, "", p); sub(/\.[a-z]+$/, "", p); sub(/:.*/, "", p)
+  return p }
+$0 == "--all--" { all = 1; next }
+{
+  if (index($0, ".list:") > 0) {
+    p = pkg(substr($0, 1, index($0, ".list:") + 4)); f = substr($0, index($0, ".list:") + 6)
+    while ((getline l < f) > 0) {
+      n = split(l, w)
+      if (w[1] == "u" || w[1] == "g") print p "\t" w[2]
+      else if (w[1] == "m") print p "\t" w[2] "\n" p "\t" w[3]
+    }
+  } else {
+    p = pkg($0); f = $0
+    while ((getline l < f) > 0) {
+      n = split(l, w, all ? "[^A-Za-z0-9_./-]+" : "[^A-Za-z0-9_.-]+")
+      for (i = 1; i <= n; i++) {
+        if (w[i] == "" || (all && (substr(w[i], 1, 1) != "/" || length(w[i]) < 2))) continue
+        if (!((p, w[i]) in seen)) { seen[p, w[i]] = 1; print p "\t" w[i] }
+      }
+    }
+  }
+  close(f)
+}
+"""
+ALTERNATIVES_DB = "/var/lib/dpkg/alternatives"
+ALTERNATIVES_LINKS = "/etc/alternatives"
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 class Packages(ResourceKind[PackagesState]):
@@ -51,13 +106,12 @@ class Packages(ResourceKind[PackagesState]):
     name = "packages"
     order = 10
     state_model = PackagesState
-    # dpkg's database (with its journal of unapplied updates), apt's auto marks and the log.
+    # dpkg's database (with its journal of unapplied updates) and apt's auto marks.
     watches = (
         "/var/lib/dpkg/status",
         "/var/lib/dpkg/updates",
         "/var/lib/dpkg/updates/*",
         "/var/lib/apt/extended_states",
-        "/var/log/dpkg.log",
     )
 
     def probe(self, params: dict[str, Any]) -> str:
@@ -68,9 +122,15 @@ class Packages(ResourceKind[PackagesState]):
             f"echo '{SECTION}auto'\n"
             "awk '/^Package:/ {p = $2} /^Auto-Installed: *1/ {print p}' "
             "/var/lib/apt/extended_states 2>/dev/null\n"
-            f"echo '{SECTION}log'\n"
-            "cat /var/log/dpkg.log 2>/dev/null | grep -E ' (startup|status|configure|install"
-            "|remove|purge|upgrade|trigproc) ' | tail -n 5000"
+            f"echo '{SECTION}accounts'\n"
+            "{ grep -H -E '^(/usr)?/lib/sysusers[.]d/[^/]*[.]conf$' /var/lib/dpkg/info/*.list; "
+            f"grep -l -w -E '{ACCOUNT_COMMANDS}' "
+            "/var/lib/dpkg/info/*.preinst /var/lib/dpkg/info/*.postinst; echo --all--; "
+            "printf '%s\\n' /var/lib/dpkg/info/*.preinst /var/lib/dpkg/info/*.postinst; } "
+            "2>/dev/null "
+            f"| awk {shlex.quote(_ACCOUNTS_AWK)}\n"
+            f"echo '{SECTION}alternatives'\n"
+            f"awk 'FNR == 1 {{print FILENAME \"\\t\" $0}}' {ALTERNATIVES_DB}/* 2>/dev/null"
         )
 
     def parse(self, output: str) -> PackagesState:
@@ -82,17 +142,33 @@ class Packages(ResourceKind[PackagesState]):
                 installed[parts[0]] = parts[1]
         auto = {p.split(":")[0] for p in sections.get("auto", []) if p}
         manual = sorted(name for name in installed if name not in auto)
+        accounts: dict[str, set[str]] = {}
+        paths: dict[str, set[str]] = {}
+        for line in sections.get("accounts", []):
+            package, _, word = line.partition("\t")
+            if package not in installed:
+                continue
+            if word.startswith("/"):
+                paths.setdefault(package, set()).add(word.rstrip("/"))
+            elif ACCOUNT_NAME.fullmatch(word):
+                accounts.setdefault(package, set()).add(word)
         return PackagesState(
-            installed=installed, manual=manual, dpkg_runs=_runs(sections.get("log", []))
+            installed=installed,
+            manual=manual,
+            accounts={p: sorted(names) for p, names in accounts.items()},
+            script_paths={p: sorted(found) for p, found in paths.items()},
+            alternatives={
+                path.rpartition("/")[2]: mode
+                for path, _, mode in (a.partition("\t") for a in sections.get("alternatives", []))
+                if mode in ("auto", "manual")
+            },
         )
 
     def diff(self, before: PackagesState, after: PackagesState, ctx: DiffContext) -> list[Change]:
         changes = []
         manual_after, manual_before = set(after.manual), set(before.manual)
-        for name in sorted(set(before.installed) | set(after.installed)):
+        for name in changed_keys(before.installed, after.installed):
             b, a = before.installed.get(name), after.installed.get(name)
-            if b == a:
-                continue
             if b is None:
                 ch = Change(
                     kind=self.name,
@@ -102,7 +178,7 @@ class Packages(ResourceKind[PackagesState]):
                     details=[f"installed {a}"],
                 )
                 if name not in manual_after:
-                    ch.exported, ch.note = False, "installed as a dependency"
+                    ch.brought_by("installed as a dependency")
             elif a is None:
                 ch = Change(
                     kind=self.name,
@@ -112,7 +188,7 @@ class Packages(ResourceKind[PackagesState]):
                     details=[f"removed {b}"],
                 )
                 if name not in manual_before:
-                    ch.exported, ch.note = False, "removed as an unused dependency"
+                    ch.brought_by("removed as an unused dependency")
             else:
                 ch = Change(
                     kind=self.name,
@@ -123,7 +199,7 @@ class Packages(ResourceKind[PackagesState]):
                     details=[f"version {b} → {a}"],
                 )
                 if name not in manual_after:
-                    ch.exported, ch.note = False, "upgraded as a dependency"
+                    ch.brought_by("upgraded as a dependency")
             changes.append(ch)
         return changes
 

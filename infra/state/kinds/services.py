@@ -14,6 +14,7 @@ from infra.state.base import (
     ExportContext,
     ResourceKind,
     TaskBundle,
+    changed_keys,
 )
 from infra.state.kinds.packages import SECTION, split_sections
 from infra.state.playbook_yaml import unsafe
@@ -160,12 +161,12 @@ class Services(ResourceKind[ServicesState]):
 
     def diff(self, before: ServicesState, after: ServicesState, ctx: DiffContext) -> list[Change]:
         changes = []
-        for name in sorted(set(before.units) | set(after.units)):
+        for name in changed_keys(before.units, after.units, _decided):
             if name in IGNORED_UNITS:
                 continue
             b, a = before.units.get(name), after.units.get(name)
             bd, ad = _decided(b), _decided(a)
-            if bd == ad:
+            if bd == ad:  # absent on one side, undecided on the other
                 continue
             if a is None or ad is None:
                 # The unit file went away (its package or file removal covers it).

@@ -15,6 +15,7 @@ from infra.state.base import (
     ExportContext,
     ResourceKind,
     TaskBundle,
+    changed_keys,
     unified_diff,
 )
 from infra.state.playbook_yaml import blob_name, unsafe
@@ -53,6 +54,7 @@ class Sysctl(ResourceKind[SysctlState]):
     order = 51
     state_model = SysctlState
     owned_globs = ("/etc/sysctl.conf", "/etc/sysctl.d/*")
+    metadata_globs = owned_globs  # each file's mode, owner and group are kept here too
     # The directory too, so an added or removed file shows; passwd/group name the owners.
     watches = ("/etc/sysctl.conf", "/etc/sysctl.d", "/etc/sysctl.d/*", "/etc/passwd", "/etc/group")
 
@@ -90,10 +92,8 @@ class Sysctl(ResourceKind[SysctlState]):
 
     def diff(self, before: SysctlState, after: SysctlState, ctx: DiffContext) -> list[Change]:
         changes = []
-        for path in sorted(set(before.files) | set(after.files)):
+        for path in changed_keys(before.files, after.files):
             b, a = before.files.get(path), after.files.get(path)
-            if b == a:
-                continue
             action = "added" if b is None else "removed" if a is None else "modified"
             bs, as_ = (b.settings if b else {}), (a.settings if a else {})
             details = [

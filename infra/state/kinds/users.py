@@ -18,6 +18,7 @@ from infra.state.base import (
     ExportContext,
     ResourceKind,
     TaskBundle,
+    changed_keys,
     unified_diff,
 )
 from infra.state.kinds.packages import split_sections
@@ -82,6 +83,13 @@ class Users(ResourceKind[UsersState]):
         "/etc/gshadow",
         "/etc/subuid",
         "/etc/subgid",
+        "/root/.ssh/authorized_keys",
+        "/home/*/.ssh/authorized_keys",
+        "/etc/sudoers.d/*",
+    )
+    # Of those, the files whose mode, owner and group this kind keeps itself; the files kind
+    # reports the metadata of the others (a chmod of /etc/shadow).
+    metadata_globs = (
         "/root/.ssh/authorized_keys",
         "/home/*/.ssh/authorized_keys",
         "/etc/sudoers.d/*",
@@ -152,31 +160,34 @@ class Users(ResourceKind[UsersState]):
 
     def diff(self, before: UsersState, after: UsersState, ctx: DiffContext) -> list[Change]:
         changes: list[Change] = []
-        package_ran = bool(ctx.after.state("packages").dpkg_windows(since=ctx.before.taken_at))
+        packages_before, packages = ctx.before.state("packages"), ctx.after.state("packages")
+        files_before, files = ctx.before.state("files").entries, ctx.after.state("files").entries
         for kind, b_map, a_map in (
             ("group", before.groups, after.groups),
             ("user", before.users, after.users),
         ):
-            for name in sorted(set(b_map) | set(a_map)):
+            for name in changed_keys(b_map, a_map):
                 b, a = b_map.get(name), a_map.get(name)
-                if b == a:
-                    continue
                 ch = _change(self.name, f"{kind} {name}", b, a)
                 if kind == "user" and isinstance(a, User):
                     ch.details = _user_details(b, a, before.groups, after.groups)  # type: ignore
+                    # Whether making the account made its home (`useradd -r` makes none), so
+                    # the export makes one exactly when the sandbox got one.
+                    made = a.home in files and a.home not in files_before
+                    ch.after["home_made"] = made  # type: ignore[index]
                 elif kind == "group" and isinstance(a, Group):
                     ch.details = _group_details(name, b, a)  # type: ignore
-                ident = a or b
-                system = (ident.gid if kind == "group" else ident.uid) < 1000  # type: ignore
-                if b is None and system and package_ran:
-                    ch.exported, ch.note = False, "system account made by a package"
+                # Credited to a package only on evidence: a package installed or upgraded in
+                # between whose maintainer scripts or sysusers.d files name it. Anything else
+                # (a `useradd -r` seconds after an apt run) is the agent's and exported.
+                makers = packages.account_makers(name, packages_before) if b is None else []
+                if makers:
+                    ch.brought_by(f"made by the package {', '.join(makers)}, which installs it")
                 if kind == "user" and a is not None and a.password == "set":
                     ch.note = "a password is set in the sandbox; it is not exported"
                 changes.append(ch)
-        for path in sorted(set(before.files) | set(after.files)):
+        for path in changed_keys(before.files, after.files):
             b, a = before.files.get(path), after.files.get(path)
-            if b == a:
-                continue
             ch = _change(self.name, path, b, a)
             if a is not None and path.startswith("/etc/sudoers.d/"):
                 ch.details.insert(0, "WARNING: sudo rules (grant root rights; read the rule)")
@@ -217,7 +228,7 @@ class Users(ResourceKind[UsersState]):
                     "shell": unsafe(a["shell"]),
                     "comment": unsafe(a["comment"]),
                     "state": "present",
-                    "create_home": a["home"].startswith("/home/"),
+                    "create_home": bool(a.get("home_made", a["home"].startswith("/home/"))),
                 }
                 if int(a["uid"]) == 0:
                     args["non_unique"] = True  # root has uid 0 already

@@ -1,0 +1,243 @@
+"""Large files are captured whole, by streaming: a file of 150 MB (far over what travels inline
+in a capture's output) is stored by its hash while the host's memory stays flat, shown as
+binary with its size, exported with `copy` and reproduced by the replay; a file that changes
+between its hash and its transfer, and captures past the per-file or per-capture limits, are
+refused or left out with a message that says what to do.
+
+One sandbox of the module's own, plus the replay's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra import sandboxes
+from infra.errors import GuestDataRefused
+from infra.settings import FluidSettings, environment
+from infra.state import capture, playbook_yaml
+from infra.state.base import ChangeSet
+from infra.state.diff import compare
+from infra.state.export import ROLE, export
+from infra.verification import verify
+
+pytestmark = pytest.mark.vm
+
+SANDBOX = "bigfiles"
+BIG = "/opt/big.bin"
+BIG_SIZE = 150 * 10**6
+# The host's memory may grow by this much while it captures the 150 MB file: far below its
+# size (inline, the old way, the file took its size several times over: stdout, base64, bytes).
+RSS_GROWTH_MAX = 64 << 20
+
+# Run in a fresh Python (the capture's own memory, nothing the test process holds): the peak
+# resident set is reset (clear_refs 5 resets VmHWM) once fluid's modules are loaded and an
+# SSH connection was made, so VmHWM afterwards is the capture's own peak.
+MEASURE = r"""
+import json, sys, time
+from infra import sandboxes
+from infra.settings import FluidSettings
+from infra.state import capture
+from infra.state.base import kinds
+
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+settings = FluidSettings()
+kinds()
+with sandboxes.guest(sys.argv[1], settings) as g:
+    g.run("true")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
+t = time.perf_counter()
+capture.capture(sys.argv[1], checkpoint=sys.argv[2], settings=settings)
+print(json.dumps({
+    "seconds": time.perf_counter() - t,
+    "rss_before": before,
+    "peak": status("VmHWM"),
+}))
+"""
+
+
+def _run(command: str, settings: FluidSettings, timeout: float = 600) -> str:
+    r = sandboxes.run(SANDBOX, command, timeout=timeout, output_cap=1 << 20, settings=settings)
+    assert r.exit_status == 0, r.stderr_text
+    return r.stdout_text
+
+
+def _measured_capture(checkpoint: str, settings: FluidSettings) -> dict:
+    """A capture taken in a child process; its time and its peak memory above where it began."""
+    r = subprocess.run(
+        [sys.executable, "-c", MEASURE, SANDBOX, checkpoint],
+        env=environment(settings),
+        capture_output=True,
+        timeout=1800,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    got = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    got["growth"] = got["peak"] - got["rss_before"]
+    return got
+
+
+def _written(settings: FluidSettings) -> dict[str, tuple[int, int]]:
+    """Every file a capture writes on the host (blobs and parts, captures, memories)."""
+    roots = [settings.home / "blobs", settings.home / "captures"]
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for root in roots
+        if root.is_dir()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def _refused(settings: FluidSettings, match: str) -> GuestDataRefused:
+    """A capture that must be refused whole, leaving no file written (no part, no blob)."""
+    before = _written(settings)
+    with pytest.raises(GuestDataRefused, match=match) as info:
+        capture.capture(SANDBOX, checkpoint="refused", settings=settings)
+    assert _written(settings) == before, "a refused capture wrote something"
+    with pytest.raises(capture.CaptureNotFound):
+        capture.load(SANDBOX, "refused", settings)
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def box(golden_image, settings: FluidSettings) -> Iterator[sandboxes.Sandbox]:
+    made = sandboxes.create(SANDBOX, settings=settings)
+    try:
+        capture.capture(SANDBOX, checkpoint="before", trusted=True, settings=settings)
+        yield made
+    finally:
+        sandboxes.destroy(SANDBOX, settings)
+
+
+@pytest.fixture(scope="module")
+def big(box, settings: FluidSettings) -> dict:
+    """The 150 MB random file made in the sandbox and captured (checkpoint "after") in a child
+    process; its sha256 as the guest computes it, and the capture's measurements."""
+    out = _run(f"head -c {BIG_SIZE} /dev/urandom > {BIG} && sha256sum {BIG}", settings)
+    measured = _measured_capture("after", settings)
+    return {"sha256": out.split()[0], **measured}
+
+
+@pytest.fixture(scope="module")
+def changes(big, settings: FluidSettings) -> ChangeSet:
+    return compare(
+        capture.load(SANDBOX, "before", settings),
+        capture.load(SANDBOX, "after", settings),
+        settings=settings,
+    )
+
+
+@pytest.mark.timeout(1800)
+def test_a_large_file_is_stored_by_its_hash_while_host_memory_stays_flat(
+    big: dict, settings: FluidSettings
+) -> None:
+    store = capture.blob_store(settings)
+    assert store.size(big["sha256"]) == BIG_SIZE
+    entry = capture.load(SANDBOX, "after", settings).state("files").entries[BIG]
+    assert (entry.sha256, entry.size) == (big["sha256"], BIG_SIZE)
+    # VmHWM of the capturing process, reset just before the capture: its own peak.
+    assert big["growth"] < RSS_GROWTH_MAX, big
+    assert not list((settings.home / "blobs" / "incoming").glob("*")), "a part was left"
+
+
+def test_the_diff_shows_it_as_binary_with_its_size(changes: ChangeSet) -> None:
+    exported = {(c.key, c.action) for c in changes.of("files") if c.exported}
+    assert exported == {(BIG, "added")}, changes.of("files")
+    (change,) = [c for c in changes.of("files") if c.key == BIG]
+    assert change.binary and change.text_diff is None
+    assert f"binary content, {BIG_SIZE} bytes (143.1 MiB)" in change.details
+
+
+@pytest.mark.timeout(2400)
+def test_it_is_exported_with_copy_and_the_replay_reproduces_it(
+    big: dict, changes: ChangeSet, settings: FluidSettings, tmp_path: Path
+) -> None:
+    playbook = export(changes, tmp_path / "playbook", settings)
+    tasks = playbook_yaml.load((playbook / "roles" / ROLE / "tasks" / "main.yml").read_text())
+    (task,) = [t for t in tasks if t.get("ansible.builtin.copy", {}).get("dest") == BIG]
+    copied = playbook / "roles" / ROLE / "files" / task["ansible.builtin.copy"]["src"]
+    assert copied.stat().st_size == BIG_SIZE
+    assert task["ansible.builtin.copy"]["src"] == playbook_yaml.blob_name(big["sha256"])
+    report = verify(playbook, settings=settings)
+    assert report.passed, (report.error, report.summary(), report.residual)
+    assert report.residual == []
+    assert report.idempotence is not None and report.idempotence.changed_total == 0
+
+
+def test_a_file_that_changes_between_its_hash_and_its_transfer_is_refused(
+    big: dict, settings: FluidSettings
+) -> None:
+    # Appended to every 50 ms: the bytes the host streams are never the ones the probe hashed.
+    _run(
+        "head -c 6000000 /dev/urandom > /opt/growing.bin\n"
+        "setsid sh -c 'while :; do head -c 4096 /dev/urandom >> /opt/growing.bin; sleep 0.05;"
+        " done' </dev/null >/dev/null 2>&1 &\n"
+        "echo $! > /run/growing.pid",
+        settings,
+    )
+    try:
+        e = _refused(settings, "changed or went since the files probe hashed it")
+        assert "'/opt/growing.bin'" in str(e) and "capture again" in str(e)
+    finally:
+        _run("kill $(cat /run/growing.pid); sleep 0.2; rm -f /opt/growing.bin", settings)
+
+
+def test_past_the_per_capture_total_a_capture_is_refused_whole(
+    big: dict, settings: FluidSettings
+) -> None:
+    _run("head -c 10000000 /dev/urandom > /opt/ten.bin", settings)
+    small = settings.model_copy(update={"capture_max_total": 8 << 20})
+    e = _refused(small, "more than the 8388608 one capture takes")
+    assert "FLUID_CAPTURE_MAX_TOTAL" in str(e)
+
+
+def test_a_file_past_the_per_file_limit_is_not_exported_and_says_why(
+    big: dict, settings: FluidSettings
+) -> None:
+    _run("[ -f /opt/ten.bin ] || head -c 10000000 /dev/urandom > /opt/ten.bin", settings)
+    small = settings.model_copy(update={"capture_max_file": 8 << 20})
+    after = capture.capture(SANDBOX, checkpoint="over", settings=small)
+    entry = after.state("files").entries["/opt/ten.bin"]
+    assert not capture.blob_store(settings).has(entry.sha256)
+    cs = compare(capture.load(SANDBOX, "after", settings), after, settings=settings)
+    (change,) = [c for c in cs.of("files") if c.key == "/opt/ten.bin"]
+    assert not change.exported
+    assert "10000000 bytes" in change.note and "FLUID_CAPTURE_MAX_FILE" in change.note
+    # Raised, the next capture streams it in, though the file did not change since.
+    again = capture.capture(SANDBOX, checkpoint="raised", settings=settings)
+    assert capture.blob_store(settings).size(again.state("files").entries["/opt/ten.bin"].sha256)
+
+
+def test_a_large_file_holding_a_private_key_is_never_kept(
+    big: dict, settings: FluidSettings
+) -> None:
+    # The key block straddles two of the chunks the probe hashes the file in (its first read
+    # takes 4 MiB + 1 byte, then 1 MiB at a time): the search must find it all the same.
+    _run(
+        "f=/opt/keyed.bin; head -c 5242871 /dev/urandom > $f\n"
+        "printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjE=\\n"
+        "-----END OPENSSH PRIVATE KEY-----\\n' >> $f\n"
+        "head -c 1000000 /dev/urandom >> $f",
+        settings,
+    )
+    after = capture.capture(SANDBOX, checkpoint="keyed", settings=settings)
+    entry = after.state("files").entries["/opt/keyed.bin"]
+    assert entry.secret == "private key material"
+    assert not capture.blob_store(settings).has(entry.sha256)
+    cs = compare(capture.load(SANDBOX, "after", settings), after, settings=settings)
+    (change,) = [c for c in cs.of("files") if c.key == "/opt/keyed.bin"]
+    assert not change.exported and "private key material" in (change.note or "")
