@@ -54,10 +54,8 @@ the expected changes, or when any step or the cleanup failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,10 +70,11 @@ from bench_results import (
     log,
     signals_ignored,
 )
+from measure_capture import measured_capture
 
 from infra import images, sandboxes, warm_slots
 from infra.libvirt_host import domain_type
-from infra.settings import FluidSettings, environment
+from infra.settings import FluidSettings
 from infra.state import capture as captures
 from infra.state import playbook_yaml
 from infra.state.base import Capture, ChangeSet, kinds
@@ -100,41 +99,6 @@ CHANGE_TIMEOUT_S = 1800.0
 BIG_FILE = "/opt/big.bin"
 MAKE_BIG = f"head -c 1G /dev/urandom > {BIG_FILE}"
 SMALL_CHANGE = "echo 'a small change' > /etc/fluid-bench-small.conf"
-# A capture in a fresh Python, so its figures are its own: fluid's modules are loaded and an SSH
-# connection made first, then the peak resident set is reset (clear_refs 5 resets VmHWM), so
-# VmHWM afterwards is the capture's own peak and VmHWM - VmRSS(before) what it added.
-MEASURE = r"""
-import json, sys, time
-from infra import sandboxes
-from infra.settings import FluidSettings
-from infra.state import capture
-from infra.state.base import kinds
-
-def status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-settings = FluidSettings()
-kinds()
-with sandboxes.guest(sys.argv[1], settings) as g:
-    g.run("true")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status("VmRSS")
-t = time.perf_counter()
-cap = capture.capture(sys.argv[1], settings=settings)
-seconds = time.perf_counter() - t
-entry = cap.state("files").entries.get(sys.argv[2])
-print(json.dumps({
-    "seconds": seconds,
-    "rss_before": before,
-    "peak": status("VmHWM"),
-    "stored": bool(entry and capture.blob_store(settings).has(entry.sha256)),
-}))
-"""
 MIB = 1 << 20
 STEP_PREFIX = "verify: "  # verify() announces each step with this
 
@@ -263,21 +227,12 @@ def bench(
     return report
 
 
-def measured_capture(name: str, path: str, settings: FluidSettings) -> dict:
-    """One capture of `name` in a child process: its seconds, its own peak RSS and growth, and
-    whether the content of `path` ended up in the blob store."""
-    r = subprocess.run(
-        [sys.executable, "-c", MEASURE, name, path],
-        env=environment(settings),
-        capture_output=True,
-        timeout=CHANGE_TIMEOUT_S,
-        check=False,
-    )
-    if r.returncode != 0:
-        raise BenchError(f"the measured capture failed:\n{r.stderr.decode()[-3000:]}")
-    got = json.loads(r.stdout.decode().strip().splitlines()[-1])
-    got["growth"] = got["peak"] - got["rss_before"]
-    return got
+def _measured(name: str, path: str, settings: FluidSettings) -> dict:
+    """One capture in a child process (scripts/measure_capture.py): its own time and memory."""
+    try:
+        return measured_capture(name, settings, path=path, timeout=CHANGE_TIMEOUT_S)
+    except RuntimeError as e:
+        raise BenchError(str(e)) from e
 
 
 def large_file_rows(res: Results, facts: Facts, name: str, settings: FluidSettings) -> None:
@@ -285,7 +240,7 @@ def large_file_rows(res: Results, facts: Facts, name: str, settings: FluidSettin
     and its growth, so a flat memory use shows beside the baseline."""
     log("small change, captured in a child process (baseline for the large file)")
     sandboxes.run(name, SMALL_CHANGE, timeout=60, actor="bench", settings=settings)
-    small = measured_capture(name, "/etc/fluid-bench-small.conf", settings)
+    small = _measured(name, "/etc/fluid-bench-small.conf", settings)
     log("a 1 GiB random file in the sandbox, captured in a child process")
     r = res.timed(
         "make a 1 GiB file in the guest (context)",
@@ -294,7 +249,7 @@ def large_file_rows(res: Results, facts: Facts, name: str, settings: FluidSettin
     )
     if r.exit_status != 0:
         raise BenchError(f"making {BIG_FILE} failed: {r.stderr_text[-1500:]}")
-    big = measured_capture(name, BIG_FILE, settings)
+    big = _measured(name, BIG_FILE, settings)
     if not big["stored"]:
         facts.problems.append(f"the capture did not store the content of {BIG_FILE}")
     for label, got in (("small change", small), ("1 GiB file", big)):

@@ -9,9 +9,6 @@ One sandbox of the module's own, plus the replay's.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +16,13 @@ import pytest
 
 from infra import sandboxes
 from infra.errors import GuestDataRefused
-from infra.settings import FluidSettings, environment
+from infra.settings import FluidSettings
 from infra.state import capture, playbook_yaml
 from infra.state.base import ChangeSet
 from infra.state.diff import compare
 from infra.state.export import ROLE, export
 from infra.verification import verify
+from scripts.measure_capture import measured_capture
 
 pytestmark = pytest.mark.vm
 
@@ -35,59 +33,11 @@ BIG_SIZE = 150 * 10**6
 # size (inline, the old way, the file took its size several times over: stdout, base64, bytes).
 RSS_GROWTH_MAX = 64 << 20
 
-# Run in a fresh Python (the capture's own memory, nothing the test process holds): the peak
-# resident set is reset (clear_refs 5 resets VmHWM) once fluid's modules are loaded and an
-# SSH connection was made, so VmHWM afterwards is the capture's own peak.
-MEASURE = r"""
-import json, sys, time
-from infra import sandboxes
-from infra.settings import FluidSettings
-from infra.state import capture
-from infra.state.base import kinds
-
-def status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-settings = FluidSettings()
-kinds()
-with sandboxes.guest(sys.argv[1], settings) as g:
-    g.run("true")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status("VmRSS")
-t = time.perf_counter()
-capture.capture(sys.argv[1], checkpoint=sys.argv[2], settings=settings)
-print(json.dumps({
-    "seconds": time.perf_counter() - t,
-    "rss_before": before,
-    "peak": status("VmHWM"),
-}))
-"""
-
 
 def _run(command: str, settings: FluidSettings, timeout: float = 600) -> str:
     r = sandboxes.run(SANDBOX, command, timeout=timeout, output_cap=1 << 20, settings=settings)
     assert r.exit_status == 0, r.stderr_text
     return r.stdout_text
-
-
-def _measured_capture(checkpoint: str, settings: FluidSettings) -> dict:
-    """A capture taken in a child process; its time and its peak memory above where it began."""
-    r = subprocess.run(
-        [sys.executable, "-c", MEASURE, SANDBOX, checkpoint],
-        env=environment(settings),
-        capture_output=True,
-        timeout=1800,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr.decode()[-3000:]
-    got = json.loads(r.stdout.decode().strip().splitlines()[-1])
-    got["growth"] = got["peak"] - got["rss_before"]
-    return got
 
 
 def _written(settings: FluidSettings) -> dict[str, tuple[int, int]]:
@@ -128,7 +78,8 @@ def big(box, settings: FluidSettings) -> dict:
     """The 150 MB random file made in the sandbox and captured (checkpoint "after") in a child
     process; its sha256 as the guest computes it, and the capture's measurements."""
     out = _run(f"head -c {BIG_SIZE} /dev/urandom > {BIG} && sha256sum {BIG}", settings)
-    measured = _measured_capture("after", settings)
+    # In a fresh Python: the capture's own memory, nothing the test process holds.
+    measured = measured_capture(SANDBOX, settings, checkpoint="after")
     return {"sha256": out.split()[0], **measured}
 
 
