@@ -41,14 +41,14 @@ class ProductionHost(BaseModel):
         # Fail when the block is built or loaded, not when ssh refuses the host mid-apply.
         if value is None or not value.strip():
             return None
-        key = ssh._parse_public_key(value.strip())
+        key = ssh.parse_public_key(value.strip())
         return f"{key.get_name()} {key.get_base64()}"
 
     def known_hosts_line(self) -> str | None:
         """This host's line for an OpenSSH known_hosts file, or None without a host key."""
         if self.host_key is None:
             return None
-        return f"{ssh._known_hosts_name(self.address, self.port)} {self.host_key}\n"
+        return f"{ssh.known_hosts_name(self.address, self.port)} {self.host_key}\n"
 
 
 class ProductionTarget(Block):

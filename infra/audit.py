@@ -208,7 +208,7 @@ def _host_lock(settings: FluidSettings) -> Iterator[None]:
 def _sqlite_writer(url: str) -> Engine:
     """An engine whose every transaction starts with BEGIN IMMEDIATE (the write lock)."""
     eng = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None})
-    event.listen(eng, "connect", store._sqlite_pragmas)
+    event.listen(eng, "connect", store.sqlite_pragmas)
     event.listen(eng, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return eng
 

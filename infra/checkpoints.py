@@ -37,7 +37,7 @@ class Checkpoint(BaseModel):
 def _running_domain(
     conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings
 ) -> libvirt.virDomain:
-    rec = sandboxes._record(validate_name(sandbox_id, "sandbox id"), settings)
+    rec = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
     dom = lookup(conn, rec.domain_name)
     if dom is None or not dom.isActive():
         raise SandboxNotRunning(f"sandbox {sandbox_id} is not running; start it first")
@@ -100,7 +100,7 @@ def create(
 def list_checkpoints(sandbox_id: str, settings: FluidSettings | None = None) -> list[Checkpoint]:
     """The sandbox's checkpoints, oldest first."""
     settings = settings or get_settings()
-    sandboxes._record(validate_name(sandbox_id, "sandbox id"), settings)
+    sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
     with store.session(settings) as s:
         rows = s.exec(
             select(CheckpointRecord)
@@ -127,7 +127,7 @@ def restore(
     settings = settings or get_settings()
     conn = connect(settings)
     try:
-        rec = sandboxes._record(validate_name(sandbox_id, "sandbox id"), settings)
+        rec = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
         dom = lookup(conn, rec.domain_name)
         if dom is None:
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no VM")
@@ -180,7 +180,7 @@ def delete(sandbox_id: str, name: str, settings: FluidSettings | None = None) ->
     settings = settings or get_settings()
     conn = connect(settings)
     try:
-        rec = sandboxes._record(validate_name(sandbox_id, "sandbox id"), settings)
+        rec = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
         dom = lookup(conn, rec.domain_name)
         if dom is None:
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no VM")
@@ -214,7 +214,7 @@ def fork(
     """
     settings = settings or get_settings()
     new_id = validate_name(name, "sandbox name") if name is not None else sandboxes.new_id(settings)
-    src = sandboxes._record(validate_name(sandbox_id, "sandbox id"), settings)
+    src = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
     conn = connect(settings)
     try:
         dom = lookup(conn, src.domain_name)

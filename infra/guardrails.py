@@ -661,9 +661,11 @@ class _Collector:
             return  # 2>&1 and the like: a file descriptor, not a file
         for child in getattr(target, "parts", []):
             self._walk(child)
-        self._redirect_target(node.type, self._word(target), stdin)
+        self.redirect_target(node.type, self._word(target), stdin)
 
-    def _redirect_target(self, op: str, target: str, stdin: list[str]) -> None:
+    def redirect_target(self, op: str, target: str, stdin: list[str]) -> None:
+        """Take one redirection: a here-document or here-string feeds `stdin`, an absolute
+        output path is recorded as a redirect."""
         if op == "<" and (m := _HEREDOC_RE.fullmatch(target)):
             index = int(m.group(1))
             if index < len(self.heredocs):
@@ -769,7 +771,7 @@ class _FallbackSplitter:
                 for op in _split_operators(token):
                     self.operator(op)
             elif self.redirect is not None:
-                self.collector._redirect_target(self.redirect, token, self.stdin)
+                self.collector.redirect_target(self.redirect, token, self.stdin)
                 self.redirect = None
             else:
                 self.segment.append(token)

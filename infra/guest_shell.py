@@ -250,16 +250,11 @@ def _remove_job(sftp: paramiko.SFTPClient, jobdir: str) -> None:
         sftp.rmdir(jobdir)
 
 
-def _alive(conn: ssh.GuestConnection) -> bool:
-    transport = conn._client.get_transport()
-    return transport is not None and transport.is_active()
-
-
 def _is_connection_failure(conn: ssh.GuestConnection, exc: BaseException) -> bool:
     if isinstance(exc, SSHError | paramiko.SSHException | EOFError | TimeoutError):
         return True
     # Other OSErrors (a missing file, a refused permission) are real answers from the guest.
-    return not _alive(conn)
+    return not conn.is_active()
 
 
 class _SessionGone(Exception):
@@ -270,7 +265,7 @@ class _Control:
     """A tmux control-mode client on one SSH channel: tmux commands without a process each."""
 
     def __init__(self, conn: ssh.GuestConnection) -> None:
-        self._chan = conn._transport().open_session(timeout=EXEC_TIMEOUT_S)
+        self._chan = conn.transport().open_session(timeout=EXEC_TIMEOUT_S)
         self._chan.settimeout(EXEC_TIMEOUT_S)
         # ignore-size: a control client must not shrink the window a human watches;
         # no-output: pane output reaches the host through the job files, not this channel.
@@ -366,7 +361,7 @@ class GuestShell:
             try:
                 # SFTP calls have no deadline of their own; a guest restored under us must not
                 # hang the agent forever.
-                conn._sftp_client().get_channel().settimeout(SFTP_TIMEOUT_S)
+                conn.sftp_client().get_channel().settimeout(SFTP_TIMEOUT_S)
             except BaseException:
                 conn.close()
                 raise
@@ -386,7 +381,7 @@ class GuestShell:
     def _op(self, fn: Callable[[ssh.GuestConnection], T]) -> T:
         """Run fn on the connection; reopen it once if it died and run fn again."""
         conn = self._guest()
-        if not _alive(conn):  # closed under us (e.g. by its owner); no need to fail first
+        if not conn.is_active():  # closed under us (e.g. by its owner); no need to fail first
             self._drop()
             self._reconnects += 1
             conn = self._guest()
@@ -400,7 +395,7 @@ class GuestShell:
         return fn(self._guest())
 
     def _sftp(self, fn: Callable[[paramiko.SFTPClient], T]) -> T:
-        return self._op(lambda c: fn(c._sftp_client()))
+        return self._op(lambda c: fn(c.sftp_client()))
 
     def _exec(self, script: str) -> CommandResult:
         return self._op(lambda c: c.run(script, timeout=EXEC_TIMEOUT_S))
@@ -430,7 +425,7 @@ class GuestShell:
                 return
             except _SessionGone:
                 self._control = None
-                if self._conn is None or not _alive(self._conn):
+                if self._conn is None or not self._conn.is_active():
                     self._drop()
                     self._reconnects += 1
                 elif not start or attempt:

@@ -71,7 +71,7 @@ def sweep(
 
         def reap(sid: str, reason: str, rec: SandboxRecord | None = None, dead=False) -> None:
             try:
-                sandboxes._teardown(conn, sid, settings)
+                sandboxes.teardown(conn, sid, settings)
                 report.reaped.append(
                     Reaped(
                         sandbox_id=sid,

@@ -59,6 +59,18 @@ def lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
         return None
 
 
+def domain_state(dom: libvirt.virDomain | None) -> str:
+    """A domain's state as fluid shows it: running, paused, shut off, or missing (None)."""
+    if dom is None:
+        return "missing"
+    st = dom.state()[0]
+    if st == libvirt.VIR_DOMAIN_RUNNING:
+        return "running"
+    if st == libvirt.VIR_DOMAIN_PAUSED:
+        return "paused"
+    return "shut off"
+
+
 def remove_domain(conn: libvirt.virConnect, name: str) -> bool:
     """Power off and undefine domain `name` with its snapshots' metadata; False if absent."""
     dom = lookup(conn, name)

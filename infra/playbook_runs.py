@@ -125,7 +125,7 @@ def sandbox_host(
 ) -> AnsibleHost:
     """An inventory entry for a sandbox, with a fresh certificate valid 10 minutes."""
     settings = settings or get_settings()
-    rec = sandboxes._record(sandbox_id, settings)
+    rec = sandboxes.record(sandbox_id, settings)
     if not rec.host_key:
         raise FluidError(f"sandbox {sandbox_id} never finished booting")
     creds = sandboxes.authority(settings).issue(

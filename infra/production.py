@@ -35,7 +35,7 @@ from infra.errors import (
     ProductionNotRunning,
     SSHError,
 )
-from infra.libvirt_host import connect, domain_type, lookup, remove_domain
+from infra.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
 from infra.names import validate_name
 from infra.permissions import qemu_dir
 from infra.settings import FluidSettings, get_settings
@@ -131,7 +131,7 @@ def _view(rec: ProductionRecord, dom: libvirt.virDomain | None) -> ProductionVM:
     return ProductionVM(
         name=rec.name,
         domain_name=rec.domain_name,
-        state=sandboxes._state(dom),  # type: ignore[arg-type]
+        state=domain_state(dom),  # type: ignore[arg-type]
         image=rec.image,
         image_version=rec.image_version,
         ssh_port=rec.ssh_port,
@@ -287,7 +287,7 @@ def _provision(
             except OSError as e:
                 raise DiskError(f"cannot copy {source} to {target}: {e}") from e
     if manifest.cloud_init:
-        sandboxes._seed_iso(instance_id(rec.name), ca, paths.seed)
+        sandboxes.seed_iso(instance_id(rec.name), ca, paths.seed)
     # Copying the disk takes a while: the guard is checked again right before QEMU starts.
     firewall.ensure_guard(settings)
     try:
@@ -465,7 +465,7 @@ def guest(name: str, settings: FluidSettings | None = None) -> ssh.GuestConnecti
     except SSHError as e:
         conn = connect(settings)
         try:
-            if sandboxes._state(lookup(conn, rec.domain_name)) != "running":
+            if domain_state(lookup(conn, rec.domain_name)) != "running":
                 raise ProductionNotRunning(
                     f"production VM {name} is not running; `fluid production start {name}` it"
                 ) from e
@@ -492,7 +492,7 @@ def run(
         try:
             result = g.run(command, timeout=timeout, output_cap=output_cap)
         except CommandTimeout as e:
-            sandboxes._record_command(instance_id(name), e.result, actor, settings, name)  # type: ignore[arg-type]
+            sandboxes.record_command(instance_id(name), e.result, actor, settings, name)  # type: ignore[arg-type]
             raise
-    sandboxes._record_command(instance_id(name), result, actor, settings, production=name)
+    sandboxes.record_command(instance_id(name), result, actor, settings, production=name)
     return result

@@ -27,7 +27,7 @@ from infra.errors import (
     SSHError,
     WarmStartFailed,
 )
-from infra.libvirt_host import connect, domain_type, lookup, remove_domain
+from infra.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
 from infra.names import validate_name
 from infra.owners import Owner
 from infra.permissions import private_dir, qemu_dir
@@ -81,7 +81,8 @@ def principal(sandbox_id: str) -> str:
     return f"fluid-{sandbox_id}"
 
 
-def _record(sandbox_id: str, settings: FluidSettings) -> SandboxRecord:
+def record(sandbox_id: str, settings: FluidSettings) -> SandboxRecord:
+    """A sandbox's database record; SandboxNotFound when there is none."""
     with store.session(settings) as s:
         rec = s.get(SandboxRecord, sandbox_id)
     if rec is None:
@@ -89,20 +90,9 @@ def _record(sandbox_id: str, settings: FluidSettings) -> SandboxRecord:
     return rec
 
 
-def _state(dom: libvirt.virDomain | None) -> str:
-    if dom is None:
-        return "missing"
-    st = dom.state()[0]
-    if st == libvirt.VIR_DOMAIN_RUNNING:
-        return "running"
-    if st == libvirt.VIR_DOMAIN_PAUSED:
-        return "paused"
-    return "shut off"
-
-
 def _view(rec: SandboxRecord, dom: libvirt.virDomain | None) -> Sandbox:
     return Sandbox(
-        state=_state(dom),
+        state=domain_state(dom),
         boot=rec.boot or "cold",
         **rec.model_dump(include=set(Sandbox.model_fields) - {"state", "boot"}),
     )
@@ -283,7 +273,7 @@ def create(
         try:
             _provision(conn, rec, manifest, ca, base_disk, settings, say)
         except BaseException:
-            _teardown(conn, sandbox_id, settings)
+            teardown(conn, sandbox_id, settings)
             raise
         if refill:
             spares.refill_in_background(settings)
@@ -360,7 +350,7 @@ def _warm_start(
         conn,
         slot,
         sandbox_id=rec.id,
-        metadata=_metadata(rec, settings),
+        metadata=domain_metadata(rec, settings),
         disk=Path(rec.disk_path),
         console_log=Path(rec.console_log),
         ssh_port=rec.ssh_port,
@@ -380,7 +370,8 @@ def _warm_start(
         )
 
 
-def _metadata(rec: SandboxRecord, settings: FluidSettings) -> domains.FluidMetadata:
+def domain_metadata(rec: SandboxRecord, settings: FluidSettings) -> domains.FluidMetadata:
+    """The fluid metadata a sandbox's domain carries (how the janitor and spares find it)."""
     return domains.FluidMetadata(
         kind="sandbox",
         id=rec.id,
@@ -406,13 +397,13 @@ def _cold_boot(
     else:
         warm_slots.overlay(manifest.disk_path, disk)
     seed = (
-        _seed_iso(rec.id, ca, settings.disks_dir / f"{rec.id}.seed.iso")
+        seed_iso(rec.id, ca, settings.disks_dir / f"{rec.id}.seed.iso")
         if manifest.cloud_init
         else None
     )
     spec = domains.DomainSpec(
         name=rec.domain_name,
-        metadata=_metadata(rec, settings),
+        metadata=domain_metadata(rec, settings),
         domain_type=domain_type(settings),
         memory_mib=settings.memory_mib,
         vcpus=settings.vcpus,
@@ -443,7 +434,7 @@ def _cold_boot(
         s.merge(rec)
 
 
-def _seed_iso(instance_id: str, ca: CertificateAuthority, iso: Path) -> Path:
+def seed_iso(instance_id: str, ca: CertificateAuthority, iso: Path) -> Path:
     """A cloud-init NoCloud seed at `iso` that makes an imported image trust fluid's CA."""
     import tempfile
 
@@ -504,7 +495,7 @@ def _domain_of(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSetting
     return domain_name(sandbox_id)
 
 
-def _teardown(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> bool:
+def teardown(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> bool:
     """Remove every trace of a sandbox; True when anything existed.
 
     A warm sandbox's domain goes entirely (destroyed and undefined); its slot's saved state
@@ -537,7 +528,7 @@ def destroy(sandbox_id: str, settings: FluidSettings | None = None) -> None:
     validate_name(sandbox_id, "sandbox id")
     conn = connect(settings)
     try:
-        if not _teardown(conn, sandbox_id, settings):
+        if not teardown(conn, sandbox_id, settings):
             raise SandboxNotFound(f"no sandbox {sandbox_id!r} to destroy (nothing left of it)")
     finally:
         conn.close()
@@ -581,7 +572,7 @@ def extend(sandbox_id: str, until: datetime, settings: FluidSettings | None = No
 def get(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """One sandbox with its live state."""
     settings = settings or get_settings()
-    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    rec = record(validate_name(sandbox_id, "sandbox id"), settings)
     conn = connect(settings)
     try:
         return _view(rec, lookup(conn, rec.domain_name))
@@ -619,7 +610,7 @@ def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
 def start(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """Start a stopped sandbox and wait for SSH."""
     settings = settings or get_settings()
-    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    rec = record(validate_name(sandbox_id, "sandbox id"), settings)
     conn = connect(settings)
     try:
         dom = lookup(conn, rec.domain_name)
@@ -637,7 +628,7 @@ def start(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
 def stop(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """Power a sandbox off (its disk and checkpoints stay)."""
     settings = settings or get_settings()
-    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    rec = record(validate_name(sandbox_id, "sandbox id"), settings)
     conn = connect(settings)
     try:
         dom = lookup(conn, rec.domain_name)
@@ -664,7 +655,7 @@ def guest(
     `valid_since` backdates the certificate for a guest whose clock is behind (see ssh_ca).
     """
     settings = settings or get_settings()
-    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    rec = record(validate_name(sandbox_id, "sandbox id"), settings)
     if not rec.host_key:
         raise SandboxNotRunning(f"sandbox {sandbox_id} never finished booting")
     creds = authority(settings).issue(
@@ -677,7 +668,7 @@ def guest(
     except SSHError as e:
         conn = connect(settings)
         try:
-            if _state(lookup(conn, rec.domain_name)) != "running":
+            if domain_state(lookup(conn, rec.domain_name)) != "running":
                 raise SandboxNotRunning(
                     f"sandbox {sandbox_id} is not running; `fluid sandbox start` it"
                 ) from e
@@ -702,19 +693,21 @@ def run(
         try:
             result = g.run(command, timeout=timeout, output_cap=output_cap)
         except CommandTimeout as e:
-            _record_command(sandbox_id, e.result, actor, settings)  # type: ignore[arg-type]
+            record_command(sandbox_id, e.result, actor, settings)  # type: ignore[arg-type]
             raise
-    _record_command(sandbox_id, result, actor, settings)
+    record_command(sandbox_id, result, actor, settings)
     return result
 
 
-def _record_command(
+def record_command(
     sandbox_id: str,
     r: ssh.CommandResult,
     actor: str | None,
     settings: FluidSettings,
     production: str | None = None,
 ) -> None:
+    """Record a command run in a guest (a sandbox, or production VM `production`): its
+    CommandRecord and its audit event."""
     actor = audit.default_actor(actor)
     with store.session(settings) as s:
         s.add(
@@ -751,7 +744,7 @@ def commands(sandbox_id: str, settings: FluidSettings | None = None) -> list[Com
 def ssh_argv(sandbox_id: str, workdir: Path, settings: FluidSettings | None = None) -> list[str]:
     """argv for a real OpenSSH session into the sandbox, with a fresh certificate in `workdir`."""
     settings = settings or get_settings()
-    rec = _record(validate_name(sandbox_id, "sandbox id"), settings)
+    rec = record(validate_name(sandbox_id, "sandbox id"), settings)
     if not rec.host_key:
         raise SandboxNotRunning(f"sandbox {sandbox_id} never finished booting")
     creds = authority(settings).issue(

@@ -120,18 +120,18 @@ def take(
         except (FluidError, libvirt.libvirtError) as e:
             msg = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
             say(f"spare {rec.id} is not usable ({msg}): removing it")
-            sandboxes._teardown(conn, rec.id, settings)
+            sandboxes.teardown(conn, rec.id, settings)
             continue
-        return sandboxes._record(rec.id, settings)
+        return sandboxes.record(rec.id, settings)
     return None
 
 
 def _hand_over(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> None:
-    rec = sandboxes._record(sandbox_id, settings)
+    rec = sandboxes.record(sandbox_id, settings)
     dom = lookup(conn, rec.domain_name)
     if dom is None or not dom.isActive():
         raise FluidError("its VM is not running")
-    domains.write_metadata(dom, sandboxes._metadata(rec, settings))
+    domains.write_metadata(dom, sandboxes.domain_metadata(rec, settings))
     # The agent's answer is also the proof that the guest still runs.
     if abs(guest_agent.clock_skew(dom)) > CLOCK_SLACK_S:
         guest_agent.set_clock(dom)
@@ -172,10 +172,10 @@ def _fill(count: int, settings: FluidSettings, say: Progress) -> list[str]:
             if rec.spare_state == STARTING:
                 # Only a filler starts spares, and this one holds the lock: it was killed.
                 say(f"spare {rec.id} was left half started: stopping it")
-                sandboxes._teardown(conn, rec.id, settings)
+                sandboxes.teardown(conn, rec.id, settings)
             elif not _fits(rec, manifest, key, settings.network, now):
                 say(f"spare {rec.id} no longer fits these settings or image: stopping it")
-                sandboxes._teardown(conn, rec.id, settings)
+                sandboxes.teardown(conn, rec.id, settings)
         # Counted again before each start: creates keep taking spares while this runs.
         while len(list_spares(settings, state=WAITING)) < count:
             try:
@@ -183,12 +183,12 @@ def _fill(count: int, settings: FluidSettings, say: Progress) -> list[str]:
             except FluidError as e:
                 say(f"no spare started: {e}")
                 break
-            rec = sandboxes._record(box.id, settings)
+            rec = sandboxes.record(box.id, settings)
             creds = ca.issue(sandboxes.principal(box.id), timedelta(minutes=2))
             # A first command proves it and leaves sshd's code translated for the taker.
             if not ssh.ping("127.0.0.1", box.ssh_port, creds, rec.host_key or ""):
                 say(f"spare {box.id} did not run a command over SSH: stopping it")
-                sandboxes._teardown(conn, box.id, settings)
+                sandboxes.teardown(conn, box.id, settings)
                 break
             _take_base_capture(box.id, settings, say)
             dom = lookup(conn, rec.domain_name)
@@ -273,7 +273,7 @@ def clear(settings: FluidSettings | None = None) -> list[str]:
             conn = connect(settings)
             try:
                 for sid in ids:
-                    sandboxes._teardown(conn, sid, settings)
+                    sandboxes.teardown(conn, sid, settings)
             finally:
                 conn.close()
         # Nothing of a cleared database stays (a filler waiting on this file locks a new one).

@@ -98,7 +98,7 @@ def _mismatch_message(host: str, port: int, expected: paramiko.PKey, got: parami
     )
 
 
-def _parse_public_key(line: str) -> paramiko.PKey:
+def parse_public_key(line: str) -> paramiko.PKey:
     """Parse an OpenSSH public key line ("ssh-ed25519 AAAA... [comment]")."""
     fields = line.split()
     if len(fields) < 2:
@@ -109,7 +109,8 @@ def _parse_public_key(line: str) -> paramiko.PKey:
         raise ValueError(f"not an OpenSSH public key line: {line!r} ({exc})") from exc
 
 
-def _known_hosts_name(host: str, port: int) -> str:
+def known_hosts_name(host: str, port: int) -> str:
+    """The name a host's key is listed under in known_hosts (and in paramiko's host keys)."""
     # OpenSSH and paramiko both store port 22 under the bare host name.
     return host if port == 22 else f"[{host}]:{port}"
 
@@ -137,10 +138,10 @@ class GuestConnection:
         self._sftp_timeout = sftp_timeout
         self._credentials = credentials
         self._sftp: paramiko.SFTPClient | None = None
-        expected = _parse_public_key(host_key)
+        expected = parse_public_key(host_key)
         self._client = paramiko.SSHClient()
         self._client.get_host_keys().add(
-            _known_hosts_name(host, port), expected.get_name(), expected
+            known_hosts_name(host, port), expected.get_name(), expected
         )
         self._client.set_missing_host_key_policy(_RejectAsMismatch(host, port, expected))
         try:
@@ -200,7 +201,13 @@ class GuestConnection:
     ) -> None:
         self.close()
 
-    def _transport(self) -> paramiko.Transport:
+    def is_active(self) -> bool:
+        """Whether the SSH connection is still up (False once closed or lost)."""
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def transport(self) -> paramiko.Transport:
+        """The live SSH transport, to open channels on; SSHError once the connection is closed."""
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise SSHError(
@@ -245,7 +252,7 @@ class GuestConnection:
         deadline_hit = False
         exit_status = -1
         try:
-            channel = self._transport().open_session(timeout=self._connect_timeout)
+            channel = self.transport().open_session(timeout=self._connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SSHError(
                 f"cannot open an SSH session on {self.host}:{self.port}: {exc}; the sandbox may "
@@ -330,7 +337,7 @@ class GuestConnection:
         deadline = t0 + timeout + HOST_GRACE_S
         exit_status = -1
         try:
-            channel = self._transport().open_session(timeout=self._connect_timeout)
+            channel = self.transport().open_session(timeout=self._connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SSHError(
                 f"cannot open an SSH session on {self.host}:{self.port}: {exc}; the sandbox may "
@@ -398,7 +405,8 @@ class GuestConnection:
                     return "eof"
                 selector.select(min(remaining, _POLL_S))
 
-    def _sftp_client(self) -> paramiko.SFTPClient:
+    def sftp_client(self) -> paramiko.SFTPClient:
+        """The connection's SFTP session, started on first use (SSHError if the guest has none)."""
         if self._sftp is None:
             try:
                 self._sftp = self._client.open_sftp()
@@ -421,7 +429,7 @@ class GuestConnection:
     @contextmanager
     def _sftp_doing(self, action: str, remote_path: str) -> Iterator[paramiko.SFTPClient]:
         """The SFTP session, with a protocol failure or a silent guest turned into SSHError."""
-        sftp = self._sftp_client()
+        sftp = self.sftp_client()
         try:
             yield sftp
         except TimeoutError as exc:
@@ -592,11 +600,11 @@ def openssh_command(
     user: str = "root",
 ) -> list[str]:
     """Write a one-entry known_hosts file and return argv for OpenSSH `ssh` to reach the guest."""
-    key = _parse_public_key(host_key)
+    key = parse_public_key(host_key)
     known_hosts_path = Path(known_hosts_path)
     known_hosts_path.parent.mkdir(parents=True, exist_ok=True)
     known_hosts_path.write_text(
-        f"{_known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
+        f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
     )
     return [
         "ssh",

@@ -174,7 +174,8 @@ class AuditRecord(SQLModel, table=True):
     hash: str = Field(unique=True)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def sqlite_pragmas(dbapi_conn, _record) -> None:
+    """SQLAlchemy "connect" listener: every SQLite connection gets WAL and a busy timeout."""
     # WAL + a busy timeout: the CLI, flows and tests write concurrently.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -196,7 +197,7 @@ def _cached_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
     SQLModel.metadata.create_all(engine)

@@ -701,7 +701,7 @@ def checkpoint_with_capture(
     The capture (stored with the checkpoint) comes first, then the guest sync and the
     snapshot, as in checkpoints.create. Returns the capture's wall time.
     """
-    rec = sandboxes._record(name, s)
+    rec = sandboxes.record(name, s)
     index = captures.index_path(rec.image, rec.image_version, s)
     if not index.exists():
         b.fact(
@@ -755,7 +755,7 @@ def captures_and_diff(
 
 def export_pair(res: Results, b: Bench, s: FluidSettings, name: str, i: int) -> tuple[Path, Path]:
     """Both checkpoints of a sandbox as standalone disks, for virt-diff."""
-    disk = sandboxes._record(name, s).disk_path
+    disk = sandboxes.record(name, s).disk_path
     pair = (b.root / f"vd-{i}-before.qcow2", b.root / f"vd-{i}-after.qcow2")
     export_disk(res, disk, "before", pair[0])
     export_disk(res, disk, "after", pair[1])

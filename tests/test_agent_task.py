@@ -347,7 +347,7 @@ def test_the_janitor_reaps_the_sandbox_of_a_killed_worker(
         return rec.sandbox_id if rec and rec.sandbox_id and rec.status == "working" else None
 
     sid = wait_for(agent_started, 600, "the agent to start working")
-    owner_pid = sandboxes._record(sid, settings).owner_pid
+    owner_pid = sandboxes.record(sid, settings).owner_pid
     assert owner_pid
     worker_pid = int((settings.prefect_dir / "worker.pid").read_text())
     try:

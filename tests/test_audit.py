@@ -367,9 +367,9 @@ def _result(command: str, status: int, **kw: object) -> CommandResult:
 def test_recorded_commands_are_audited(tmp_path):
     settings = _fresh(tmp_path)
     long = "echo " + "x" * 300
-    sandboxes._record_command("sb-c", _result(long, 0), "agent", settings)
-    sandboxes._record_command("sb-c", _result("sleep 99", -1, timed_out=True), None, settings)
-    sandboxes._record_command("prod-web", _result("nginx -t", 1), "fluid", settings, "web")
+    sandboxes.record_command("sb-c", _result(long, 0), "agent", settings)
+    sandboxes.record_command("sb-c", _result("sleep 99", -1, timed_out=True), None, settings)
+    sandboxes.record_command("prod-web", _result("nginx -t", 1), "fluid", settings, "web")
 
     cmds = audit.entries("sb-c", settings)
     assert [r.actor for r in cmds] == ["agent", audit.default_actor()]

@@ -85,7 +85,7 @@ def test_two_sandboxes_run_at_once_without_seeing_each_other(two_sandboxes, sett
 
 def test_an_expired_certificate_is_refused_by_the_guest(two_sandboxes, settings):
     nat, _ = two_sandboxes
-    rec_key = sandboxes._record(nat.id, settings).host_key
+    rec_key = sandboxes.record(nat.id, settings).host_key
     ca = sandboxes.authority(settings)
     old = ca.issue(
         sandboxes.principal(nat.id),
@@ -105,7 +105,7 @@ def test_a_certificate_for_another_sandbox_is_refused(two_sandboxes, settings):
     wrong = ca.issue(sandboxes.principal(isolated.id), timedelta(minutes=2))
     with pytest.raises(SSHError):
         ssh.GuestConnection(
-            "127.0.0.1", nat.ssh_port, wrong, sandboxes._record(nat.id, settings).host_key
+            "127.0.0.1", nat.ssh_port, wrong, sandboxes.record(nat.id, settings).host_key
         )
 
 

@@ -118,7 +118,7 @@ def test_two_taken_spares_differ_in_random_bytes_machine_id_host_key_and_name(
         machine_id, host_key, hostname, principal = sandboxes.run(
             sid, IDENTITY, settings=spare_settings
         ).stdout_text.splitlines()
-        assert host_key == sandboxes._record(sid, spare_settings).host_key
+        assert host_key == sandboxes.record(sid, spare_settings).host_key
         assert (hostname, principal) == (sid, f"fluid-{sid}")
         seen.append((machine_id, host_key))
     assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]
@@ -135,7 +135,7 @@ def test_taking_spares_starts_new_ones_in_the_background(taken, spare_settings):
     fresh = wait_for_spares(spare_settings, exclude=set(taken))
     assert "spare" in (spare_settings.logs_dir / "spares.log").read_text()
     for sid in fresh:
-        rec = sandboxes._record(sid, spare_settings)
+        rec = sandboxes.record(sid, spare_settings)
         assert rec.spare_state == spares.WAITING and rec.slot
 
 
@@ -168,7 +168,7 @@ def test_a_spare_whose_vm_died_is_removed_and_the_sandbox_starts_from_a_slot(tak
     conn = connect(spare_settings)
     try:
         for sid in dead:
-            lookup(conn, sandboxes._record(sid, spare_settings).domain_name).destroy()
+            lookup(conn, sandboxes.record(sid, spare_settings).domain_name).destroy()
     finally:
         conn.close()
     said: list[str] = []

@@ -78,7 +78,7 @@ def test_each_warm_sandbox_has_its_own_machine_id_host_key_hostname_and_principa
             sid, IDENTITY, settings=settings
         ).stdout_text.splitlines()
         assert len(machine_id) == 32
-        assert host_key == sandboxes._record(sid, settings).host_key
+        assert host_key == sandboxes.record(sid, settings).host_key
         assert (hostname, principal) == (sid, f"fluid-{sid}")
         seen.append((machine_id, host_key))
     assert seen[0][0] != seen[1][0], "machine-ids differ"
@@ -113,7 +113,7 @@ def test_a_destroyed_warm_sandbox_leaves_nothing_running_and_its_slot_serves_the
     warm_pair, settings
 ):
     box = sandboxes.create(settings=settings)
-    slot = sandboxes._record(box.id, settings).slot
+    slot = sandboxes.record(box.id, settings).slot
     assert box.boot == "warm" and slot
     sandboxes.destroy(box.id, settings)
 

@@ -314,10 +314,10 @@ class Toolbox:
             )
         except CommandTimeout as e:
             self.command_seconds += e.result.duration_s  # type: ignore[attr-defined]
-            sandboxes._record_command(self.sandbox_id, e.result, self.actor, self.settings)  # type: ignore[arg-type]
+            sandboxes.record_command(self.sandbox_id, e.result, self.actor, self.settings)  # type: ignore[arg-type]
             raise
         self.command_seconds += r.duration_s
-        sandboxes._record_command(self.sandbox_id, r, self.actor, self.settings)
+        sandboxes.record_command(self.sandbox_id, r, self.actor, self.settings)
         return self._command_result(r)
 
     @staticmethod

@@ -90,7 +90,7 @@ class Incoming:
     `discard` (or a failed check) leaves nothing."""
 
     def __init__(self, store: BlobStore, expected: str, path: str) -> None:
-        store._path(expected)  # a valid sha256, before anything is made
+        store.blob_path(expected)  # a valid sha256, before anything is made
         self.expected, self.path = expected, path
         self._store = store
         self._sha = hashlib.sha256()
@@ -136,7 +136,7 @@ class Incoming:
         is kept and touched)."""
         if self._file is not None:
             raise FluidError("Incoming.commit before check")
-        path = self._store._path(self.expected)
+        path = self._store.blob_path(self.expected)
         if path.exists():
             os.utime(path)
             self.discard()
@@ -159,7 +159,8 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def _path(self, sha: str) -> Path:
+    def blob_path(self, sha: str) -> Path:
+        """Where the blob with that sha256 is kept; InvalidHash when `sha` is not a sha256."""
         if not valid_sha(sha):
             raise InvalidHash(f"{sha!r} is not a sha256 (64 lowercase hex digits); no blob has it")
         return self.root / sha[:2] / sha
@@ -167,7 +168,7 @@ class BlobStore:
     def put(self, data: bytes) -> str:
         """Store `data` under the sha256 computed here; return it."""
         sha = hashlib.sha256(data).hexdigest()
-        path = self._path(sha)
+        path = self.blob_path(sha)
         if path.exists():
             # Touched: the janitor prunes by age, and a capture under way references it now.
             os.utime(path)
@@ -195,7 +196,7 @@ class BlobStore:
 
     def open(self, sha: str) -> BinaryIO:
         """The stored content with that sha256, opened for reading (FileNotFoundError if none)."""
-        fd = os.open(self._path(sha), os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(self.blob_path(sha), os.O_RDONLY | os.O_NOFOLLOW)
         return os.fdopen(fd, "rb")
 
     def size(self, sha: str | None) -> int | None:
@@ -203,19 +204,19 @@ class BlobStore:
         if not sha:
             return None
         try:
-            return self._path(sha).stat().st_size
+            return self.blob_path(sha).stat().st_size
         except FileNotFoundError:
             return None
 
     def has(self, sha: str) -> bool:
         """Whether content with that sha256 is stored."""
-        return self._path(sha).is_file()
+        return self.blob_path(sha).is_file()
 
     def touch(self, sha: str) -> bool:
         """Whether content with that sha256 is stored; if so it is touched, as a capture that
         names it again must not see the janitor prune it (it prunes by age)."""
         try:
-            os.utime(self._path(sha))
+            os.utime(self.blob_path(sha))
         except FileNotFoundError:
             return False
         return True

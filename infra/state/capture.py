@@ -117,7 +117,7 @@ def capture(
     """
     settings = settings or get_settings()
     start = time.monotonic()
-    rec = sandboxes._record(sandbox_id, settings)
+    rec = sandboxes.record(sandbox_id, settings)
     memories = {
         k.name: _memory(k, sandbox_id, settings) for k in kinds().values() if k.remembered()
     }

@@ -1,0 +1,342 @@
+"""fluid's layers and what each may import, checked statically (ast only: nothing is imported,
+no VM, no Prefect).
+
+- infra/ is the engine: libvirt domains, images, sandboxes, spares and warm slots, SSH and the
+  CA, the database, change capture and export, guardrails, agents, audit. It owns everything that
+  touches the host or a guest, and knows nothing of orchestration: it imports the standard
+  library, third-party libraries other than Prefect, and infra/ itself; never prefect, tasks,
+  flows, blocks or fluid_cli (not even lazily inside a function).
+- blocks/ holds the Prefect blocks, fluid's configuration stored on the Prefect server. It may
+  import prefect and infra/; never tasks, flows or fluid_cli.
+- tasks/ holds the Prefect tasks, each a step over infra/. It may import prefect, infra/ and
+  blocks/; never flows or fluid_cli.
+- flows/ holds the Prefect flows that compose tasks. It may import prefect, infra/, blocks/ and
+  tasks/; never fluid_cli.
+- fluid_cli.py, the `fluid` command, is the top: it may import any layer (and imports Prefect
+  only where a command needs it).
+
+Across all of them, a module uses only another module's public interface: no `module._name`
+on a name an import statement bound to fluid's own modules, and no `from module import _name`.
+What a private name does is the business of the module that defines it; a caller that needs it
+asks for it to be made public (with a docstring) or moved where it belongs. Attributes of
+`self`, of instances and of pydantic models cannot be resolved statically and are not checked;
+nor are third-party libraries' private names (guardrails.py patches one of bashlex's on purpose).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_PARTY = frozenset({"infra", "tasks", "flows", "blocks", "fluid_cli"})
+PRODUCT = ("infra", "tasks", "flows", "blocks", "fluid_cli.py")
+
+# layer -> the top-level packages it must never import
+FORBIDDEN = {
+    "infra": frozenset({"prefect", "tasks", "flows", "blocks", "fluid_cli"}),
+    "blocks": frozenset({"tasks", "flows", "fluid_cli"}),
+    "tasks": frozenset({"flows", "fluid_cli"}),
+    "flows": frozenset({"fluid_cli"}),
+}
+
+
+def product_files() -> list[Path]:
+    files: list[Path] = []
+    for entry in PRODUCT:
+        path = ROOT / entry
+        files.extend([path] if path.suffix == ".py" else sorted(path.rglob("*.py")))
+    return files
+
+
+def module_name(rel: Path) -> str:
+    """`infra/state/blobs.py` -> `infra.state.blobs` (a package's __init__ is the package)."""
+    parts = list(rel.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _from_module(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module a `from ... import` names (relative imports resolved)."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base.pop()
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def imports(tree: ast.AST, module: str = "", is_package: bool = False) -> Iterator[tuple[int, str]]:
+    """(line, module) for every import anywhere in the tree, inside functions too; a
+    `from a import b` gives `a.b`, and importlib.import_module("x") with a literal gives x."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            source = _from_module(node, module, is_package)
+            for alias in node.names:
+                yield node.lineno, f"{source}.{alias.name}" if source else alias.name
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Name) and node.func.id == "__import__")
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            )
+        ):
+            yield node.lineno, node.args[0].value
+
+
+def forbidden_imports(source: str, filename: str, forbidden: frozenset[str]) -> list[str]:
+    """Every import in `source` of a package in `forbidden`, as `file:line: imports x`."""
+    tree = ast.parse(source, filename)
+    rel = Path(filename)
+    module, is_package = module_name(rel), rel.name == "__init__.py"
+    return [
+        f"{filename}:{line}: imports {name}"
+        for line, name in imports(tree, module, is_package)
+        if name.split(".")[0] in forbidden
+    ]
+
+
+def _scope_nodes(body: list[ast.stmt]) -> Iterator[ast.AST]:
+    """The nodes of one scope: the bodies of nested functions, lambdas and classes are not
+    entered (their names, decorators, defaults, annotations and bases belong to this scope)."""
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            a = node.args
+            parts = [*a.defaults, *a.kw_defaults]
+            if not isinstance(node, ast.Lambda):
+                parts += [*node.decorator_list, node.returns]
+                parts += [x.annotation for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+                parts += [x.annotation for x in (a.vararg, a.kwarg) if x is not None]
+        elif isinstance(node, ast.ClassDef):
+            parts = [*node.decorator_list, *node.bases, *node.keywords]
+        else:
+            parts = list(ast.iter_child_nodes(node))
+        stack.extend(reversed([c for c in parts if c is not None]))
+
+
+NAMED_BINDINGS = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.ExceptHandler,
+    ast.MatchAs,
+    ast.MatchStar,
+)
+
+
+def _body(scope: ast.AST) -> list[ast.stmt]:
+    return [ast.Expr(scope.body)] if isinstance(scope, ast.Lambda) else scope.body
+
+
+def _bindings(scope: ast.AST, module: str, is_package: bool) -> dict[str, str | None]:
+    """Names bound in one scope -> the fluid module (or module attribute) an import bound them
+    to, or None when anything else binds them (a parameter, an assignment, a loop or with
+    target, a def or class, a third-party import). Over-counting local bindings can only hide
+    a reach-in, never report a false one."""
+    bound: dict[str, str | None] = {}
+    imported: dict[str, str] = {}
+    if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+        a = scope.args
+        for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+            if arg is not None:
+                bound[arg.arg] = None
+    for node in _scope_nodes(_body(scope)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                name = alias.asname or alias.name.split(".")[0]
+                if alias.name.split(".")[0] in FIRST_PARTY:
+                    imported[name] = alias.name if alias.asname else name
+                else:
+                    bound[name] = None
+        elif isinstance(node, ast.ImportFrom):
+            source = _from_module(node, module, is_package)
+            for alias in node.names:
+                name = alias.asname or alias.name
+                if source.split(".")[0] in FIRST_PARTY:
+                    imported[name] = f"{source}.{alias.name}"
+                else:
+                    bound[name] = None
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            bound[node.id] = None
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            bound.update(dict.fromkeys(node.names))  # resolved elsewhere: not judged here
+        elif isinstance(node, NAMED_BINDINGS) and node.name:
+            bound[node.name] = None  # def, class, `except ... as`, `case ... as`
+    for name, target in imported.items():
+        # A name an import binds and something else binds too is ambiguous: not judged.
+        bound.setdefault(name, target)
+    return bound
+
+
+def private_reach_ins(source: str, filename: str) -> list[str]:
+    """Every use in `source` of another fluid module's private name, as `file:line: ...`."""
+    tree = ast.parse(source, filename)
+    rel = Path(filename)
+    own, is_package = module_name(rel), rel.name == "__init__.py"
+    own_defs = {
+        n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)
+    }  # `own.Name._x` is this module's own class
+
+    def is_own(owner: str) -> bool:
+        rest = owner.removeprefix(own + ".")
+        return owner == own or (rest != owner and rest.split(".")[0] in own_defs)
+
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            src = _from_module(node, own, is_package)
+            if src.split(".")[0] in FIRST_PARTY and src != own:
+                for alias in node.names:
+                    if _is_private(alias.name):
+                        found.append(f"{filename}:{node.lineno}: from {src} import {alias.name}")
+
+    def visit(scope: ast.AST, outer: list[dict[str, str | None]]) -> None:
+        here = [_bindings(scope, own, is_package), *outer]
+        # A class body's names are not seen by the functions defined in it.
+        inner = outer if isinstance(scope, ast.ClassDef) else here
+        for node in _scope_nodes(_body(scope)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                visit(node, inner)
+            elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+                chain, base = [node.attr], node.value
+                while isinstance(base, ast.Attribute):
+                    chain.append(base.attr)
+                    base = base.value
+                if not isinstance(base, ast.Name) or any(_is_private(a) for a in chain[1:]):
+                    continue  # not on a name, or an inner private is the one reported
+                target = next((s[base.id] for s in here if base.id in s), None)
+                if target is None:
+                    continue
+                owner = ".".join([target, *reversed(chain[1:])])
+                if not is_own(owner):
+                    dotted = ".".join([base.id, *reversed(chain)])
+                    found.append(f"{filename}:{node.lineno}: {dotted} (private to {owner})")
+
+    visit(tree, [])
+    return found
+
+
+def _report(problems: list[str], rule: str) -> str:
+    return f"{rule}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
+    problems = []
+    for path in product_files():
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == layer:
+            problems += forbidden_imports(path.read_text(), str(rel), FORBIDDEN[layer])
+    assert not problems, _report(
+        problems, f"{layer}/ must import nothing from {', '.join(sorted(FORBIDDEN[layer]))}"
+    )
+
+
+def test_no_module_reaches_into_another_modules_private_names() -> None:
+    problems = []
+    for path in product_files():
+        problems += private_reach_ins(path.read_text(), str(path.relative_to(ROOT)))
+    assert not problems, _report(
+        problems,
+        "a module uses only other modules' public names (make the name public, with a "
+        "docstring, or move it to the module that owns it)",
+    )
+
+
+def test_the_product_files_are_found() -> None:
+    names = {str(p.relative_to(ROOT)) for p in product_files()}
+    assert {"infra/sandboxes.py", "tasks/sandbox.py", "flows/agent_task.py"} <= names
+    assert {"blocks/production_target.py", "fluid_cli.py"} <= names
+
+
+# The checks themselves: each catches what it is for, so none can pass by finding nothing.
+
+LAZY_PREFECT = """
+import os
+
+def deploy():
+    from prefect import flow
+    import flows.janitor as j
+    return importlib.import_module("tasks.sandbox")
+"""
+
+
+def test_the_import_rule_catches_top_level_lazy_and_dynamic_imports() -> None:
+    found = forbidden_imports(LAZY_PREFECT, "infra/x.py", FORBIDDEN["infra"])
+    assert found == [
+        "infra/x.py:5: imports prefect.flow",
+        "infra/x.py:6: imports flows.janitor",
+        "infra/x.py:7: imports tasks.sandbox",
+    ]
+    assert forbidden_imports("from ..flows import agent_task\n", "tasks/x.py", FORBIDDEN["tasks"])
+    assert forbidden_imports("import fluid_cli\n", "blocks/x.py", FORBIDDEN["blocks"])
+    assert not forbidden_imports("import prefect\nimport infra\n", "tasks/x.py", FORBIDDEN["tasks"])
+
+
+REACH_INS = """
+from infra import sandboxes
+import infra.ssh
+from infra.state import capture as cap
+from infra.store import _engine_for
+from infra.ssh import GuestConnection
+
+def f(sandbox_id, settings):
+    rec = sandboxes._record(sandbox_id, settings)
+    key = infra.ssh._parse_public_key(rec.host_key)
+    return cap._memory, GuestConnection._transport
+"""
+
+
+def test_the_private_rule_catches_reach_ins() -> None:
+    assert private_reach_ins(REACH_INS, "tasks/x.py") == [
+        "tasks/x.py:5: from infra.store import _engine_for",
+        "tasks/x.py:9: sandboxes._record (private to infra.sandboxes)",
+        "tasks/x.py:10: infra.ssh._parse_public_key (private to infra.ssh)",
+        "tasks/x.py:11: cap._memory (private to infra.state.capture)",
+        "tasks/x.py:11: GuestConnection._transport (private to infra.ssh.GuestConnection)",
+    ]
+
+
+NOT_REACH_INS = """
+import bashlex
+from infra import store, sandboxes
+
+class Box:
+    def __init__(self, store):
+        self._store = store
+        store._path("x")  # a parameter named like the module
+
+    def run(self):
+        return self._store._path("y")
+
+def g(conn):
+    sandboxes = [conn]
+    return sandboxes[0]._private, bashlex.subst._paramexpand, store.session, conn._client
+"""
+
+
+def test_the_private_rule_ignores_locals_instances_own_modules_and_third_party() -> None:
+    assert private_reach_ins(NOT_REACH_INS, "infra/x.py") == []
+    own = "from infra import blobs\n\ndef f():\n    return blobs._path\n"
+    assert private_reach_ins(own, "infra/blobs.py") == []
+    assert private_reach_ins("from . import _helpers\n", "infra/state/x.py") == [
+        "infra/state/x.py:1: from infra.state import _helpers"
+    ]
