@@ -216,6 +216,15 @@ class GuestConnection:
             )
         return transport
 
+    def _open_session(self) -> paramiko.Channel:
+        try:
+            return self.transport().open_session(timeout=self._connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"cannot open an SSH session on {self.host}:{self.port}: {exc}; the sandbox may "
+                "be overloaded or stopped, open a new GuestConnection"
+            ) from exc
+
     def run(
         self,
         command: str,
@@ -237,13 +246,7 @@ class GuestConnection:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if output_cap < 0:
             raise ValueError(f"output_cap must not be negative, got {output_cap}")
-        guest_timeout = max(1, math.ceil(timeout))
-        # coreutils timeout kills the whole process group, so the command dies in the guest
-        # even when it forks; the login shell expands ${SHELL} as ssh would run the command.
-        remote = (
-            f"timeout --kill-after={KILL_AFTER_S} {guest_timeout} "
-            f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
-        )
+        remote = _guarded(command, timeout)
         stdout = CappedBuffer(output_cap)
         stderr = CappedBuffer(output_cap)
         started_at = datetime.now(UTC)
@@ -251,13 +254,7 @@ class GuestConnection:
         deadline = t0 + timeout + HOST_GRACE_S
         deadline_hit = False
         exit_status = -1
-        try:
-            channel = self.transport().open_session(timeout=self._connect_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SSHError(
-                f"cannot open an SSH session on {self.host}:{self.port}: {exc}; the sandbox may "
-                "be overloaded or stopped, open a new GuestConnection"
-            ) from exc
+        channel = self._open_session()
         try:
             channel.exec_command(remote)
             if stdin is not None:
@@ -284,7 +281,7 @@ class GuestConnection:
         out, out_cut = stdout.result()
         err, err_cut = stderr.result()
         timed_out = deadline_hit or (
-            exit_status in _TIMEOUT_EXIT_STATUSES and duration_s >= guest_timeout
+            exit_status in _TIMEOUT_EXIT_STATUSES and duration_s >= max(1, math.ceil(timeout))
         )
         result = CommandResult(
             command=command,
@@ -326,23 +323,13 @@ class GuestConnection:
         waiting a little later)."""
         if timeout <= 0 or limit < 0:
             raise ValueError(f"timeout must be positive and limit not negative: {timeout}, {limit}")
-        guest_timeout = max(1, math.ceil(timeout))
-        remote = (
-            f"timeout --kill-after={KILL_AFTER_S} {guest_timeout} "
-            f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
-        )
+        remote = _guarded(command, timeout)
         sink = OutputSink(take, limit)
         stderr = CappedBuffer(16 << 10)
         t0 = time.monotonic()
         deadline = t0 + timeout + HOST_GRACE_S
         exit_status = -1
-        try:
-            channel = self.transport().open_session(timeout=self._connect_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SSHError(
-                f"cannot open an SSH session on {self.host}:{self.port}: {exc}; the sandbox may "
-                "be overloaded or stopped, open a new GuestConnection"
-            ) from exc
+        channel = self._open_session()
         try:
             channel.exec_command(remote)
             channel.shutdown_write()
@@ -545,6 +532,16 @@ class GuestConnection:
         """Close SFTP and the SSH connection; safe to call twice."""
         self._drop_sftp()
         self._client.close()
+
+
+def _guarded(command: str, timeout: float) -> str:
+    """`command` as the guest runs it: under coreutils timeout, which kills the whole process
+    group (the command dies in the guest even when it forks), in the login shell (${SHELL}
+    expanded as ssh would run the command)."""
+    return (
+        f"timeout --kill-after={KILL_AFTER_S} {max(1, math.ceil(timeout))} "
+        f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
+    )
 
 
 _FILE_TYPES = {

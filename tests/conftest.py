@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,9 +18,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import contextlib
 
-from infra import control_plane, images, sandboxes, store  # noqa: E402
+from infra import checkpoints, control_plane, images, sandboxes, store  # noqa: E402
+from infra.errors import GuestDataRefused  # noqa: E402
 from infra.libvirt_host import connect, lookup  # noqa: E402
 from infra.settings import FluidSettings, get_settings  # noqa: E402
+from infra.state import capture  # noqa: E402
+from infra.state.base import ChangeSet  # noqa: E402
+from infra.state.diff import compare  # noqa: E402
 
 FLUID = str(Path(sys.executable).with_name("fluid"))
 # Unique per session: a production VM outlives a killed session (it has no TTL), and the next
@@ -128,6 +132,67 @@ def fluid(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.C
 def fluid_json(*args: str) -> dict:
     """Run `fluid ... --json` and parse the one JSON object it prints."""
     return json.loads(fluid(*args, "--json").stdout)
+
+
+@contextlib.contextmanager
+def changed_sandbox(
+    sandbox_id: str,
+    steps: str | Sequence[str],
+    settings: FluidSettings,
+    *,
+    prepare: str | None = None,
+    timeout: float = 900,
+) -> Iterator[ChangeSet]:
+    """A new sandbox checkpointed "before" and "after" the agent's `steps` (each one command,
+    seconds apart, as an agent runs them; each must exit 0), the ChangeSet between the two;
+    the sandbox is destroyed afterwards. `prepare` runs before the "before" checkpoint."""
+    sandboxes.create(sandbox_id, settings=settings)
+    try:
+
+        def run(command: str) -> None:
+            r = sandboxes.run(
+                sandbox_id, command, timeout=timeout, output_cap=1 << 20, settings=settings
+            )
+            assert r.exit_status == 0, r.stderr_text
+
+        if prepare:
+            run(prepare)
+        checkpoints.create(sandbox_id, "before", settings)
+        for step in [steps] if isinstance(steps, str) else steps:
+            run(step)
+        checkpoints.create(sandbox_id, "after", settings)
+        yield compare(
+            capture.load(sandbox_id, "before", settings),
+            capture.load(sandbox_id, "after", settings),
+            settings=settings,
+        )
+    finally:
+        sandboxes.destroy(sandbox_id, settings)
+
+
+def capture_writes(settings: FluidSettings) -> dict[str, tuple[int, int]]:
+    """Every file a capture writes on the host (blobs and their parts, captures, memories, the
+    hash index), with its size and mtime."""
+    roots = [settings.home / "blobs", settings.home / "captures", settings.cache_dir / "hash-index"]
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for root in roots
+        if root.is_dir()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def refused_capture(sandbox_id: str, settings: FluidSettings, match: str) -> GuestDataRefused:
+    """A capture that must be refused whole, leaving no file written and no checkpoint's
+    capture; the error."""
+    before = capture_writes(settings)
+    with pytest.raises(GuestDataRefused, match=match) as info:
+        capture.capture(sandbox_id, checkpoint="refused", settings=settings)
+    assert capture_writes(settings) == before, "a refused capture wrote something"
+    with pytest.raises(capture.CaptureNotFound):
+        capture.load(sandbox_id, "refused", settings)
+    return info.value
 
 
 def leftovers(sandbox_id: str, settings: FluidSettings) -> list[str]:

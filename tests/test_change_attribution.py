@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from infra import checkpoints, sandboxes
+from infra import sandboxes
 from infra.playbook_runs import run_playbook, sandbox_host
 from infra.settings import FluidSettings
-from infra.state import capture, playbook_yaml
+from infra.state import playbook_yaml
 from infra.state.base import ChangeSet
-from infra.state.diff import compare
 from infra.state.export import ROLE, export
 from infra.verification import verify
+from tests.conftest import changed_sandbox
 
 pytestmark = pytest.mark.vm
 
@@ -56,22 +56,11 @@ def _run(command: str, settings: FluidSettings) -> str:
 @pytest.fixture(scope="module")
 def changed(golden_image, settings) -> Iterator[ChangeSet]:
     """The module's sandbox checkpointed before and after the agent's steps; its ChangeSet."""
-    sandboxes.create(SANDBOX, settings=settings)
-    try:
-        # The sandbox names itself in /etc/hosts by its id (as cloud-init does), so its own
-        # line differs from the replay's `127.0.1.1 sandbox`: neither may show as a change.
-        _run(f"sed -i 's/^127.0.1.1 .*/127.0.1.1 {SANDBOX}/' /etc/hosts", settings)
-        checkpoints.create(SANDBOX, "before", settings)
-        for step in STEPS:
-            _run(step, settings)
-        checkpoints.create(SANDBOX, "after", settings)
-        yield compare(
-            capture.load(SANDBOX, "before", settings),
-            capture.load(SANDBOX, "after", settings),
-            settings=settings,
-        )
-    finally:
-        sandboxes.destroy(SANDBOX, settings)
+    # The sandbox names itself in /etc/hosts by its id (as cloud-init does), so its own line
+    # differs from the replay's `127.0.1.1 sandbox`: neither may show as a change.
+    own_name = f"sed -i 's/^127.0.1.1 .*/127.0.1.1 {SANDBOX}/' /etc/hosts"
+    with changed_sandbox(SANDBOX, STEPS, settings, prepare=own_name) as changes:
+        yield changes
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import checkpoints, sandboxes, warm_slots
+from infra import sandboxes, warm_slots
 from infra.state import capture, noise, playbook_yaml
 from infra.state.base import ChangeSet, kinds, unwatched
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import export, verify_digest
 from infra.state.kinds import files
-from tests.conftest import fluid, fluid_json
+from tests.conftest import changed_sandbox, fluid, fluid_json
 
 SANDBOX = "change"
 TEMPLATED = "listen {{ port }};\n{% if tls %}ssl on;{% endif %}\n{# not a comment #}\n"
@@ -128,19 +128,8 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def changed(golden_image, settings) -> Iterator[ChangeSet]:
     """A sandbox checkpointed before and after every kind of change; its ChangeSet."""
-    sandboxes.create(SANDBOX, settings=settings)
-    try:
-        checkpoints.create(SANDBOX, "before", settings)
-        r = sandboxes.run(SANDBOX, STEPS, timeout=900, settings=settings)
-        assert r.exit_status == 0, r.stderr_text
-        checkpoints.create(SANDBOX, "after", settings)
-        yield compare(
-            capture.load(SANDBOX, "before", settings),
-            capture.load(SANDBOX, "after", settings),
-            settings=settings,
-        )
-    finally:
-        sandboxes.destroy(SANDBOX, settings)
+    with changed_sandbox(SANDBOX, STEPS, settings) as changes:
+        yield changes
 
 
 @pytest.fixture(scope="module")

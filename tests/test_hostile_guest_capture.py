@@ -26,6 +26,7 @@ from infra.state import capture
 from infra.state.blobs import InvalidHash
 from infra.state.diff import compare
 from infra.state.kinds import files
+from tests.conftest import capture_writes, refused_capture
 
 pytestmark = pytest.mark.vm
 
@@ -87,18 +88,6 @@ def box(golden_image, settings: FluidSettings) -> Iterator[sandboxes.Sandbox]:
         sandboxes.destroy(SANDBOX, settings)
 
 
-def _written(settings: FluidSettings) -> dict[str, tuple[int, int]]:
-    """Every file a capture writes on the host (blobs, captures, memories, the hash index)."""
-    roots = [settings.home / "blobs", settings.home / "captures", settings.cache_dir / "hash-index"]
-    return {
-        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
-        for root in roots
-        if root.is_dir()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
-
-
 def _stored_bytes(settings: FluidSettings) -> bytes:
     """All blobs and captures (decompressed), to look for bytes that must never be there."""
     out = []
@@ -156,27 +145,16 @@ def _entry(path: str, sha: object, content: bytes | None = None, **extra) -> dic
     return e | extra
 
 
-def _refused(settings: FluidSettings, match: str) -> GuestDataRefused:
-    """A capture that must be refused, leaving no file written and no checkpoint's capture."""
-    before = _written(settings)
-    with pytest.raises(GuestDataRefused, match=match) as info:
-        capture.capture(SANDBOX, checkpoint="forged", settings=settings)
-    assert _written(settings) == before, "a refused capture wrote something"
-    with pytest.raises(capture.CaptureNotFound):
-        capture.load(SANDBOX, "forged", settings)
-    return info.value
-
-
 def test_a_forged_hash_naming_a_host_file_is_refused_and_reads_nothing(
     liar: Liar, settings: FluidSettings
 ) -> None:
     ca_key = settings.ca_key_path.read_bytes()
     # The hash is a path: joined to the blob store's root, an absolute one would win.
     liar.answers([_entry("/etc/fluid-forged", str(settings.ca_key_path))])
-    e = _refused(settings, "capture of hostile refused")
+    e = refused_capture(SANDBOX, settings, "capture of hostile refused")
     assert "'/etc/fluid-forged'" in str(e) and "not 64 lowercase hex digits" in str(e)
     liar.answers([_entry("/etc/fluid-forged", "/etc/hostname")])
-    _refused(settings, "/etc/hostname")
+    refused_capture(SANDBOX, settings, "/etc/hostname")
     assert ca_key not in _stored_bytes(settings)
     # Nor can any caller ask the store for a path instead of a hash.
     for forged in (str(settings.ca_key_path), "../../ca/fluid_ca", "A" * 64):
@@ -188,16 +166,16 @@ def test_a_malformed_hash_or_content_that_does_not_match_its_hash_is_refused(
     liar: Liar, settings: FluidSettings
 ) -> None:
     liar.answers([_entry("/etc/fluid-forged", "abc123")])
-    _refused(settings, "'abc123' as the sha256 of '/etc/fluid-forged'")
+    refused_capture(SANDBOX, settings, "'abc123' as the sha256 of '/etc/fluid-forged'")
     claimed = hashlib.sha256(b"what the reviewer would see").hexdigest()
     liar.answers([_entry("/etc/fluid-forged", claimed, b"what would be applied")])
-    e = _refused(settings, "whose sha256 is")
+    e = refused_capture(SANDBOX, settings, "whose sha256 is")
     assert claimed in str(e) and "'/etc/fluid-forged'" in str(e)
     assert b"what would be applied" not in _stored_bytes(settings)
     liar.answers([_entry("/etc/fluid-forged", claimed, content=None, c="not base64!")])
-    _refused(settings, "not base64")
+    refused_capture(SANDBOX, settings, "not base64")
     liar.answers([{"p": "/etc/fluid-forged", "k": "socket?", "m": 0, "u": 0, "g": 0}])
-    _refused(settings, "malformed")
+    refused_capture(SANDBOX, settings, "malformed")
 
 
 def test_oversized_content_and_a_huge_listing_are_refused(
@@ -206,12 +184,12 @@ def test_oversized_content_and_a_huge_listing_are_refused(
     small = settings.model_copy(update={"capture_max_content": 1 << 20})
     big = os.urandom(1 << 20) + b"!"
     liar.answers([_entry("/opt/big.bin", hashlib.sha256(big).hexdigest(), big)])
-    _refused(small, "1048577 bytes, more than the 1048576")
+    refused_capture(SANDBOX, small, "1048577 bytes, more than the 1048576")
     # A listing far longer than any real one: refused before a byte of it is parsed.
     few = settings.model_copy(update={"capture_max_entries": 200_000})
     huge = [{"p": "/x", "k": "d", "m": 0, "u": 0, "g": 0}] * 300_000
     liar.answers(huge)
-    _refused(few, "more than 200000")
+    refused_capture(SANDBOX, few, "more than 200000")
 
 
 def test_a_lying_guest_cannot_poison_the_hash_index_other_sandboxes_trust(
@@ -268,12 +246,12 @@ def test_a_capture_past_its_byte_cap_is_refused_whole(box, settings: FluidSettin
         settings,
     )
     small = settings.model_copy(update={"capture_max_bytes": 1 << 20})
-    before = _written(settings)
+    before = capture_writes(settings)
     started = time.monotonic()
     with pytest.raises(GuestDataRefused, match="more than 1048576 bytes"):
         capture.capture(SANDBOX, checkpoint="too-big", settings=small)
     assert time.monotonic() - started < 120
-    assert _written(settings) == before
+    assert capture_writes(settings) == before
     with pytest.raises(capture.CaptureNotFound):
         capture.load(SANDBOX, "too-big", settings)
     # With the default cap, the same sandbox captures fine.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import checkpoints, sandboxes
+from infra import sandboxes
 from infra.playbook_runs import run_playbook, sandbox_host
 from infra.state import capture
 from infra.state.base import ChangeSet
@@ -28,6 +28,7 @@ from infra.state.diff import compare
 from infra.state.export import ROLE, export, load_changeset, verify_digest
 from infra.state.playbook_yaml import Unsafe, load
 from infra.verification import verify
+from tests.conftest import changed_sandbox
 
 SANDBOX = f"hostile-{secrets.token_hex(3)}"  # test sessions on one host share its disks
 # The host file the guest's templates would create if Ansible ever evaluated them.
@@ -68,19 +69,8 @@ STEPS = "\n".join(
 @pytest.fixture(scope="module")
 def hostile(golden_image, settings) -> Iterator[ChangeSet]:
     """A sandbox checkpointed before and after its hostile change; the ChangeSet."""
-    sandboxes.create(SANDBOX, settings=settings)
-    try:
-        checkpoints.create(SANDBOX, "before", settings)
-        r = sandboxes.run(SANDBOX, STEPS, timeout=600, settings=settings)
-        assert r.exit_status == 0, r.stderr_text
-        checkpoints.create(SANDBOX, "after", settings)
-        yield compare(
-            capture.load(SANDBOX, "before", settings),
-            capture.load(SANDBOX, "after", settings),
-            settings=settings,
-        )
-    finally:
-        sandboxes.destroy(SANDBOX, settings)
+    with changed_sandbox(SANDBOX, STEPS, settings, timeout=600) as changes:
+        yield changes
 
 
 @pytest.fixture(scope="module")

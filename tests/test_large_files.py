@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from infra import sandboxes
-from infra.errors import GuestDataRefused
 from infra.settings import FluidSettings
 from infra.state import capture, playbook_yaml
 from infra.state.base import ChangeSet
@@ -23,6 +22,7 @@ from infra.state.diff import compare
 from infra.state.export import ROLE, export
 from infra.verification import verify
 from scripts.measure_capture import measured_capture
+from tests.conftest import refused_capture
 
 pytestmark = pytest.mark.vm
 
@@ -38,29 +38,6 @@ def _run(command: str, settings: FluidSettings, timeout: float = 600) -> str:
     r = sandboxes.run(SANDBOX, command, timeout=timeout, output_cap=1 << 20, settings=settings)
     assert r.exit_status == 0, r.stderr_text
     return r.stdout_text
-
-
-def _written(settings: FluidSettings) -> dict[str, tuple[int, int]]:
-    """Every file a capture writes on the host (blobs and parts, captures, memories)."""
-    roots = [settings.home / "blobs", settings.home / "captures"]
-    return {
-        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
-        for root in roots
-        if root.is_dir()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
-
-
-def _refused(settings: FluidSettings, match: str) -> GuestDataRefused:
-    """A capture that must be refused whole, leaving no file written (no part, no blob)."""
-    before = _written(settings)
-    with pytest.raises(GuestDataRefused, match=match) as info:
-        capture.capture(SANDBOX, checkpoint="refused", settings=settings)
-    assert _written(settings) == before, "a refused capture wrote something"
-    with pytest.raises(capture.CaptureNotFound):
-        capture.load(SANDBOX, "refused", settings)
-    return info.value
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +118,7 @@ def test_a_file_that_changes_between_its_hash_and_its_transfer_is_refused(
         settings,
     )
     try:
-        e = _refused(settings, "changed or went since the files probe hashed it")
+        e = refused_capture(SANDBOX, settings, "changed or went since the files probe hashed it")
         assert "'/opt/growing.bin'" in str(e) and "capture again" in str(e)
     finally:
         _run("kill $(cat /run/growing.pid); sleep 0.2; rm -f /opt/growing.bin", settings)
@@ -152,7 +129,7 @@ def test_past_the_per_capture_total_a_capture_is_refused_whole(
 ) -> None:
     _run("head -c 10000000 /dev/urandom > /opt/ten.bin", settings)
     small = settings.model_copy(update={"capture_max_total": 8 << 20})
-    e = _refused(small, "more than the 8388608 one capture takes")
+    e = refused_capture(SANDBOX, small, "more than the 8388608 one capture takes")
     assert "FLUID_CAPTURE_MAX_TOTAL" in str(e)
 
 
