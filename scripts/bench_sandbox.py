@@ -503,7 +503,7 @@ def bench_overlays(res: Results, b: Bench) -> None:
 
 def bench_cli_startup(res: Results) -> None:
     """What every `fluid sandbox` command pays before it does anything: Python and imports."""
-    argv = [str(FLUID.parent / "python"), "-c", "import fluid_cli, infra.sandboxes"]
+    argv = [str(FLUID.parent / "python"), "-c", "import cli.main, infra.sandboxes"]
     for _ in range(OVERLAY_SAMPLES):
         start = time.perf_counter()
         r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)

@@ -588,8 +588,7 @@ def test_fluid_audit_verify_exit_codes(cli_home):
 
 def test_fluid_audit_does_not_import_prefect(cli_home):
     probe = (
-        "import sys, fluid_cli; fluid_cli.main(['audit', 'verify']); "
-        "print('prefect' in sys.modules)"
+        "import sys, cli.main; cli.main.main(['audit', 'verify']); print('prefect' in sys.modules)"
     )
     r = subprocess.run(
         [sys.executable, "-c", probe],

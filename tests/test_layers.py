@@ -5,15 +5,17 @@ no VM, no Prefect).
   CA, the database, change capture and export, guardrails, agents, audit. It owns everything that
   touches the host or a guest, and knows nothing of orchestration: it imports the standard
   library, third-party libraries other than Prefect, and infra/ itself; never prefect, tasks,
-  flows, blocks or fluid_cli (not even lazily inside a function).
+  flows, blocks or cli (not even lazily inside a function).
 - blocks/ holds the Prefect blocks, fluid's configuration stored on the Prefect server. It may
-  import prefect and infra/; never tasks, flows or fluid_cli.
+  import prefect and infra/; never tasks, flows or cli.
 - tasks/ holds the Prefect tasks, each a step over infra/. It may import prefect, infra/ and
-  blocks/; never flows or fluid_cli.
+  blocks/; never flows or cli.
 - flows/ holds the Prefect flows that compose tasks. It may import prefect, infra/, blocks/ and
-  tasks/; never fluid_cli.
-- fluid_cli.py, the `fluid` command, is the top: it may import any layer (and imports Prefect
-  only where a command needs it).
+  tasks/; never cli.
+- cli/, the `fluid` command, is the top: it may import any layer, but prefect, flows, tasks
+  and blocks only lazily, inside the functions of the commands that need them (cli/run.py,
+  cli/janitor.py, cli/production.py); every other cli module never imports them, so sandbox,
+  image and pool commands start fast.
 
 Across all of them, a module uses only another module's public interface: no `module._name`
 on a name an import statement bound to fluid's own modules, and no `from module import _name`.
@@ -32,16 +34,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRST_PARTY = frozenset({"infra", "tasks", "flows", "blocks", "fluid_cli"})
-PRODUCT = ("infra", "tasks", "flows", "blocks", "fluid_cli.py")
+FIRST_PARTY = frozenset({"infra", "tasks", "flows", "blocks", "cli"})
+PRODUCT = ("infra", "tasks", "flows", "blocks", "cli")
 
 # layer -> the top-level packages it must never import
 FORBIDDEN = {
-    "infra": frozenset({"prefect", "tasks", "flows", "blocks", "fluid_cli"}),
-    "blocks": frozenset({"tasks", "flows", "fluid_cli"}),
-    "tasks": frozenset({"flows", "fluid_cli"}),
-    "flows": frozenset({"fluid_cli"}),
+    "infra": frozenset({"prefect", "tasks", "flows", "blocks", "cli"}),
+    "blocks": frozenset({"tasks", "flows", "cli"}),
+    "tasks": frozenset({"flows", "cli"}),
+    "flows": frozenset({"cli"}),
 }
+# What the command (cli/) imports only lazily, and only in the modules of the commands that
+# need Prefect; every other cli module never imports it.
+PREFECT_LAYERS = frozenset({"prefect", "flows", "tasks", "blocks"})
+PREFECT_COMMANDS = frozenset({"cli/run.py", "cli/janitor.py", "cli/production.py"})
 
 
 def product_files() -> list[Path]:
@@ -99,9 +105,19 @@ def imports(tree: ast.AST, module: str = "", is_package: bool = False) -> Iterat
             yield node.lineno, node.args[0].value
 
 
-def forbidden_imports(source: str, filename: str, forbidden: frozenset[str]) -> list[str]:
-    """Every import in `source` of a package in `forbidden`, as `file:line: imports x`."""
+def forbidden_imports(
+    source: str, filename: str, forbidden: frozenset[str], import_time: bool = False
+) -> list[str]:
+    """Every import in `source` of a package in `forbidden`, as `file:line: imports x`; with
+    `import_time`, only those that run when the module is imported (not those inside a function
+    or lambda body, which wait until it is called)."""
     tree = ast.parse(source, filename)
+    if import_time:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                node.body = []
+            elif isinstance(node, ast.Lambda):
+                node.body = ast.Constant(None)
     rel = Path(filename)
     module, is_package = module_name(rel), rel.name == "__init__.py"
     return [
@@ -261,10 +277,36 @@ def test_no_module_reaches_into_another_modules_private_names() -> None:
     )
 
 
+def test_the_command_imports_prefect_only_inside_functions() -> None:
+    problems = []
+    for path in product_files():
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "cli":
+            problems += forbidden_imports(
+                path.read_text(), str(rel), PREFECT_LAYERS, import_time=True
+            )
+    assert not problems, _report(
+        problems, "cli/ imports prefect, flows, tasks and blocks only inside the functions"
+    )
+
+
+def test_commands_other_than_run_janitor_and_production_never_import_prefect() -> None:
+    problems = []
+    for path in product_files():
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "cli" and str(rel) not in PREFECT_COMMANDS:
+            problems += forbidden_imports(path.read_text(), str(rel), PREFECT_LAYERS)
+    assert not problems, _report(
+        problems,
+        f"cli/ modules other than {', '.join(sorted(PREFECT_COMMANDS))} must never import "
+        f"{', '.join(sorted(PREFECT_LAYERS))} (sandbox, image and pool commands start fast)",
+    )
+
+
 def test_the_product_files_are_found() -> None:
     names = {str(p.relative_to(ROOT)) for p in product_files()}
     assert {"infra/sandboxes.py", "tasks/sandbox.py", "flows/agent_task.py"} <= names
-    assert {"blocks/production_target.py", "fluid_cli.py"} <= names
+    assert {"blocks/production_target.py", "cli/main.py", "cli/sandbox.py"} <= names
 
 
 # The checks themselves: each catches what it is for, so none can pass by finding nothing.
@@ -287,8 +329,13 @@ def test_the_import_rule_catches_top_level_lazy_and_dynamic_imports() -> None:
         "infra/x.py:7: imports tasks.sandbox",
     ]
     assert forbidden_imports("from ..flows import agent_task\n", "tasks/x.py", FORBIDDEN["tasks"])
-    assert forbidden_imports("import fluid_cli\n", "blocks/x.py", FORBIDDEN["blocks"])
+    assert forbidden_imports("import cli.main\n", "blocks/x.py", FORBIDDEN["blocks"])
     assert not forbidden_imports("import prefect\nimport infra\n", "tasks/x.py", FORBIDDEN["tasks"])
+    assert forbidden_imports(LAZY_PREFECT, "cli/x.py", PREFECT_LAYERS, import_time=True) == []
+    top = "import os\nfrom prefect import flow\nrun = lambda: __import__('flows')\n" + LAZY_PREFECT
+    assert forbidden_imports(top, "cli/x.py", PREFECT_LAYERS, import_time=True) == [
+        "cli/x.py:2: imports prefect.flow"
+    ]
 
 
 REACH_INS = """

@@ -73,8 +73,8 @@ def text(result: CallToolResult) -> str:
 
 def test_the_mcp_command_never_imports_prefect() -> None:
     code = (
-        "import sys, fluid_cli, infra.mcp_server\n"
-        "fluid_cli.build_parser().parse_args(['mcp', 'x'])\n"
+        "import sys, cli.main, infra.mcp_server\n"
+        "cli.main.build_parser().parse_args(['mcp', 'x'])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"

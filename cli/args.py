@@ -1,0 +1,41 @@
+"""How the nouns declare their subcommands and the options several of them share."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_command(
+    parent: argparse._SubParsersAction,
+    name: str,
+    fn: Command,
+    help: str,
+    json_flag: bool = True,
+) -> argparse.ArgumentParser:
+    """Add subcommand `name` that runs `fn`; its help is its description too."""
+    sp = parent.add_parser(name, help=help, description=help)
+    sp.set_defaults(fn=fn)
+    if json_flag:
+        sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return sp
+
+
+def add_noun(top: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """Add a noun that only groups subcommands (`fluid NOUN CMD`)."""
+    return top.add_parser(name, help=help).add_subparsers(dest="cmd", required=True)
+
+
+def accept_exclusion_option(sp: argparse.ArgumentParser) -> None:
+    """--accept-exclusion KEY (repeatable), shared by verify and run."""
+    sp.add_argument(
+        "--accept-exclusion",
+        dest="accept_exclusions",
+        action="append",
+        metavar="KEY",
+        default=None,
+        help="accept that the playbook leaves out the change with this key (a path, "
+        "'user NAME'…; repeatable); the proof fails on any exclusion not accepted",
+    )
