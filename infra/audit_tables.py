@@ -25,11 +25,13 @@ def _detail(rec: AuditRecord) -> dict[str, Any]:
     return detail if isinstance(detail, dict) else {}
 
 
-def _differences(row: dict[str, Any], logged: dict[str, Any]) -> str:
+def _differences(row: Any, fields: tuple[str, ...], logged: dict[str, Any]) -> str:
+    """The fields a table row and its audit record disagree on, in `fields` order."""
+    values = {name: getattr(row, name) for name in fields}
     return ", ".join(
-        f"{name} is {row[name]!r} in the table but {logged.get(name)!r} in the record"
-        for name in row
-        if name in logged and row[name] != logged[name]
+        f"{name} is {values[name]!r} in the table but {logged.get(name)!r} in the record"
+        for name in fields
+        if name in logged and values[name] != logged[name]
     )
 
 
@@ -47,7 +49,7 @@ def check_decisions(s: Session, approvals: list[AuditRecord]) -> list[str]:
             problems.append(f"{what} has no approval record in the audit trail")
             continue
         fields = ("outcome", "approver", "automatic", "comment", "digest")
-        diff = _differences(row.model_dump(include=set(fields)), _detail(rec))
+        diff = _differences(row, fields, _detail(rec))
         if diff:
             problems.append(f"{what} differs from audit record {rec.seq}: {diff}")
     for (run, attempt), rec in sorted(newest.items(), key=lambda kv: kv[1].seq):
@@ -75,8 +77,8 @@ def check_applies(s: Session, applies: list[AuditRecord]) -> list[str]:
             problems.append(f"{what} has no apply record in the audit trail")
             continue
         seq, entry = entries_.pop(0)
-        fields = {"digest", "ok", "changed", "failed", "unreachable"}
-        diff = _differences(row.model_dump(include=fields), entry)
+        fields = ("digest", "ok", "changed", "failed", "unreachable")
+        diff = _differences(row, fields, entry)
         if diff:
             problems.append(f"{what} differs from audit record {seq}: {diff}")
     for (run, host), left in sorted(logged.items(), key=lambda kv: str(kv[0])):
