@@ -5,8 +5,8 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from infra import images
-from infra.images import ImageManifest
+from infra.host import images
+from infra.host.images import ImageManifest
 from infra.settings import FluidSettings
 
 

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from infra import sandboxes, ssh
+from infra.ansible.playbook_runs import AnsibleHost
 from infra.errors import ProductionNotRunning
-from infra.playbook_runs import AnsibleHost
+from infra.machines import sandboxes
 from infra.settings import FluidSettings, get_settings
-from infra.ssh_ca import MAX_TTL
+from infra.transport import ssh
+from infra.transport.ssh_ca import MAX_TTL
 
 if TYPE_CHECKING:
-    from infra.production import ProductionVM
+    from infra.machines.production import ProductionVM
 
 
 class ProductionHost(BaseModel):

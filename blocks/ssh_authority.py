@@ -7,7 +7,7 @@ from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from infra.settings import FluidSettings
-from infra.ssh_ca import CertificateAuthority
+from infra.transport.ssh_ca import CertificateAuthority
 
 
 class SSHAuthority(Block):

@@ -15,7 +15,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     """Attach to the agent's tmux session over ssh; ssh's exit status."""
     import subprocess
 
-    from infra import guest_shell
+    from infra.transport import guest_shell
 
     # Not exec: the certificate's private key stays on disk only while ssh runs.
     with tempfile.TemporaryDirectory(prefix="fluid-attach-") as tmp:

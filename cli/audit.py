@@ -12,7 +12,7 @@ from infra.errors import FluidError
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """`fluid audit verify [--head H]` checks the chain; `fluid audit SUBJECT` prints records."""
-    from infra import audit
+    from infra.records import audit
 
     if args.subject == "verify":
         report = audit.verify(expected_head=args.head)
@@ -55,7 +55,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _known_subject(subject: str) -> bool:
-    from infra import store
+    from infra.records import store
 
     with store.session() as s:
         return (

@@ -59,7 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Replay a playbook on a fresh sandbox and compare; 1 when the proof fails."""
-    from infra.verification import verify
+    from infra.ansible.verification import verify
 
     report = verify(
         Path(args.dir),

@@ -11,7 +11,7 @@ from cli.output import emit, log, print_table
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     """Build the golden image (cached by its inputs)."""
-    from infra import images
+    from infra.host import images
 
     m = images.build(args.name, force=args.force, progress=log)
     emit(args, m, lambda: print(f"{m.name} {m.version} {m.disk_path}"))
@@ -20,7 +20,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_image_import(args: argparse.Namespace) -> int:
     """Register an existing qcow2 as an image."""
-    from infra import images
+    from infra.host import images
 
     m = images.import_image(Path(args.path), args.name, progress=log)
     emit(args, m, lambda: print(f"{m.name} {m.version} {m.disk_path}"))
@@ -29,7 +29,7 @@ def cmd_image_import(args: argparse.Namespace) -> int:
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     """List image versions."""
-    from infra import images
+    from infra.host import images
 
     found = images.list_images()
 

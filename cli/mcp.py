@@ -10,7 +10,7 @@ from cli.args import add_command
 
 def cmd_mcp(args: argparse.Namespace) -> int:
     """Serve the tools until the client hangs up; a bad guardrails file is refused first."""
-    from infra import mcp_server
+    from infra.agents import mcp_server
     from infra.settings import get_settings
 
     # A bad file is refused before anything is served.

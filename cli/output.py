@@ -53,7 +53,7 @@ def print_orphans(found: Iterable[tuple[str, Sequence[str]]]) -> None:
 
 def run_exec(args: argparse.Namespace, usage: str, run: Callable[[str], Any]) -> int:
     """The exec contract: output byte for byte, the command's exit status (124 on timeout)."""
-    from infra.sandboxes import quote_command
+    from infra.machines.sandboxes import quote_command
 
     argv = list(args.command)
     if argv and argv[0] == "--":

@@ -11,7 +11,7 @@ from cli.output import dump_all, emit, log, print_table
 
 def cmd_pool_fill(args: argparse.Namespace) -> int:
     """Prepare slots and start spares."""
-    from infra import spares, warm_slots
+    from infra.machines import spares, warm_slots
     from infra.settings import get_settings
 
     made = warm_slots.fill(args.slots, image=args.image, progress=log)
@@ -35,7 +35,7 @@ def cmd_pool_fill(args: argparse.Namespace) -> int:
 
 def cmd_pool_list(args: argparse.Namespace) -> int:
     """List prepared slots, who holds them, and waiting spares."""
-    from infra import spares, warm_slots
+    from infra.machines import spares, warm_slots
 
     slots = warm_slots.list_slots()
     waiting = spares.list_spares()
@@ -72,7 +72,7 @@ def cmd_pool_list(args: argparse.Namespace) -> int:
 
 def cmd_pool_clear(args: argparse.Namespace) -> int:
     """Stop the spares; remove every slot no sandbox holds."""
-    from infra import spares, warm_slots
+    from infra.machines import spares, warm_slots
 
     stopped = spares.clear()  # first: each holds a slot
     removed = warm_slots.clear()

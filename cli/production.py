@@ -21,12 +21,13 @@ def save_production_block(vm: Any) -> bool:
     from infra.errors import ProductionBlockError
 
     try:
-        from infra import control_plane
+        from orchestration import control_plane
     except ModuleNotFoundError as e:
-        if e.name != "infra.control_plane":
+        if e.name != "orchestration.control_plane":
             raise
         log(
-            "fluid: note: infra.control_plane is not available, so no Prefect block was saved; "
+            "fluid: note: orchestration.control_plane is not available, so no Prefect block "
+            "was saved; "
             f"run `fluid production save-block {vm.name}` once it is"
         )
         return False
@@ -47,7 +48,7 @@ def save_production_block(vm: Any) -> bool:
 
 def cmd_production_create(args: argparse.Namespace) -> int:
     """Create a production VM and (unless --no-block) save its Prefect block."""
-    from infra import production
+    from infra.machines import production
 
     vm = production.create(args.name, image=args.image, progress=log)
     block_error: FluidError | None = None
@@ -73,7 +74,7 @@ def cmd_production_create(args: argparse.Namespace) -> int:
 
 def cmd_production_save_block(args: argparse.Namespace) -> int:
     """Save (again) a production VM's ProductionTarget block; 1 when none was saved."""
-    from infra import production
+    from infra.machines import production
 
     vm = production.get(args.name)
     saved = save_production_block(vm)
@@ -88,7 +89,7 @@ def cmd_production_save_block(args: argparse.Namespace) -> int:
 
 def cmd_production_list(args: argparse.Namespace) -> int:
     """List production VMs and orphans."""
-    from infra import production
+    from infra.machines import production
 
     listing = production.list_production()
 
@@ -120,7 +121,7 @@ def cmd_production_list(args: argparse.Namespace) -> int:
 
 def cmd_production_exec(args: argparse.Namespace) -> int:
     """Run a command as root: its output byte for byte, its exit status."""
-    from infra import production
+    from infra.machines import production
 
     return run_exec(
         args,
@@ -131,7 +132,7 @@ def cmd_production_exec(args: argparse.Namespace) -> int:
 
 def cmd_production_start(args: argparse.Namespace) -> int:
     """Start a stopped production VM and wait for SSH."""
-    from infra import production
+    from infra.machines import production
 
     vm = production.start(args.name, progress=log)
     emit(args, vm, lambda: print(f"{vm.name} {vm.state}"))
@@ -140,7 +141,7 @@ def cmd_production_start(args: argparse.Namespace) -> int:
 
 def cmd_production_stop(args: argparse.Namespace) -> int:
     """Power a production VM off."""
-    from infra import production
+    from infra.machines import production
 
     vm = production.stop(args.name)
     emit(args, vm, lambda: print(f"{vm.name} {vm.state}"))
@@ -149,7 +150,7 @@ def cmd_production_stop(args: argparse.Namespace) -> int:
 
 def cmd_production_destroy(args: argparse.Namespace) -> int:
     """Destroy a production VM and its disk (its Prefect block stays)."""
-    from infra import production
+    from infra.machines import production
 
     production.destroy(args.name)
     # Deleting the block would import Prefect here; say how instead.

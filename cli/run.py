@@ -18,7 +18,7 @@ from infra.errors import FluidError
 def _run_url(run_id: object) -> str:
     import os
 
-    from infra import control_plane
+    from orchestration import control_plane
 
     ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
     return control_plane.ControlPlane(
@@ -81,8 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     auto = args.auto_approve or os.environ.get("FLUID_AUTO_APPROVE", "") not in ("", "0")
     own_server = bool(os.environ.get("PREFECT_API_URL"))
     use_prefect()
-    from flows import client
     from flows.agent_task import load_target
+    from orchestration import client
 
     load_target(args.production)  # a wrong name fails here, before a run exists
     if agent["kind"] == "llm" and args.llm_api_key_env:
@@ -173,7 +173,7 @@ def show_proposal(p: Any) -> None:
 def cmd_approve(args: argparse.Namespace) -> int:
     """Show the change a run waits on, confirm it (terminal or --digest), approve it."""
     use_prefect()
-    from flows import client
+    from orchestration import client
 
     run_id = _run_uuid(args.run_id)
     proposal = client.waiting(run_id)
@@ -202,7 +202,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 def cmd_reject(args: argparse.Namespace) -> int:
     """Reject the change a run waits on; the agent gets the comment."""
     use_prefect()
-    from flows import client
+    from orchestration import client
 
     run_id = _run_uuid(args.run_id)
     # A rejection applies nothing: it needs no confirmation, whatever the playbook is now.

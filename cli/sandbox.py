@@ -13,7 +13,7 @@ from cli.output import dump_all, emit, log, print_orphans, print_table, run_exec
 
 def cmd_sandbox_create(args: argparse.Namespace) -> int:
     """Create a sandbox and wait for SSH."""
-    from infra import sandboxes
+    from infra.machines import sandboxes
 
     sb = sandboxes.create(
         args.name, image=args.image, network=args.network, agent_id=args.agent, progress=log
@@ -28,7 +28,7 @@ def cmd_sandbox_create(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_list(args: argparse.Namespace) -> int:
     """List sandboxes and orphans."""
-    from infra import sandboxes
+    from infra.machines import sandboxes
 
     listing = sandboxes.list_sandboxes()
 
@@ -62,7 +62,7 @@ def cmd_sandbox_list(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_exec(args: argparse.Namespace) -> int:
     """Run a command as root: its output byte for byte, its exit status."""
-    from infra import sandboxes
+    from infra.machines import sandboxes
 
     return run_exec(
         args, "fluid sandbox exec ID", lambda cmd: sandboxes.run(args.id, cmd, timeout=args.timeout)
@@ -73,7 +73,7 @@ def cmd_sandbox_ssh(args: argparse.Namespace) -> int:
     """Open an OpenSSH session (or run a command) in a sandbox; ssh's exit status."""
     import subprocess
 
-    from infra import sandboxes
+    from infra.machines import sandboxes
 
     remote = list(args.command)
     if remote and remote[0] == "--":
@@ -85,7 +85,7 @@ def cmd_sandbox_ssh(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_start(args: argparse.Namespace) -> int:
     """Start a stopped sandbox."""
-    from infra import sandboxes
+    from infra.machines import sandboxes
 
     sb = sandboxes.start(args.id)
     emit(args, sb, lambda: print(f"{sb.id} {sb.state}"))
@@ -94,7 +94,7 @@ def cmd_sandbox_start(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_stop(args: argparse.Namespace) -> int:
     """Power a sandbox off."""
-    from infra import sandboxes
+    from infra.machines import sandboxes
 
     sb = sandboxes.stop(args.id)
     emit(args, sb, lambda: print(f"{sb.id} {sb.state}"))
@@ -103,7 +103,7 @@ def cmd_sandbox_stop(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_checkpoint(args: argparse.Namespace) -> int:
     """Checkpoint a sandbox's disk and memory."""
-    from infra import checkpoints
+    from infra.machines import checkpoints
 
     cp = checkpoints.create(args.id, args.name)
     emit(args, cp, lambda: print(f"checkpoint {cp.name} of {cp.sandbox_id} created"))
@@ -112,7 +112,7 @@ def cmd_sandbox_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_checkpoints(args: argparse.Namespace) -> int:
     """List a sandbox's checkpoints."""
-    from infra import checkpoints
+    from infra.machines import checkpoints
 
     cps = checkpoints.list_checkpoints(args.id)
 
@@ -126,7 +126,7 @@ def cmd_sandbox_checkpoints(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_restore(args: argparse.Namespace) -> int:
     """Return a sandbox to a checkpoint."""
-    from infra import checkpoints
+    from infra.machines import checkpoints
 
     checkpoints.restore(args.id, args.name)
     emit(
@@ -139,7 +139,7 @@ def cmd_sandbox_restore(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_fork(args: argparse.Namespace) -> int:
     """A new sandbox from a checkpoint."""
-    from infra import checkpoints
+    from infra.machines import checkpoints
 
     sb = checkpoints.fork(args.id, args.name, args.new_name, progress=log)
     emit(
@@ -152,7 +152,7 @@ def cmd_sandbox_fork(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_destroy(args: argparse.Namespace) -> int:
     """Destroy a sandbox."""
-    from infra import sandboxes
+    from infra.machines import sandboxes
 
     sandboxes.destroy(args.id)
     emit(args, {"id": args.id, "destroyed": True}, lambda: print(f"{args.id} destroyed"))

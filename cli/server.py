@@ -1,5 +1,5 @@
 """`fluid server`: the local Prefect server and worker, and how other commands reach Prefect.
-Calls infra.control_plane; imports no Prefect module itself."""
+Calls orchestration.control_plane; imports no Prefect module itself."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cli.output import emit, log
 
 def use_prefect() -> None:
     """Point Prefect at fluid's API (starting the local server and worker if needed)."""
-    from infra import control_plane
+    from orchestration import control_plane
 
     control_plane.use_prefect(progress=log)
 
@@ -26,7 +26,7 @@ def auth_path() -> Path:
 
 def cmd_server_start(args: argparse.Namespace) -> int:
     """Start server, worker and deployments; print where the UI is."""
-    from infra import control_plane
+    from orchestration import control_plane
 
     cp = control_plane.ensure_running(progress=log)
     print(f"Prefect UI: {cp.ui_url} (password: the string in {auth_path()})")
@@ -35,7 +35,7 @@ def cmd_server_start(args: argparse.Namespace) -> int:
 
 def cmd_server_stop(args: argparse.Namespace) -> int:
     """Stop the local worker and server."""
-    from infra import control_plane
+    from orchestration import control_plane
 
     control_plane.stop(progress=log)
     return 0
@@ -43,7 +43,7 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
 
 def cmd_server_status(args: argparse.Namespace) -> int:
     """Say whether the local server is up."""
-    from infra import control_plane
+    from orchestration import control_plane
 
     st = control_plane.status()
     emit(args, st, lambda: print("\n".join(f"{k}: {v}" for k, v in st.items())))

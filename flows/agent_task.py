@@ -16,7 +16,7 @@ Run from a deployment, the wait is a suspension: no process is held, and on resu
 function runs again from the top while every task before the approval comes back from the
 cache. Called directly from Python, it pauses in process instead.
 
-A run holds two of its host's sandbox slots (FLUID_MAX_SANDBOXES, flows/limits.py) while its
+A run holds two of its host's sandbox slots (FLUID_MAX_SANDBOXES, orchestration/limits.py) while its
 sandboxes live, so a burst of runs queues instead of exhausting memory. A suspended run has
 no process and so holds no slots (its waiting sandbox is not counted); when resumed it takes
 them again, queueing if the host is full, before it goes on.
@@ -37,15 +37,16 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel, Field, create_model
 
 from blocks.production_target import ProductionTarget
-from flows.limits import sandbox_slots
-from infra import runs, sandboxes
 from infra.agents import AgentSpec
 from infra.errors import ProductionBlockError, SandboxNotFound
 from infra.escaping import md_code, md_text
-from infra.owners import Owner
-from infra.runs import PlaybookChanged
+from infra.machines import sandboxes
+from infra.machines.owners import Owner
+from infra.records import runs
+from infra.records.runs import PlaybookChanged
 from infra.settings import get_settings
 from infra.state.base import ChangeSet
+from orchestration.limits import sandbox_slots
 from tasks.agent_task import (
     Proposal,
     apply_to_production,
@@ -215,7 +216,7 @@ def agent_task(
     load_guardrails(guardrails)
 
     # Held for as long as this run's sandboxes live: its own and the replay's. A run
-    # suspended for approval holds none: its process ends (flows/limits.py).
+    # suspended for approval holds none: its process ends (orchestration/limits.py).
     with sandbox_slots(run_id, logger.info):
         box = prepare_sandbox(run_id, image, sandbox_ttl_minutes)
         sandboxes.set_owner(box.id, Owner.this_process(run_id))

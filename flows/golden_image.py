@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from infra import images
-from infra.images import ImageManifest
+from infra.host import images
+from infra.host.images import ImageManifest
 from infra.settings import get_settings
 
 

@@ -15,9 +15,9 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
-from infra import janitor as sweeper
-from infra import runs
-from infra.janitor import JanitorReport, RunPhase
+from infra.machines import janitor as sweeper
+from infra.machines.janitor import JanitorReport, RunPhase
+from infra.records import runs
 from infra.settings import get_settings
 
 PAUSE_EXPIRED = "paused and never resumed"
@@ -42,8 +42,8 @@ def _settle_records(client: SyncPrefectClient) -> list[str]:
     """Give ended runs whose record is still open their final status (e.g. a timeout)."""
     from sqlmodel import select
 
-    from infra import store
-    from infra.store import AgentRunRecord
+    from infra.records import store
+    from infra.records.store import AgentRunRecord
 
     settled = []
     with store.session(get_settings()) as s:

@@ -34,7 +34,7 @@ class FluidSettings(BaseSettings):
     egress_allow: str = Field(
         default="",
         description="CIDRs (comma-separated) a nat sandbox may reach although they are private "
-        "or link-local, e.g. an internal package mirror; see infra/firewall.py.",
+        "or link-local, e.g. an internal package mirror; see infra/host/firewall.py.",
     )
     image: str = "debian-12"
     warm_slots: int = Field(

@@ -72,15 +72,16 @@ from bench_results import (
 )
 from measure_capture import measured_capture
 
-from infra import images, sandboxes, warm_slots
-from infra.libvirt_host import domain_type
+from infra.ansible.verification import VerificationReport, verify
+from infra.host import images
+from infra.host.libvirt_host import domain_type
+from infra.machines import sandboxes, warm_slots
 from infra.settings import FluidSettings
 from infra.state import capture as captures
 from infra.state import playbook_yaml
 from infra.state.base import Capture, ChangeSet, kinds
 from infra.state.diff import compare, terminal
 from infra.state.export import ROLE, export
-from infra.verification import VerificationReport, verify
 
 SITE = "server {\n    listen 8081;\n    root /var/www/html;\n    server_name bench.local;\n}\n"
 CHANGE = f"""set -e

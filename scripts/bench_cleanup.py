@@ -5,9 +5,10 @@ from __future__ import annotations
 import libvirt
 from bench_results import log
 
-from infra import domains, sandboxes
 from infra.errors import SandboxNotFound
-from infra.libvirt_host import connect, lookup
+from infra.host import domains
+from infra.host.libvirt_host import connect, lookup
+from infra.machines import sandboxes
 from infra.settings import FluidSettings
 
 

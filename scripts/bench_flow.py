@@ -62,9 +62,11 @@ def main() -> int:
     os.environ["FLUID_PREFECT_PORT"] = str(_free_port())
     os.environ.pop("PREFECT_API_URL", None)
 
-    from infra import control_plane, production, runs, sandboxes, spares, warm_slots
     from infra.agents.scripted import load_steps
+    from infra.machines import production, sandboxes, spares, warm_slots
+    from infra.records import runs
     from infra.settings import FluidSettings
+    from orchestration import control_plane
 
     settings = FluidSettings()
     results = Results()

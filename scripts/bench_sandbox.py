@@ -90,17 +90,18 @@ from bench_results import (
     signals_ignored,
 )
 
-from infra import checkpoints, domains, images, ports, sandboxes, spares
 from infra.errors import FluidError
-from infra.libvirt_host import connect, domain_type, remove_domain
+from infra.host import domains, images, ports
+from infra.host.libvirt_host import connect, domain_type, remove_domain
+from infra.machines import checkpoints, sandboxes, spares
 from infra.settings import FluidSettings
-from infra.ssh_ca import authority
 from infra.state import capture as captures
 from infra.state.base import ChangeSet
 from infra.state.diff import SYMBOL, compare
+from infra.transport.ssh_ca import authority
 
 try:  # warm starts (issue 6); without them part A's warm rows are reported as not measured
-    from infra import warm_slots
+    from infra.machines import warm_slots
 except ImportError:  # pragma: no cover - depends on the fluid version
     warm_slots = None  # type: ignore[assignment]
 WARM = warm_slots is not None and hasattr(warm_slots, "fill")
@@ -503,7 +504,7 @@ def bench_overlays(res: Results, b: Bench) -> None:
 
 def bench_cli_startup(res: Results) -> None:
     """What every `fluid sandbox` command pays before it does anything: Python and imports."""
-    argv = [str(FLUID.parent / "python"), "-c", "import cli.main, infra.sandboxes"]
+    argv = [str(FLUID.parent / "python"), "-c", "import cli.main, infra.machines.sandboxes"]
     for _ in range(OVERLAY_SAMPLES):
         start = time.perf_counter()
         r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)

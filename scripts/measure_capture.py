@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from infra import sandboxes
+from infra.machines import sandboxes
 from infra.settings import FluidSettings, environment
 from infra.state import capture
 from infra.state.base import kinds

@@ -18,19 +18,20 @@ from prefect.cache_policies import INPUTS, RUN_ID
 from pydantic import BaseModel
 
 from blocks.production_target import ProductionTarget
-from infra import audit, checkpoints, runs, sandboxes
 from infra.agents import AgentContext, AgentReport, AgentSpec
 from infra.agents.tools import Toolbox
+from infra.ansible.playbook_runs import PlaybookRun, run_playbook
+from infra.ansible.verification import VerificationReport, verify
 from infra.escaping import md_block, md_code, md_text
-from infra.owners import Owner
-from infra.permissions import write_private
-from infra.playbook_runs import PlaybookRun, run_playbook
+from infra.host.permissions import write_private
+from infra.machines import checkpoints, sandboxes
+from infra.machines.owners import Owner
+from infra.records import audit, runs
 from infra.settings import get_settings
 from infra.state import capture as captures
 from infra.state.base import ChangeSet
 from infra.state.diff import compare, markdown
 from infra.state.export import export
-from infra.verification import VerificationReport, verify
 from tasks.agents import agent_spec, build_agent, load_guardrails
 from tasks.change import verification_markdown
 

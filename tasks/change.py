@@ -11,13 +11,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from infra.ansible.verification import VerificationReport, verify
 from infra.escaping import md_block, md_code, md_text
 from infra.settings import FluidSettings
 from infra.state import capture as captures
 from infra.state.base import Capture, Change, ChangeSet
 from infra.state.diff import ACCEPT_HOW, compare, exclusions_table, markdown
 from infra.state.export import export
-from infra.verification import VerificationReport, verify
 
 # The end of a failed replay's error shown in the verification artifact.
 ERROR_TAIL = 3000

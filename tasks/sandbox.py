@@ -13,12 +13,12 @@ from prefect.runtime import task_run as current_task_run
 from prefect.states import State
 from prefect.tasks import Task
 
-from infra import checkpoints, sandboxes
-from infra.checkpoints import Checkpoint
-from infra.command_output import CommandResult
 from infra.errors import CheckpointNotFound, InvalidName, SandboxNotFound, SandboxNotRunning
-from infra.sandboxes import Sandbox
+from infra.machines import checkpoints, sandboxes
+from infra.machines.checkpoints import Checkpoint
+from infra.machines.sandboxes import Sandbox
 from infra.settings import FluidSettings
+from infra.transport.command_output import CommandResult
 
 # How much of a command's output goes to the Prefect log; the full result is returned.
 LOG_OUTPUT_LINES = 10
@@ -57,7 +57,7 @@ def _short(command: str) -> str:
     return command[: LOG_COMMAND_CHARS - 3] + "..."
 
 
-# No retries: infra.sandboxes.create already tears down on failure, and a retry after a
+# No retries: infra.machines.sandboxes.create already tears down on failure, and a retry after a
 # failure that happened past the point of no return (e.g. a lost connection) could leak a VM.
 @task(task_run_name=_create_run_name, cache_policy=NO_CACHE, persist_result=False)
 def create_sandbox(

@@ -29,7 +29,7 @@ MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP_CACHE = Path("/var/lib/fluid/cache/debootstrap")
 DISK_BYTES = 2 << 30
 # The kernel real Debian cloud images carry; it has no AHCI driver, which is why fluid
-# attaches the seed as an IDE cdrom (infra/domains.py).
+# attaches the seed as an IDE cdrom (infra/host/domains.py).
 KERNEL = "linux-image-cloud-amd64"
 PACKAGES = (
     KERNEL,

@@ -18,13 +18,16 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import contextlib
 
-from infra import checkpoints, control_plane, images, sandboxes, store  # noqa: E402
 from infra.errors import GuestDataRefused  # noqa: E402
-from infra.libvirt_host import connect, lookup  # noqa: E402
+from infra.host import images
+from infra.host.libvirt_host import connect, lookup  # noqa: E402
+from infra.machines import checkpoints, sandboxes  # noqa: E402
+from infra.records import store
 from infra.settings import FluidSettings, get_settings  # noqa: E402
 from infra.state import capture  # noqa: E402
 from infra.state.base import ChangeSet  # noqa: E402
 from infra.state.diff import compare  # noqa: E402
+from orchestration import control_plane
 
 FLUID = str(Path(sys.executable).with_name("fluid"))
 # Unique per session: a production VM outlives a killed session (it has no TTL), and the next
@@ -52,7 +55,7 @@ def warm_slots_removed(fluid_home: Path) -> Iterator[None]:
     """The session's spares and warm-start slots (saved VMs under the shared storage dir) go
     at its end."""
     yield
-    from infra import spares, warm_slots
+    from infra.machines import spares, warm_slots
 
     spares.clear(FluidSettings())  # first: each holds a slot
     warm_slots.clear(FluidSettings())
@@ -197,7 +200,7 @@ def refused_capture(sandbox_id: str, settings: FluidSettings, match: str) -> Gue
 
 def leftovers(sandbox_id: str, settings: FluidSettings) -> list[str]:
     """Everything still left of a sandbox: domain, disks, console log, records."""
-    from infra import domains
+    from infra.host import domains
 
     found = []
     conn = connect(settings)

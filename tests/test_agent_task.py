@@ -30,8 +30,10 @@ from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from sqlmodel import select
 
-from infra import control_plane, runs, sandboxes, store
+from infra.machines import sandboxes
+from infra.records import runs, store
 from infra.settings import FluidSettings
+from orchestration import control_plane
 from tests.chat_server import Assistant, ChatServer, Request
 from tests.conftest import FLUID, fluid, leftovers
 

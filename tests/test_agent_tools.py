@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra import audit, sandboxes
 from infra.agents.tools import BudgetExhausted, Toolbox, tool_specs
 from infra.guardrails import Guardrails
+from infra.machines import sandboxes
+from infra.records import audit
 from infra.settings import FluidSettings
 
 pytestmark = pytest.mark.vm

@@ -23,10 +23,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from infra import audit, runs, sandboxes, store
-from infra.command_output import CommandResult
-from infra.playbook_runs import PlaybookRun
+from infra.ansible.playbook_runs import PlaybookRun
+from infra.machines import sandboxes
+from infra.records import audit, runs, store
 from infra.settings import FluidSettings
+from infra.transport.command_output import CommandResult
 from tests.conftest import fluid, fresh_postgres_database
 
 
@@ -421,7 +422,7 @@ def test_a_runs_trail_includes_its_sandboxes(tmp_path):
 
 _WRITER = """
 import sys
-from infra import audit
+from infra.records import audit
 for i in range(int(sys.argv[2])):
     audit.append("command", actor=sys.argv[1], summary=f"{sys.argv[1]} {i}", sandbox_id="race")
 """

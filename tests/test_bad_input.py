@@ -6,7 +6,6 @@ import socket
 
 import pytest
 
-from infra import images, sandboxes
 from infra.errors import (
     ImageInUse,
     ImageNotFound,
@@ -16,6 +15,8 @@ from infra.errors import (
     SandboxNotFound,
     SandboxNotReady,
 )
+from infra.host import images
+from infra.machines import sandboxes
 from tests.conftest import fluid, leftovers
 
 

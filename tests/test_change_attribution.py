@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from infra import sandboxes
-from infra.playbook_runs import run_playbook, sandbox_host
+from infra.ansible.playbook_runs import run_playbook, sandbox_host
+from infra.ansible.verification import verify
+from infra.machines import sandboxes
 from infra.settings import FluidSettings
 from infra.state import playbook_yaml
 from infra.state.base import ChangeSet
 from infra.state.export import ROLE, export
-from infra.verification import verify
 from tests.conftest import changed_sandbox
 
 pytestmark = pytest.mark.vm

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import sandboxes, warm_slots
+from infra.machines import sandboxes, warm_slots
 from infra.state import capture, noise, playbook_yaml
 from infra.state.base import ChangeSet, kinds, unwatched
 from infra.state.diff import compare, markdown, terminal

@@ -29,16 +29,16 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.agent_task import _exclusions, _review_description, _summary
-from infra import sandboxes
+from infra.ansible.playbook_runs import PlaybookRun, run_playbook, sandbox_host
+from infra.ansible.verification import VerificationReport, unaccepted_message, verify
 from infra.escaping import md_text
-from infra.playbook_runs import PlaybookRun, run_playbook, sandbox_host
+from infra.machines import sandboxes
 from infra.settings import FluidSettings
 from infra.state import capture
 from infra.state.base import Change, ChangeSet
 from infra.state.capture import blob_store
 from infra.state.diff import compare, markdown, residual, terminal
 from infra.state.export import export
-from infra.verification import VerificationReport, unaccepted_message, verify
 from tasks.agent_task import Proposal, preview_on_production
 from tasks.change import verification_markdown
 from tests.conftest import FLUID, fluid

@@ -19,9 +19,10 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 from sqlmodel import select
 
-from flows import limits
-from infra import control_plane, runs, sandboxes, store
+from infra.machines import sandboxes
+from infra.records import runs, store
 from infra.settings import FluidSettings
+from orchestration import control_plane, limits
 from tests.conftest import fluid, leftovers
 
 pytestmark = pytest.mark.vm

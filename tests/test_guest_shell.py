@@ -17,10 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from infra import checkpoints, images, sandboxes, ssh
 from infra.errors import CommandTimeout
-from infra.guest_shell import JOBS_DIR, NOT_STARTED, SOCKET, TARGET, GuestShell, attach_argv
+from infra.host import images
+from infra.machines import checkpoints, sandboxes
 from infra.settings import FluidSettings
+from infra.transport import ssh
+from infra.transport.guest_shell import (
+    JOBS_DIR,
+    NOT_STARTED,
+    SOCKET,
+    TARGET,
+    GuestShell,
+    attach_argv,
+)
 from tests.conftest import FLUID
 
 pytestmark = pytest.mark.vm

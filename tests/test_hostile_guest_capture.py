@@ -17,10 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra import janitor, sandboxes
 from infra.agents.tools import Toolbox
 from infra.errors import GuestDataRefused
 from infra.guardrails import Guardrails
+from infra.machines import janitor, sandboxes
 from infra.settings import FluidSettings
 from infra.state import capture
 from infra.state.blobs import InvalidHash

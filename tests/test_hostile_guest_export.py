@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import sandboxes
-from infra.playbook_runs import run_playbook, sandbox_host
+from infra.ansible.playbook_runs import run_playbook, sandbox_host
+from infra.ansible.verification import verify
+from infra.machines import sandboxes
 from infra.state import capture
 from infra.state.base import ChangeSet
 from infra.state.diff import compare
 from infra.state.export import ROLE, export, load_changeset, verify_digest
 from infra.state.playbook_yaml import Unsafe, load
-from infra.verification import verify
 from tests.conftest import changed_sandbox
 
 SANDBOX = f"hostile-{secrets.token_hex(3)}"  # test sessions on one host share its disks

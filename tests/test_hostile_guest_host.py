@@ -24,10 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from infra import audit, checkpoints, control_plane, firewall, images, sandboxes, store, warm_slots
-from infra.permissions import qemu_dir
+from infra.host import firewall, images
+from infra.host.permissions import qemu_dir
+from infra.machines import checkpoints, sandboxes, warm_slots
+from infra.records import audit, store
 from infra.settings import FluidSettings
-from infra.ssh_ca import authority
+from infra.transport.ssh_ca import authority
+from orchestration import control_plane
 
 NS_HOST, NS_GUEST, NS_PORT = "169.254.77.1", "169.254.77.2", 8077
 

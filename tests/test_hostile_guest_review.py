@@ -28,12 +28,14 @@ from markdown_it import MarkdownIt
 from prefect.flow_runs import resume_flow_run
 from prefect.input.actions import read_flow_run_input
 
-from infra import audit, checkpoints, control_plane, runs, sandboxes
 from infra.errors import FluidError
+from infra.machines import checkpoints, sandboxes
+from infra.records import audit, runs
 from infra.settings import FluidSettings
 from infra.state import capture
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import digest
+from orchestration import control_plane
 from tests.conftest import FLUID, fluid
 from tests.test_agent_task import RUN_ID_LINE, on_production, read_run, wait_final, wait_waiting
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from infra import images, sandboxes, store
 from infra.errors import ImageNotFound, SandboxNotFound
+from infra.host import images
+from infra.machines import sandboxes
+from infra.records import store
 from infra.settings import FluidSettings
 from tests.cloud_image import cloud_image
 from tests.conftest import fluid, leftovers

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from infra import images
 from infra.errors import ImageBuildError, ImageNotFound
+from infra.host import images
 from tests.conftest import fluid, fluid_json
 
 

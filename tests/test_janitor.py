@@ -13,11 +13,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from infra import domains, janitor, sandboxes, store, warm_slots
-from infra.libvirt_host import connect, lookup, remove_domain
-from infra.owners import Owner
+from infra.host import domains
+from infra.host.libvirt_host import connect, lookup, remove_domain
+from infra.machines import janitor, sandboxes, warm_slots
+from infra.machines.owners import Owner
+from infra.records import store
+from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings
-from infra.store import SandboxRecord
 from tests.conftest import leftovers
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from infra import sandboxes
+from infra.ansible.verification import verify
+from infra.machines import sandboxes
 from infra.settings import FluidSettings
 from infra.state import capture, playbook_yaml
 from infra.state.base import ChangeSet
 from infra.state.diff import compare
 from infra.state.export import ROLE, export
-from infra.verification import verify
 from scripts.measure_capture import measured_capture
 from tests.conftest import refused_capture
 

@@ -34,19 +34,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRST_PARTY = frozenset({"infra", "tasks", "flows", "blocks", "cli"})
-PRODUCT = ("infra", "tasks", "flows", "blocks", "cli")
+FIRST_PARTY = frozenset({"infra", "orchestration", "tasks", "flows", "blocks", "cli"})
+PRODUCT = ("infra", "orchestration", "tasks", "flows", "blocks", "cli")
 
 # layer -> the top-level packages it must never import
 FORBIDDEN = {
-    "infra": frozenset({"prefect", "tasks", "flows", "blocks", "cli"}),
-    "blocks": frozenset({"tasks", "flows", "cli"}),
+    "infra": frozenset({"prefect", "orchestration", "tasks", "flows", "blocks", "cli"}),
+    "orchestration": frozenset({"tasks", "flows", "blocks", "cli"}),
+    "blocks": frozenset({"orchestration", "tasks", "flows", "cli"}),
     "tasks": frozenset({"flows", "cli"}),
     "flows": frozenset({"cli"}),
 }
 # What the command (cli/) imports only lazily, and only in the modules of the commands that
 # need Prefect; every other cli module never imports it.
-PREFECT_LAYERS = frozenset({"prefect", "flows", "tasks", "blocks"})
+PREFECT_LAYERS = frozenset(
+    {"prefect", "flows", "tasks", "blocks", "orchestration.client", "orchestration.limits"}
+)
 PREFECT_COMMANDS = frozenset({"cli/run.py", "cli/janitor.py", "cli/production.py"})
 
 
@@ -123,7 +126,7 @@ def forbidden_imports(
     return [
         f"{filename}:{line}: imports {name}"
         for line, name in imports(tree, module, is_package)
-        if name.split(".")[0] in forbidden
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
     ]
 
 
@@ -305,7 +308,7 @@ def test_commands_other_than_run_janitor_and_production_never_import_prefect() -
 
 def test_the_product_files_are_found() -> None:
     names = {str(p.relative_to(ROOT)) for p in product_files()}
-    assert {"infra/sandboxes.py", "tasks/sandbox.py", "flows/agent_task.py"} <= names
+    assert {"infra/machines/sandboxes.py", "tasks/sandbox.py", "flows/agent_task.py"} <= names
     assert {"blocks/production_target.py", "cli/main.py", "cli/sandbox.py"} <= names
 
 
@@ -339,32 +342,34 @@ def test_the_import_rule_catches_top_level_lazy_and_dynamic_imports() -> None:
 
 
 REACH_INS = """
-from infra import sandboxes
-import infra.ssh
+from infra.machines import sandboxes
+import infra.transport.ssh
 from infra.state import capture as cap
-from infra.store import _engine_for
-from infra.ssh import GuestConnection
+from infra.records.store import _engine_for
+from infra.transport.ssh import GuestConnection
 
 def f(sandbox_id, settings):
     rec = sandboxes._record(sandbox_id, settings)
-    key = infra.ssh._parse_public_key(rec.host_key)
+    key = infra.transport.ssh._parse_public_key(rec.host_key)
     return cap._memory, GuestConnection._transport
 """
 
 
 def test_the_private_rule_catches_reach_ins() -> None:
     assert private_reach_ins(REACH_INS, "tasks/x.py") == [
-        "tasks/x.py:5: from infra.store import _engine_for",
-        "tasks/x.py:9: sandboxes._record (private to infra.sandboxes)",
-        "tasks/x.py:10: infra.ssh._parse_public_key (private to infra.ssh)",
+        "tasks/x.py:5: from infra.records.store import _engine_for",
+        "tasks/x.py:9: sandboxes._record (private to infra.machines.sandboxes)",
+        "tasks/x.py:10: infra.transport.ssh._parse_public_key (private to infra.transport.ssh)",
         "tasks/x.py:11: cap._memory (private to infra.state.capture)",
-        "tasks/x.py:11: GuestConnection._transport (private to infra.ssh.GuestConnection)",
+        "tasks/x.py:11: GuestConnection._transport "
+        "(private to infra.transport.ssh.GuestConnection)",
     ]
 
 
 NOT_REACH_INS = """
 import bashlex
-from infra import store, sandboxes
+from infra.records import store
+from infra.machines import sandboxes
 
 class Box:
     def __init__(self, store):

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from blocks.llm import LLMBlock
-from infra import sandboxes
 from infra.agents.base import AgentContext, AgentFailed
 from infra.agents.llm import SYSTEM_PROMPT, LLMAgent, LLMEndpoint
 from infra.agents.tools import Toolbox
+from infra.machines import sandboxes
 from infra.settings import FluidSettings
 from tests.chat_server import (
     Assistant,

@@ -21,8 +21,9 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult, TextContent
 
-from infra import audit, sandboxes
-from infra.libvirt_host import connect, lookup
+from infra.host.libvirt_host import connect, lookup
+from infra.machines import sandboxes
+from infra.records import audit
 from infra.settings import FluidSettings
 from tests.conftest import FLUID, fluid
 
@@ -73,7 +74,7 @@ def text(result: CallToolResult) -> str:
 
 def test_the_mcp_command_never_imports_prefect() -> None:
     code = (
-        "import sys, cli.main, infra.mcp_server\n"
+        "import sys, cli.main, infra.agents.mcp_server\n"
         "cli.main.build_parser().parse_args(['mcp', 'x'])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')\n"
         "print(bad)\n"

@@ -19,11 +19,11 @@ from prefect import flow  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 
 from blocks import GoldenImage, LibvirtHost, SSHAuthority  # noqa: E402
-from infra import sandboxes, warm_slots  # noqa: E402
 from infra.errors import SandboxNotFound  # noqa: E402
-from infra.libvirt_host import connect, lookup  # noqa: E402
+from infra.host.libvirt_host import connect, lookup  # noqa: E402
+from infra.machines import sandboxes, warm_slots  # noqa: E402
 from infra.settings import FluidSettings  # noqa: E402
-from infra.ssh_ca import CertificateAuthority  # noqa: E402
+from infra.transport.ssh_ca import CertificateAuthority  # noqa: E402
 from tasks.sandbox import (  # noqa: E402
     checkpoint,
     create_sandbox,

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from blocks import ProductionTarget
-from infra import domains, production, store
+from infra.ansible.playbook_runs import run_playbook
 from infra.errors import InvalidName
-from infra.libvirt_host import connect, lookup
-from infra.playbook_runs import run_playbook
+from infra.host import domains
+from infra.host.libvirt_host import connect, lookup
+from infra.machines import production
+from infra.records import store
 from infra.settings import FluidSettings
 from tests.conftest import PRODUCTION_NAME as NAME
 from tests.conftest import fluid, fluid_json

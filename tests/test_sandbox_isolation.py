@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from infra import sandboxes, ssh
 from infra.errors import SSHError
+from infra.machines import sandboxes
+from infra.transport import ssh
 
 MIRROR_PROBE = (
     'python3 -c "import urllib.request as u; '

@@ -6,8 +6,9 @@ import json
 import subprocess
 import time
 
-from infra import checkpoints, images, sandboxes
-from infra.libvirt_host import connect, lookup
+from infra.host import images
+from infra.host.libvirt_host import connect, lookup
+from infra.machines import checkpoints, sandboxes
 from tests.conftest import fluid, fluid_json, leftovers
 
 

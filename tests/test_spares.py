@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from infra import domains, images, janitor, sandboxes, spares, store
-from infra.libvirt_host import connect, lookup
+from infra.host import domains, images
+from infra.host.libvirt_host import connect, lookup
+from infra.machines import janitor, sandboxes, spares
+from infra.records import store
 from infra.settings import FluidSettings
 from infra.state import capture
 from infra.state.base import kinds

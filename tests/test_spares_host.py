@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import spares
-from infra.file_locks import FileLock
+from infra.host.file_locks import FileLock
+from infra.machines import spares
 from infra.settings import FluidSettings, environment
 
 

@@ -20,8 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-import infra.ssh
-from infra.command_output import CUT_MARKER, CommandResult
+import infra.transport.ssh
 from infra.errors import (
     CAKeyPermissions,
     CommandTimeout,
@@ -29,8 +28,9 @@ from infra.errors import (
     InvalidCertificateTTL,
     SSHError,
 )
-from infra.ssh import GuestConnection, openssh_command, ping
-from infra.ssh_ca import CertificateAuthority, SessionCredentials
+from infra.transport.command_output import CUT_MARKER, CommandResult
+from infra.transport.ssh import GuestConnection, openssh_command, ping
+from infra.transport.ssh_ca import CertificateAuthority, SessionCredentials
 
 SSHD = Path("/usr/sbin/sshd")
 PRINCIPAL = "sandbox-test"
@@ -352,7 +352,7 @@ def test_host_side_deadline_closes_the_channel_of_an_unresponsive_command(
 ) -> None:
     # A negative grace puts the host deadline before the guest's own timeout, as if the guest
     # had stopped enforcing it.
-    monkeypatch.setattr(infra.ssh, "HOST_GRACE_S", -1.5)
+    monkeypatch.setattr(infra.transport.ssh, "HOST_GRACE_S", -1.5)
     started = time.monotonic()
     with pytest.raises(CommandTimeout) as info:
         conn.run("echo hi; sleep 32.5", timeout=3)

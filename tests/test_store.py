@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from infra import store
+from infra.records import store
 from infra.settings import FluidSettings
 from tests.conftest import fresh_postgres_database
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import warm_slots
+from infra.machines import warm_slots
 from infra.settings import FluidSettings
 
 SLOT = "0123abcd-0"

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import domains, images, sandboxes, warm_slots
-from infra.libvirt_host import connect, lookup
+from infra.host import domains, images
+from infra.host.libvirt_host import connect, lookup
+from infra.machines import sandboxes, warm_slots
 from infra.settings import FluidSettings
 
 from .conftest import leftovers

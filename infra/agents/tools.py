@@ -22,7 +22,6 @@ from typing import Any, Self
 import paramiko
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infra import audit, checkpoints, sandboxes, ssh
 from infra.agents.base import AgentFailed
 from infra.errors import (
     CheckpointExists,
@@ -33,8 +32,11 @@ from infra.errors import (
     SSHError,
 )
 from infra.guardrails import Guardrails, GuardrailViolation
-from infra.guest_shell import GuestShell
+from infra.machines import checkpoints, sandboxes
+from infra.records import audit
 from infra.settings import FluidSettings
+from infra.transport import ssh
+from infra.transport.guest_shell import GuestShell
 
 # What one tool result may put in front of a model; the guest output cap applies first.
 RESULT_CHARS = 16_000

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from pydantic import BaseModel
 
 from infra.errors import FluidError, GuestDataRefused
-from infra.permissions import private_dir, write_private
+from infra.host.permissions import private_dir, write_private
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Files whose content is secret wherever it is: password hashes and SSH host private keys.

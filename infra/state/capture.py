@@ -30,11 +30,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from infra import sandboxes, warm_slots
 from infra.errors import FluidError, GuestDataRefused
-from infra.permissions import private_dir, write_private
+from infra.host.permissions import private_dir, write_private
+from infra.machines import sandboxes, warm_slots
 from infra.settings import FluidSettings, get_settings
-from infra.ssh import GuestConnection
 from infra.state.base import (
     STAGING,
     UNCHANGED,
@@ -45,6 +44,7 @@ from infra.state.base import (
     watch_script,
 )
 from infra.state.blobs import BlobStore, Incoming, LargeContent, secret_reason, valid_sha
+from infra.transport.ssh import GuestConnection
 
 MARK = "@@fluid-kind "
 # Sends one file's first N bytes as they are on disk: opened without following a last symlink

@@ -25,7 +25,6 @@ import libvirt
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import domains, firewall, images, ports, sandboxes, ssh, store
 from infra.errors import (
     CommandTimeout,
     DiskError,
@@ -35,12 +34,16 @@ from infra.errors import (
     ProductionNotRunning,
     SSHError,
 )
-from infra.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
+from infra.host import domains, firewall, images, ports
+from infra.host.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
+from infra.host.permissions import qemu_dir
+from infra.machines import sandboxes
 from infra.names import validate_name
-from infra.permissions import qemu_dir
+from infra.records import store
+from infra.records.store import ProductionRecord
 from infra.settings import FluidSettings, get_settings
-from infra.ssh_ca import CertificateAuthority
-from infra.store import ProductionRecord
+from infra.transport import ssh
+from infra.transport.ssh_ca import CertificateAuthority
 
 Progress = Callable[[str], None]
 DOMAIN_PREFIX = "fluid-prod-"

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
-from infra import sandboxes
 from infra.errors import FluidError
-from infra.permissions import write_private
+from infra.host.permissions import write_private
+from infra.machines import sandboxes
 from infra.settings import FluidSettings, get_settings
 
 

@@ -22,8 +22,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from infra.errors import ImageBuildError, ImageInUse, ImageNotFound
+from infra.host.permissions import private_dir, qemu_dir
 from infra.names import validate_name
-from infra.permissions import private_dir, qemu_dir
 from infra.settings import FluidSettings, get_settings
 
 Progress = Callable[[str], None]

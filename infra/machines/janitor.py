@@ -16,13 +16,15 @@ from typing import Literal
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import domains, images, sandboxes, store, warm_slots
-from infra.libvirt_host import connect, remove_domain
-from infra.owners import Owner
+from infra.host import domains, images
+from infra.host.libvirt_host import connect, remove_domain
+from infra.machines import sandboxes, warm_slots
+from infra.machines.owners import Owner
+from infra.records import store
+from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings, get_settings
 from infra.state import capture as captures
 from infra.state.capture import Pruned
-from infra.store import SandboxRecord
 
 RunPhase = Literal["active", "waiting", "ended", "missing"]
 # Seconds an orphan must have existed before it is reaped: a sandbox being created has a

@@ -1,7 +1,7 @@
 """QEMU's guest agent: commands in a guest over its virtio channel, before SSH is usable.
 
 Warm starts use it to give a restored VM its own identity before anything in the guest
-answers the network (see infra/warm_slots.py).
+answers the network (see infra/machines/warm_slots.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The client side of fluid's flows: submit an agent task, follow it, approve or reject it.
 
 Used by `fluid run`, `fluid approve` and `fluid reject`; everything goes through the Prefect
-API (call infra.control_plane.use_prefect() before importing this module).
+API (call orchestration.control_plane.use_prefect() before importing this module).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
-from infra import runs
 from infra.errors import FluidError
 from infra.escaping import term_text
+from infra.records import runs
 from infra.settings import get_settings
 from infra.state.base import ChangeSet
 

@@ -36,15 +36,15 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine, or_, select
 
-from infra import store
-from infra.audit_tables import check_applies, check_decisions
 from infra.errors import FluidError
-from infra.permissions import PRIVATE_FILE, private_dir, write_private
+from infra.host.permissions import PRIVATE_FILE, private_dir, write_private
+from infra.records import store
+from infra.records.audit_tables import check_applies, check_decisions
+from infra.records.store import AgentRunRecord, AuditRecord
 from infra.settings import FluidSettings, get_settings
-from infra.store import AgentRunRecord, AuditRecord
 
 if TYPE_CHECKING:
-    from infra.command_output import CommandResult
+    from infra.transport.command_output import CommandResult
 
 GENESIS = "0" * 64
 KINDS = ("tool-call", "tool-blocked", "command", "checkpoint", "restore", "approval", "apply")

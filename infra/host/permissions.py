@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from infra.firewall import qemu_gid
+from infra.host.firewall import qemu_gid
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600

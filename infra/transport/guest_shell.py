@@ -23,10 +23,11 @@ from typing import TypeVar
 
 import paramiko
 
-from infra import sandboxes, ssh
-from infra.command_output import CUT_MARKER, CommandResult, short_command
 from infra.errors import CommandTimeout, GuestShellError, SSHError
+from infra.machines import sandboxes
 from infra.settings import FluidSettings
+from infra.transport import ssh
+from infra.transport.command_output import CUT_MARKER, CommandResult, short_command
 
 # tmpfs, wiped at boot like the tmux server itself; /run is never captured (state/noise.py).
 RUN_DIR = "/run/fluid-shell"

@@ -36,13 +36,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import domains, firewall, guest_agent, images, ports, store
 from infra.errors import GuestAgentError, WarmStartFailed
-from infra.file_locks import FileLock
-from infra.libvirt_host import connect, domain_type, remove_domain
-from infra.permissions import qemu_dir
+from infra.host import domains, firewall, images, ports
+from infra.host.file_locks import FileLock
+from infra.host.libvirt_host import connect, domain_type, remove_domain
+from infra.host.permissions import qemu_dir
+from infra.records import store
 from infra.settings import FluidSettings, get_settings
-from infra.ssh_ca import authority
+from infra.transport import guest_agent
+from infra.transport.ssh_ca import authority
 
 if TYPE_CHECKING:
     from infra.state.base import ResourceKind

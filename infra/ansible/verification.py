@@ -21,10 +21,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from infra import sandboxes
+from infra.ansible.playbook_runs import PlaybookRun, run_playbook, sandbox_host
 from infra.escaping import visible
-from infra.owners import Owner
-from infra.playbook_runs import PlaybookRun, run_playbook, sandbox_host
+from infra.machines import sandboxes
+from infra.machines.owners import Owner
 from infra.settings import FluidSettings, get_settings
 from infra.state import capture as captures
 from infra.state.base import Change

@@ -17,13 +17,15 @@ import libvirt
 from pydantic import BaseModel
 from sqlmodel import select
 
-from infra import audit, firewall, images, sandboxes, store
 from infra.errors import CheckpointExists, CheckpointNotFound, FluidError, SandboxNotRunning
-from infra.libvirt_host import connect, lookup
+from infra.host import firewall, images
+from infra.host.libvirt_host import connect, lookup
+from infra.host.permissions import qemu_dir
+from infra.machines import sandboxes
 from infra.names import validate_name
-from infra.permissions import qemu_dir
+from infra.records import audit, store
+from infra.records.store import CheckpointRecord
 from infra.settings import FluidSettings, get_settings
-from infra.store import CheckpointRecord
 
 
 class Checkpoint(BaseModel):

@@ -25,15 +25,18 @@ from pathlib import Path
 import libvirt
 from sqlmodel import col, select, update
 
-from infra import domains, guest_agent, images, sandboxes, ssh, store, warm_slots
 from infra.errors import FluidError
-from infra.file_locks import FileLock
-from infra.libvirt_host import connect, lookup
-from infra.owners import Owner
-from infra.permissions import qemu_dir
+from infra.host import domains, images
+from infra.host.file_locks import FileLock
+from infra.host.libvirt_host import connect, lookup
+from infra.host.permissions import qemu_dir
+from infra.machines import sandboxes, warm_slots
+from infra.machines.owners import Owner
+from infra.records import store
+from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings, environment, get_settings
-from infra.ssh_ca import authority
-from infra.store import SandboxRecord
+from infra.transport import guest_agent, ssh
+from infra.transport.ssh_ca import authority
 
 Progress = Callable[[str], None]
 # A spare this close to its TTL is not handed out: the janitor may reap it any moment.
@@ -250,13 +253,14 @@ def _start_filler(count: int, fd: int, settings: FluidSettings) -> None:
                 sys.executable,
                 "-c",
                 # Sleeps before its imports: they too would compete with the caller.
-                f"import time; time.sleep({REFILL_DELAY_S}); import sys, infra.spares as m; "
+                f"import time; time.sleep({REFILL_DELAY_S}); "
+                "import sys, infra.machines.spares as m; "
                 f"sys.exit(m.main({count}, lock_fd={fd}))",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
             pass_fds=(fd,),
             # The filler reads its settings from the environment: the caller's, not ours.
             env=environment(settings),

@@ -12,8 +12,9 @@ from pathlib import Path
 import libvirt
 from sqlmodel import select
 
-from infra import domains, store
 from infra.errors import NoFreePort
+from infra.host import domains
+from infra.records import store
 from infra.settings import FluidSettings
 
 

@@ -26,10 +26,10 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from pydantic import ValidationError
 
-from infra import sandboxes
 from infra.agents.tools import BudgetExhausted, Toolbox, ToolResult
 from infra.errors import FluidError, SandboxNotRunning
 from infra.guardrails import Guardrails
+from infra.machines import sandboxes
 from infra.settings import FluidSettings
 
 ACTOR = "mcp"

@@ -16,7 +16,6 @@ import libvirt
 from pydantic import BaseModel
 from sqlmodel import delete, select
 
-from infra import audit, domains, firewall, images, ports, ssh, store, warm_slots
 from infra.errors import (
     CommandTimeout,
     FluidError,
@@ -27,13 +26,17 @@ from infra.errors import (
     SSHError,
     WarmStartFailed,
 )
-from infra.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
+from infra.host import domains, firewall, images, ports
+from infra.host.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
+from infra.host.permissions import private_dir, qemu_dir
+from infra.machines import warm_slots
+from infra.machines.owners import Owner
 from infra.names import validate_name
-from infra.owners import Owner
-from infra.permissions import private_dir, qemu_dir
+from infra.records import audit, store
+from infra.records.store import CheckpointRecord, CommandRecord, SandboxRecord
 from infra.settings import FluidSettings, get_settings
-from infra.ssh_ca import CertificateAuthority, authority
-from infra.store import CheckpointRecord, CommandRecord, SandboxRecord
+from infra.transport import ssh
+from infra.transport.ssh_ca import CertificateAuthority, authority
 
 Progress = Callable[[str], None]
 DOMAIN_PREFIX = "fluid-sbx-"
@@ -203,9 +206,9 @@ def create(
     `base_disk` replaces the fresh overlay with a prepared disk (used by fork); `owner` names
     the flow run (and process) it works for, so the janitor can reap it when they are gone.
     An unnamed sandbox of the default image takes a waiting spare when there is one
-    (infra/spares.py); `spare` starts such a spare (warm only).
+    (infra/machines/spares.py); `spare` starts such a spare (warm only).
     """
-    from infra import spares  # spares build on this module
+    from infra.machines import spares  # spares build on this module
 
     settings = settings or get_settings()
     say = progress or _say

@@ -19,7 +19,7 @@ from sqlalchemy import Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
-from infra.permissions import PRIVATE_FILE, private_dir
+from infra.host.permissions import PRIVATE_FILE, private_dir
 from infra.settings import FluidSettings, get_settings
 
 
@@ -56,7 +56,7 @@ class SandboxRecord(SQLModel, table=True):
     slot: str | None = Field(default=None, index=True)
     boot: str | None = None
     # A spare, started ahead of need and not yet anyone's: "starting", then "waiting" (see
-    # infra/spares.py). None for every other sandbox.
+    # infra/machines/spares.py). None for every other sandbox.
     spare_state: str | None = None
 
 
@@ -156,11 +156,11 @@ class ProductionRecord(SQLModel, table=True):
 
 
 class AuditRecord(SQLModel, table=True):
-    """One entry of the hash-chained audit trail (written only by infra.audit.append)."""
+    """One entry of the hash-chained audit trail (written only by infra.records.audit.append)."""
 
     __tablename__ = "audit_log"
 
-    # Numbered by infra.audit under a lock, 1..n without gaps, so a gap means a deletion.
+    # Numbered by infra.records.audit under a lock, 1..n without gaps, so a gap means a deletion.
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     at: datetime  # UTC, microseconds (what both databases keep) are hashed
     kind: str

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ConfigDict
 
 from infra.errors import CAKeyPermissions, InvalidCertificateTTL
-from infra.permissions import private_dir
+from infra.host.permissions import private_dir
 from infra.settings import FluidSettings, get_settings
 
 MIN_TTL = timedelta(minutes=1)

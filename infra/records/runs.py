@@ -15,12 +15,12 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from infra import audit, store
+from infra.ansible.playbook_runs import PlaybookRun
 from infra.errors import FluidError
-from infra.permissions import private_dir
-from infra.playbook_runs import PlaybookRun
+from infra.host.permissions import private_dir
+from infra.records import audit, store
+from infra.records.store import AgentRunRecord, ApplyRecord, DecisionRecord, utcnow
 from infra.settings import FluidSettings, get_settings
-from infra.store import AgentRunRecord, ApplyRecord, DecisionRecord, utcnow
 
 FINAL = {"applied", "rejected", "timed-out", "refused", "failed", "no-change", "apply-failed"}
 # The sealed copy of a proposed playbook: readable by its owner, writable by nobody.

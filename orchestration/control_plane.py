@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 
 from infra.errors import FluidError
-from infra.permissions import PRIVATE_FILE, private_dir, write_private
+from infra.host.permissions import PRIVATE_FILE, private_dir, write_private
 from infra.settings import FluidSettings, get_settings
 
 Progress = Callable[[str], None]
@@ -197,7 +197,7 @@ def start_server(settings: FluidSettings, say: Progress = _quiet) -> ControlPlan
         "PREFECT_UI_API_URL": cp.api_url,
         # Suspended runs whose approval deadline passed are failed within seconds.
         "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "5",
-        # Sandbox slots (flows/limits.py) are leases; kept in memory, a server restart would
+        # Sandbox slots (orchestration/limits.py) are leases; kept in memory, a server restart would
         # forget them while their slots stay counted as taken, forever.
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
             "prefect.server.concurrency.lease_storage.filesystem"

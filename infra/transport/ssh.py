@@ -24,13 +24,6 @@ from typing import IO, Self
 import paramiko
 from pydantic import BaseModel, ConfigDict
 
-from infra.command_output import (
-    CappedBuffer,
-    CommandResult,
-    OutputSink,
-    StreamResult,
-    short_command,
-)
 from infra.errors import (
     CommandTimeout,
     GuestDataRefused,
@@ -38,7 +31,14 @@ from infra.errors import (
     NotARegularFile,
     SSHError,
 )
-from infra.ssh_ca import SessionCredentials
+from infra.transport.command_output import (
+    CappedBuffer,
+    CommandResult,
+    OutputSink,
+    StreamResult,
+    short_command,
+)
+from infra.transport.ssh_ca import SessionCredentials
 
 # Grace for coreutils `timeout` to escalate from TERM to KILL inside the guest.
 KILL_AFTER_S = 5
@@ -170,7 +170,7 @@ class GuestConnection:
             self._client.close()
             raise SSHError(
                 f"cannot open SSH to {user}@{host}:{port}: {exc or type(exc).__name__}; check that "
-                "the sandbox is running and its sshd is up (poll with infra.ssh.ping)"
+                "the sandbox is running and its sshd is up (poll with infra.transport.ssh.ping)"
             ) from exc
 
     def _auth_failure_message(self, exc: Exception) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from infra.store import ApplyRecord, AuditRecord, DecisionRecord
+from infra.records.store import ApplyRecord, AuditRecord, DecisionRecord
 
 
 def _detail(rec: AuditRecord) -> dict[str, Any]:
