@@ -9,9 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from infra.ansible.playbook_runs import AnsibleHost
 from infra.errors import ProductionNotRunning
-from infra.machines import sandboxes
 from infra.settings import FluidSettings, get_settings
-from infra.transport import ssh
+from infra.transport import ssh, ssh_ca
 from infra.transport.ssh_ca import MAX_TTL
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ class ProductionTarget(Block):
         key = d / "id"
         cert: Path | None = None
         if self.certificate_principal:
-            creds = sandboxes.authority(settings or get_settings()).issue(
+            creds = ssh_ca.authority(settings or get_settings()).issue(
                 self.certificate_principal, MAX_TTL
             )
             _write_0600(key, creds.private_key_openssh)

@@ -11,13 +11,13 @@ from cli.output import dump_all, emit, log, print_table
 
 def cmd_pool_fill(args: argparse.Namespace) -> int:
     """Prepare slots and start spares."""
-    from infra.machines import spares, warm_slots
+    from infra.machines import spare_fill, warm_slots
     from infra.settings import get_settings
 
     made = warm_slots.fill(args.slots, image=args.image, progress=log)
     slots = warm_slots.list_slots()
     # Spares are of the default image only: an unnamed create takes them.
-    started = spares.fill(say=log) if args.image in (None, get_settings().image) else []
+    started = spare_fill.fill(say=log) if args.image in (None, get_settings().image) else []
     emit(
         args,
         {

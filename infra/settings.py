@@ -148,6 +148,11 @@ class FluidSettings(BaseSettings):
         return self.storage_dir / "cache"
 
     @property
+    def captures_dir(self) -> Path:
+        """Guest-state captures, one folder per sandbox (and the hash indexes)."""
+        return self.home / "captures"
+
+    @property
     def prefect_dir(self) -> Path:
         """The local Prefect server's home: its database, results, logs and auth string."""
         return self.home / "prefect"

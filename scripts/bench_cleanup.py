@@ -8,7 +8,7 @@ from bench_results import log
 from infra.errors import SandboxNotFound
 from infra.host import domains
 from infra.host.libvirt_host import connect, lookup
-from infra.machines import sandboxes
+from infra.machines import sandbox_records, sandboxes
 from infra.settings import FluidSettings
 
 
@@ -30,9 +30,9 @@ def leftovers(ids: list[str], settings: FluidSettings) -> list[str]:
     conn = connect(settings)
     try:
         out += [
-            f"domain {sandboxes.domain_name(i)}"
+            f"domain {sandbox_records.domain_name(i)}"
             for i in ids
-            if lookup(conn, sandboxes.domain_name(i)) is not None
+            if lookup(conn, sandbox_records.domain_name(i)) is not None
         ]
     finally:
         conn.close()

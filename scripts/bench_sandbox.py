@@ -93,7 +93,7 @@ from bench_results import (
 from infra.errors import FluidError
 from infra.host import domains, images, ports
 from infra.host.libvirt_host import connect, domain_type, remove_domain
-from infra.machines import checkpoints, sandboxes, spares
+from infra.machines import checkpoints, sandbox_records, sandboxes, spare_fill, spares
 from infra.settings import FluidSettings
 from infra.state import capture as captures
 from infra.state.base import ChangeSet
@@ -702,7 +702,7 @@ def checkpoint_with_capture(
     The capture (stored with the checkpoint) comes first, then the guest sync and the
     snapshot, as in checkpoints.create. Returns the capture's wall time.
     """
-    rec = sandboxes.record(name, s)
+    rec = sandbox_records.record(name, s)
     index = captures.index_path(rec.image, rec.image_version, s)
     if not index.exists():
         b.fact(
@@ -756,7 +756,7 @@ def captures_and_diff(
 
 def export_pair(res: Results, b: Bench, s: FluidSettings, name: str, i: int) -> tuple[Path, Path]:
     """Both checkpoints of a sandbox as standalone disks, for virt-diff."""
-    disk = sandboxes.record(name, s).disk_path
+    disk = sandbox_records.record(name, s).disk_path
     pair = (b.root / f"vd-{i}-before.qcow2", b.root / f"vd-{i}-after.qcow2")
     export_disk(res, disk, "before", pair[0])
     export_disk(res, disk, "after", pair[1])
@@ -783,7 +783,7 @@ def part_c(res: Results, b: Bench, vd_runs: int) -> None:
     last: ChangeSet | None = None
     if WARM:
         log("C: starting the spare the first default-path create takes")
-        spares.fill(1, sd, say=fluid_says)
+        spare_fill.fill(1, sd, say=fluid_says)
     else:
         b.problems.append("C's default path not measured: this fluid has no spares")
     for i in range(1, b.runs + 1):

@@ -21,7 +21,7 @@ import contextlib
 from infra.errors import GuestDataRefused  # noqa: E402
 from infra.host import images
 from infra.host.libvirt_host import connect, lookup  # noqa: E402
-from infra.machines import checkpoints, sandboxes  # noqa: E402
+from infra.machines import checkpoints, sandbox_records, sandboxes  # noqa: E402
 from infra.records import store
 from infra.settings import FluidSettings, get_settings  # noqa: E402
 from infra.state import capture  # noqa: E402
@@ -206,7 +206,7 @@ def leftovers(sandbox_id: str, settings: FluidSettings) -> list[str]:
     conn = connect(settings)
     try:
         # A warm sandbox's domain is named after its slot; fluid's metadata names the sandbox.
-        if lookup(conn, sandboxes.domain_name(sandbox_id)) is not None or any(
+        if lookup(conn, sandbox_records.domain_name(sandbox_id)) is not None or any(
             meta.id == sandbox_id for _dom, meta in domains.fluid_domains(conn, "sandbox")
         ):
             found.append("domain")

@@ -30,7 +30,7 @@ from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from sqlmodel import select
 
-from infra.machines import sandboxes
+from infra.machines import sandbox_records, sandboxes
 from infra.records import runs, store
 from infra.settings import FluidSettings
 from orchestration import control_plane
@@ -349,7 +349,7 @@ def test_the_janitor_reaps_the_sandbox_of_a_killed_worker(
         return rec.sandbox_id if rec and rec.sandbox_id and rec.status == "working" else None
 
     sid = wait_for(agent_started, 600, "the agent to start working")
-    owner_pid = sandboxes.record(sid, settings).owner_pid
+    owner_pid = sandbox_records.record(sid, settings).owner_pid
     assert owner_pid
     worker_pid = int((settings.prefect_dir / "worker.pid").read_text())
     try:

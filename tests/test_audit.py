@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from infra.ansible.playbook_runs import PlaybookRun
-from infra.machines import sandboxes
+from infra.machines import lifecycle
 from infra.records import audit, runs, store
 from infra.settings import FluidSettings
 from infra.transport.command_output import CommandResult
@@ -368,9 +368,9 @@ def _result(command: str, status: int, **kw: object) -> CommandResult:
 def test_recorded_commands_are_audited(tmp_path):
     settings = _fresh(tmp_path)
     long = "echo " + "x" * 300
-    sandboxes.record_command("sb-c", _result(long, 0), "agent", settings)
-    sandboxes.record_command("sb-c", _result("sleep 99", -1, timed_out=True), None, settings)
-    sandboxes.record_command("prod-web", _result("nginx -t", 1), "fluid", settings, "web")
+    lifecycle.record_command("sb-c", _result(long, 0), "agent", settings)
+    lifecycle.record_command("sb-c", _result("sleep 99", -1, timed_out=True), None, settings)
+    lifecycle.record_command("prod-web", _result("nginx -t", 1), "fluid", settings, "web")
 
     cmds = audit.entries("sb-c", settings)
     assert [r.actor for r in cmds] == ["agent", audit.default_actor()]

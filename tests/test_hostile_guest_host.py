@@ -26,7 +26,7 @@ import pytest
 
 from infra.host import firewall, images
 from infra.host.permissions import qemu_dir
-from infra.machines import checkpoints, sandboxes, warm_slots
+from infra.machines import checkpoints, sandbox_records, sandboxes, warm_slots
 from infra.records import audit, store
 from infra.settings import FluidSettings
 from infra.transport.ssh_ca import authority
@@ -81,7 +81,7 @@ def guard_events() -> Iterator[list[tuple[float, str]]]:
 
 def qemu_started_at(sandbox_id: str, settings: FluidSettings) -> float:
     """Boot-clock second the sandbox's running QEMU process started."""
-    domain = sandboxes.record(sandbox_id, settings).domain_name
+    domain = sandbox_records.record(sandbox_id, settings).domain_name
     pid = int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text())
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
@@ -382,7 +382,7 @@ def test_what_fluid_keeps_is_roots_alone_after_a_sandbox_ran(nat_box, settings):
         settings.images_dir,
         settings.disks_dir,
         settings.logs_dir,
-        Path(sandboxes.record(nat_box.id, settings).disk_path).parent,
+        Path(sandbox_records.record(nat_box.id, settings).disk_path).parent,
     ]
     if warm_slots.pool_dir(settings).exists():
         shared += [warm_slots.pool_dir(settings).parent, warm_slots.pool_dir(settings)]

@@ -11,7 +11,7 @@ import pytest
 
 from infra.errors import ImageNotFound, SandboxNotFound
 from infra.host import images
-from infra.machines import sandboxes
+from infra.machines import lifecycle, sandboxes
 from infra.records import store
 from infra.settings import FluidSettings
 from tests.cloud_image import cloud_image
@@ -64,7 +64,7 @@ def test_an_imported_cloud_image_boots_and_trusts_fluid(
             # which only the seed can have told the guest.
             assert _run("id -un", settings).split() == ["root"]
             assert _run("cat /etc/ssh/fluid_principals", settings).split() == [
-                sandboxes.principal(SANDBOX)
+                lifecycle.principal(SANDBOX)
             ]
             # cloud-init found the seed and finished without errors.
             assert _run("cloud-id", settings).strip() == "nocloud"

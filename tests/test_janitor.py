@@ -15,7 +15,7 @@ import pytest
 
 from infra.host import domains
 from infra.host.libvirt_host import connect, lookup, remove_domain
-from infra.machines import janitor, sandboxes, warm_slots
+from infra.machines import janitor, sandbox_records, sandboxes, warm_slots
 from infra.machines.owners import Owner
 from infra.records import store
 from infra.records.store import SandboxRecord
@@ -70,7 +70,7 @@ def foreign_and_production_domains(settings: FluidSettings) -> Iterator[list[str
     """Domains the janitor must leave alone: another tool's, a production VM's, and a sandbox
     of another fluid database."""
     conn = connect(settings)
-    names = ["not-fluid-jt", "fluid-prod-jt", sandboxes.domain_name("jt-other")]
+    names = ["not-fluid-jt", "fluid-prod-jt", sandbox_records.domain_name("jt-other")]
     _define(conn, names[0], None, _blank_disk(settings.storage_dir / "jt" / "a.qcow2"), settings)
     _define(
         conn, names[1], "production", _blank_disk(settings.storage_dir / "jt" / "b.qcow2"), settings
@@ -94,7 +94,7 @@ def foreign_and_production_domains(settings: FluidSettings) -> Iterator[list[str
 def _record(sid: str, settings: FluidSettings, **fields) -> SandboxRecord:
     values = {
         "id": sid,
-        "domain_name": sandboxes.domain_name(sid),
+        "domain_name": sandbox_records.domain_name(sid),
         "image": "debian-12",
         "image_version": "v1",
         "network": "isolated",
@@ -119,7 +119,7 @@ def test_janitor_reaps_expired_sandboxes_and_orphans_only(
     try:
         for sid in ("jt-expired", "jt-novm"):
             disk = _blank_disk(settings.disks_dir / f"{sid}.qcow2")
-            _define(conn, sandboxes.domain_name(sid), "sandbox", disk, settings)
+            _define(conn, sandbox_records.domain_name(sid), "sandbox", disk, settings)
         _record("jt-expired", settings, expires_at=datetime.now(UTC) - timedelta(minutes=1))
         _record("jt-norec", settings)
         lone = _blank_disk(settings.disks_dir / "jt-lone.qcow2", age_s=3600)

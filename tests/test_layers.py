@@ -392,3 +392,70 @@ def test_the_private_rule_ignores_locals_instances_own_modules_and_third_party()
     assert private_reach_ins("from . import _helpers\n", "infra/state/x.py") == [
         "infra/state/x.py:1: from infra.state import _helpers"
     ]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """fluid's modules -> the fluid modules each imports (lazily too; `from pkg import mod`
+    counts as importing `pkg.mod`, and a package's own __init__ is not an edge)."""
+    files = {module_name(p.relative_to(ROOT)): p for p in product_files()}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(), str(path))
+        edges: set[str] = set()
+        for _line, target in imports(tree, name, path.name == "__init__.py"):
+            # `from a.b import c`: the module a.b.c when it exists, else a.b
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every group of modules that import one another round a circle (Tarjan's SCCs)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circles() -> None:
+    circles = import_circles(import_graph())
+    assert not circles, _report(
+        [" <-> ".join(c) for c in circles],
+        "modules that import one another (lazily too) make a circle; move what both need "
+        "into a module that imports neither",
+    )
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_circles(graph) == [["a", "b", "c"]]

@@ -23,6 +23,7 @@ from infra.errors import SandboxNotFound  # noqa: E402
 from infra.host.libvirt_host import connect, lookup  # noqa: E402
 from infra.machines import sandboxes, warm_slots  # noqa: E402
 from infra.settings import FluidSettings  # noqa: E402
+from infra.transport import ssh_ca
 from infra.transport.ssh_ca import CertificateAuthority  # noqa: E402
 from tasks.sandbox import (  # noqa: E402
     checkpoint,
@@ -95,7 +96,7 @@ def test_blocks_register_and_the_ca_key_loads_back_masked(prefect_api: str, tmp_
     assert applied.ca_private_key.get_secret_value() == key_pem
     # The CA built from the stored secret is the one whose key file we saved.
     assert (
-        sandboxes.authority(applied).public_key_line()
+        ssh_ca.authority(applied).public_key_line()
         == CertificateAuthority.load_or_create(settings.ca_key_path).public_key_line()
     )
 

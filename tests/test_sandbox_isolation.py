@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.errors import SSHError
-from infra.machines import sandboxes
-from infra.transport import ssh
+from infra.machines import lifecycle, sandbox_records, sandboxes
+from infra.transport import ssh, ssh_ca
 
 MIRROR_PROBE = (
     'python3 -c "import urllib.request as u; '
@@ -86,27 +86,27 @@ def test_two_sandboxes_run_at_once_without_seeing_each_other(two_sandboxes, sett
 
 def test_an_expired_certificate_is_refused_by_the_guest(two_sandboxes, settings):
     nat, _ = two_sandboxes
-    rec_key = sandboxes.record(nat.id, settings).host_key
-    ca = sandboxes.authority(settings)
+    rec_key = sandbox_records.record(nat.id, settings).host_key
+    ca = ssh_ca.authority(settings)
     old = ca.issue(
-        sandboxes.principal(nat.id),
+        lifecycle.principal(nat.id),
         timedelta(minutes=5),
         now=datetime.now(UTC) - timedelta(minutes=20),
     )
     with pytest.raises(SSHError):
         ssh.GuestConnection("127.0.0.1", nat.ssh_port, old, rec_key)
-    fresh = ca.issue(sandboxes.principal(nat.id), timedelta(minutes=1))
+    fresh = ca.issue(lifecycle.principal(nat.id), timedelta(minutes=1))
     with ssh.GuestConnection("127.0.0.1", nat.ssh_port, fresh, rec_key) as g:
         assert g.run("whoami").stdout == b"root\n"
 
 
 def test_a_certificate_for_another_sandbox_is_refused(two_sandboxes, settings):
     nat, isolated = two_sandboxes
-    ca = sandboxes.authority(settings)
-    wrong = ca.issue(sandboxes.principal(isolated.id), timedelta(minutes=2))
+    ca = ssh_ca.authority(settings)
+    wrong = ca.issue(lifecycle.principal(isolated.id), timedelta(minutes=2))
     with pytest.raises(SSHError):
         ssh.GuestConnection(
-            "127.0.0.1", nat.ssh_port, wrong, sandboxes.record(nat.id, settings).host_key
+            "127.0.0.1", nat.ssh_port, wrong, sandbox_records.record(nat.id, settings).host_key
         )
 
 

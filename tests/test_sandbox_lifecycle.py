@@ -8,7 +8,7 @@ import time
 
 from infra.host import images
 from infra.host.libvirt_host import connect, lookup
-from infra.machines import checkpoints, sandboxes
+from infra.machines import checkpoints, sandbox_records
 from tests.conftest import fluid, fluid_json, leftovers
 
 
@@ -103,7 +103,7 @@ def test_create_exec_checkpoint_restore_fork_destroy(golden_image, settings):
         assert leftovers(sid, settings) == []
     conn = connect(settings)
     try:
-        assert lookup(conn, sandboxes.domain_name("life")) is None
+        assert lookup(conn, sandbox_records.domain_name("life")) is None
     finally:
         conn.close()
     # destroy is idempotent in effect: a second one says there is nothing left

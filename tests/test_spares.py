@@ -11,7 +11,7 @@ import pytest
 
 from infra.host import domains, images
 from infra.host.libvirt_host import connect, lookup
-from infra.machines import janitor, sandboxes, spares
+from infra.machines import janitor, sandbox_records, sandboxes, spare_fill, spares
 from infra.records import store
 from infra.settings import FluidSettings
 from infra.state import capture
@@ -71,7 +71,7 @@ def wait_for_spares(settings: FluidSettings, exclude: set[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def taken(spare_settings: FluidSettings) -> Iterator[dict[str, dict]]:
     """Two sandboxes `fluid sandbox create` took from the spares, by id: (spares, the JSON)."""
-    before = spares.fill(settings=spare_settings)
+    before = spare_fill.fill(settings=spare_settings)
     assert len(waiting(spare_settings)) == SPARES, before
     ready = waiting(spare_settings)
     boxes: dict[str, dict] = {}
@@ -120,7 +120,7 @@ def test_two_taken_spares_differ_in_random_bytes_machine_id_host_key_and_name(
         machine_id, host_key, hostname, principal = sandboxes.run(
             sid, IDENTITY, settings=spare_settings
         ).stdout_text.splitlines()
-        assert host_key == sandboxes.record(sid, spare_settings).host_key
+        assert host_key == sandbox_records.record(sid, spare_settings).host_key
         assert (hostname, principal) == (sid, f"fluid-{sid}")
         seen.append((machine_id, host_key))
     assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]
@@ -137,7 +137,7 @@ def test_taking_spares_starts_new_ones_in_the_background(taken, spare_settings):
     fresh = wait_for_spares(spare_settings, exclude=set(taken))
     assert "spare" in (spare_settings.logs_dir / "spares.log").read_text()
     for sid in fresh:
-        rec = sandboxes.record(sid, spare_settings)
+        rec = sandbox_records.record(sid, spare_settings)
         assert rec.spare_state == spares.WAITING and rec.slot
 
 
@@ -170,7 +170,7 @@ def test_a_spare_whose_vm_died_is_removed_and_the_sandbox_starts_from_a_slot(tak
     conn = connect(spare_settings)
     try:
         for sid in dead:
-            lookup(conn, sandboxes.record(sid, spare_settings).domain_name).destroy()
+            lookup(conn, sandbox_records.record(sid, spare_settings).domain_name).destroy()
     finally:
         conn.close()
     said: list[str] = []

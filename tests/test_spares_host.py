@@ -23,11 +23,9 @@ def local(settings: FluidSettings, tmp_path: Path) -> FluidSettings:
 def test_a_refill_that_waited_through_a_clear_still_excludes_the_next_one(local):
     # `clear` unlinks the lock file it holds. A process that was waiting on that file must not
     # end up holding a lock on the unlinked file while the next process locks a new one.
-    clearing = spares._fill_lock(local, wait=True)
+    clearing = spares.fill_lock(local, wait=True)
     waiter: dict[str, FileLock] = {}
-    thread = threading.Thread(
-        target=lambda: waiter.update(lock=spares._fill_lock(local, wait=True))
-    )
+    thread = threading.Thread(target=lambda: waiter.update(lock=spares.fill_lock(local, wait=True)))
     thread.start()
     thread.join(0.5)
     assert thread.is_alive(), "the waiter got the lock while it was held"
@@ -36,7 +34,7 @@ def test_a_refill_that_waited_through_a_clear_still_excludes_the_next_one(local)
     clearing.__exit__()
     thread.join(10)
     assert not thread.is_alive()
-    with waiter["lock"] as held, spares._fill_lock(local, wait=False) as next_one:
+    with waiter["lock"] as held, spares.fill_lock(local, wait=False) as next_one:
         assert held.held
         assert held.path.exists()
         assert not next_one.held

@@ -12,7 +12,7 @@ import pytest
 
 from infra.host import domains, images
 from infra.host.libvirt_host import connect, lookup
-from infra.machines import sandboxes, warm_slots
+from infra.machines import sandbox_records, sandboxes, warm_slots
 from infra.settings import FluidSettings
 
 from .conftest import leftovers
@@ -79,7 +79,7 @@ def test_each_warm_sandbox_has_its_own_machine_id_host_key_hostname_and_principa
             sid, IDENTITY, settings=settings
         ).stdout_text.splitlines()
         assert len(machine_id) == 32
-        assert host_key == sandboxes.record(sid, settings).host_key
+        assert host_key == sandbox_records.record(sid, settings).host_key
         assert (hostname, principal) == (sid, f"fluid-{sid}")
         seen.append((machine_id, host_key))
     assert seen[0][0] != seen[1][0], "machine-ids differ"
@@ -103,7 +103,7 @@ def test_when_every_slot_is_in_use_a_sandbox_boots_cold_and_says_why(warm_pair, 
     box = sandboxes.create(progress=said.append, settings=capped)
     try:
         assert box.boot == "cold"
-        assert box.domain_name == sandboxes.domain_name(box.id)
+        assert box.domain_name == sandbox_records.domain_name(box.id)
         assert any("cold boot (all 2 warm slots are in use" in line for line in said), said
         assert sandboxes.run(box.id, "hostname", settings=settings).stdout_text.strip() == box.id
     finally:
@@ -114,7 +114,7 @@ def test_a_destroyed_warm_sandbox_leaves_nothing_running_and_its_slot_serves_the
     warm_pair, settings
 ):
     box = sandboxes.create(settings=settings)
-    slot = sandboxes.record(box.id, settings).slot
+    slot = sandbox_records.record(box.id, settings).slot
     assert box.boot == "warm" and slot
     sandboxes.destroy(box.id, settings)
 

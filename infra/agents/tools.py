@@ -32,7 +32,7 @@ from infra.errors import (
     SSHError,
 )
 from infra.guardrails import Guardrails, GuardrailViolation
-from infra.machines import checkpoints, sandboxes
+from infra.machines import checkpoints, lifecycle, sandboxes
 from infra.records import audit
 from infra.settings import FluidSettings
 from infra.transport import ssh
@@ -316,10 +316,10 @@ class Toolbox:
             )
         except CommandTimeout as e:
             self.command_seconds += e.result.duration_s  # type: ignore[attr-defined]
-            sandboxes.record_command(self.sandbox_id, e.result, self.actor, self.settings)  # type: ignore[arg-type]
+            lifecycle.record_command(self.sandbox_id, e.result, self.actor, self.settings)  # type: ignore[arg-type]
             raise
         self.command_seconds += r.duration_s
-        sandboxes.record_command(self.sandbox_id, r, self.actor, self.settings)
+        lifecycle.record_command(self.sandbox_id, r, self.actor, self.settings)
         return self._command_result(r)
 
     @staticmethod

@@ -17,8 +17,9 @@ from pydantic import BaseModel, Field
 
 from infra.errors import FluidError
 from infra.host.permissions import write_private
-from infra.machines import sandboxes
+from infra.machines import lifecycle, sandbox_records
 from infra.settings import FluidSettings, get_settings
+from infra.transport import ssh_ca
 
 
 class AnsibleHost(BaseModel):
@@ -125,12 +126,10 @@ def sandbox_host(
 ) -> AnsibleHost:
     """An inventory entry for a sandbox, with a fresh certificate valid 10 minutes."""
     settings = settings or get_settings()
-    rec = sandboxes.record(sandbox_id, settings)
+    rec = sandbox_records.record(sandbox_id, settings)
     if not rec.host_key:
         raise FluidError(f"sandbox {sandbox_id} never finished booting")
-    creds = sandboxes.authority(settings).issue(
-        sandboxes.principal(sandbox_id), timedelta(minutes=10)
-    )
+    creds = ssh_ca.authority(settings).issue(lifecycle.principal(sandbox_id), timedelta(minutes=10))
     d = workdir / f"host-{sandbox_id}"
     key = creds.write_files(d)
     known = d / "known_hosts"

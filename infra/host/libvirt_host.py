@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -24,6 +26,16 @@ def connect(settings: FluidSettings | None = None) -> libvirt.virConnect:
             f"cannot reach libvirt at {settings.libvirt_uri}: {e.get_error_message()}. "
             "Start it with `virtlogd -d && libvirtd -d` (scripts/setup-host.sh does this)."
         ) from e
+
+
+@contextmanager
+def connection(settings: FluidSettings | None = None) -> Iterator[libvirt.virConnect]:
+    """A libvirt connection for the length of a `with` block, closed on every exit."""
+    conn = connect(settings)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def kvm_usable() -> bool:

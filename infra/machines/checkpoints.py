@@ -21,7 +21,7 @@ from infra.errors import CheckpointExists, CheckpointNotFound, FluidError, Sandb
 from infra.host import firewall, images
 from infra.host.libvirt_host import connect, lookup
 from infra.host.permissions import qemu_dir
-from infra.machines import sandboxes
+from infra.machines import sandbox_records, sandboxes
 from infra.names import validate_name
 from infra.records import audit, store
 from infra.records.store import CheckpointRecord
@@ -39,7 +39,7 @@ class Checkpoint(BaseModel):
 def _running_domain(
     conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings
 ) -> libvirt.virDomain:
-    rec = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
+    rec = sandbox_records.record(validate_name(sandbox_id, "sandbox id"), settings)
     dom = lookup(conn, rec.domain_name)
     if dom is None or not dom.isActive():
         raise SandboxNotRunning(f"sandbox {sandbox_id} is not running; start it first")
@@ -102,7 +102,7 @@ def create(
 def list_checkpoints(sandbox_id: str, settings: FluidSettings | None = None) -> list[Checkpoint]:
     """The sandbox's checkpoints, oldest first."""
     settings = settings or get_settings()
-    sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
+    sandbox_records.record(validate_name(sandbox_id, "sandbox id"), settings)
     with store.session(settings) as s:
         rows = s.exec(
             select(CheckpointRecord)
@@ -129,7 +129,7 @@ def restore(
     settings = settings or get_settings()
     conn = connect(settings)
     try:
-        rec = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
+        rec = sandbox_records.record(validate_name(sandbox_id, "sandbox id"), settings)
         dom = lookup(conn, rec.domain_name)
         if dom is None:
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no VM")
@@ -182,7 +182,7 @@ def delete(sandbox_id: str, name: str, settings: FluidSettings | None = None) ->
     settings = settings or get_settings()
     conn = connect(settings)
     try:
-        rec = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
+        rec = sandbox_records.record(validate_name(sandbox_id, "sandbox id"), settings)
         dom = lookup(conn, rec.domain_name)
         if dom is None:
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no VM")
@@ -215,8 +215,12 @@ def fork(
     The fork gets its own identity (host key, machine-id, hostname) at its first boot.
     """
     settings = settings or get_settings()
-    new_id = validate_name(name, "sandbox name") if name is not None else sandboxes.new_id(settings)
-    src = sandboxes.record(validate_name(sandbox_id, "sandbox id"), settings)
+    new_id = (
+        validate_name(name, "sandbox name")
+        if name is not None
+        else sandbox_records.new_id(settings)
+    )
+    src = sandbox_records.record(validate_name(sandbox_id, "sandbox id"), settings)
     conn = connect(settings)
     try:
         dom = lookup(conn, src.domain_name)

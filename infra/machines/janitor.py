@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from infra.host import domains, images
 from infra.host.libvirt_host import connect, remove_domain
-from infra.machines import sandboxes, warm_slots
+from infra.machines import sandbox_records, warm_slots
 from infra.machines.owners import Owner
 from infra.records import store
 from infra.records.store import SandboxRecord
@@ -73,7 +73,7 @@ def sweep(
 
         def reap(sid: str, reason: str, rec: SandboxRecord | None = None, dead=False) -> None:
             try:
-                sandboxes.teardown(conn, sid, settings)
+                sandbox_records.teardown(conn, sid, settings)
                 report.reaped.append(
                     Reaped(
                         sandbox_id=sid,

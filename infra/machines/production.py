@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -26,23 +26,21 @@ from pydantic import BaseModel
 from sqlmodel import select
 
 from infra.errors import (
-    CommandTimeout,
     DiskError,
     ProductionExists,
     ProductionNotFound,
     ProductionNotReady,
     ProductionNotRunning,
-    SSHError,
 )
 from infra.host import domains, firewall, images, ports
-from infra.host.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
+from infra.host.libvirt_host import connection, domain_state, lookup, remove_domain
 from infra.host.permissions import qemu_dir
-from infra.machines import sandboxes
+from infra.machines import lifecycle
 from infra.names import validate_name
 from infra.records import store
 from infra.records.store import ProductionRecord
 from infra.settings import FluidSettings, get_settings
-from infra.transport import ssh
+from infra.transport import ssh, ssh_ca
 from infra.transport.ssh_ca import CertificateAuthority
 
 Progress = Callable[[str], None]
@@ -100,7 +98,25 @@ def instance_id(name: str) -> str:
 
 def principal(name: str) -> str:
     """The only certificate principal the production VM's sshd accepts."""
-    return sandboxes.principal(instance_id(name))
+    return lifecycle.principal(instance_id(name))
+
+
+def machine(rec: ProductionRecord) -> lifecycle.Machine:
+    """A production VM as the VM lifecycle sees it."""
+    return lifecycle.Machine(
+        label=f"production VM {rec.name}",
+        instance_id=instance_id(rec.name),
+        domain_name=rec.domain_name,
+        ssh_port=rec.ssh_port,
+        # Pinned once learned: a restarted guest keeps its key, and cloud-init prints it
+        # only at the first boot.
+        host_key=rec.host_key,
+        console_log=Path(rec.console_log),
+        not_ready=ProductionNotReady,
+        not_running=ProductionNotRunning,
+        start_hint=f"fluid production start {rec.name}",
+        production=rec.name,
+    )
 
 
 def storage_dir(settings: FluidSettings) -> Path:
@@ -176,16 +192,11 @@ def create(
     settings = settings or get_settings()
     say = progress or _say
     validate_name(name, "production name")
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         _refuse_existing(conn, name, settings)
-        image_name = image or settings.image
-        if image is None and not any(m.name == image_name for m in images.list_images(settings)):
-            say(f"no {image_name} image yet: building it first")
-            images.build(image_name, progress=say, settings=settings)
-        manifest = images.resolve(image_name, image_version, settings)
+        manifest = lifecycle.golden_image(image, image_version, settings, say)
         firewall.ensure_guard(settings)
-        ca = sandboxes.authority(settings)
+        ca = ssh_ca.authority(settings)
         paths = _paths(name, settings)
         qemu_dir(storage_dir(settings), settings.storage_dir)
         rec = ProductionRecord(
@@ -219,8 +230,6 @@ def create(
             _teardown(conn, name, settings)
             raise
         return _view(rec, dom)
-    finally:
-        conn.close()
 
 
 def _refuse_existing(conn: libvirt.virConnect, name: str, settings: FluidSettings) -> None:
@@ -239,29 +248,22 @@ def _spec(
     ca: CertificateAuthority,
     settings: FluidSettings,
 ) -> domains.DomainSpec:
-    return domains.DomainSpec(
+    return lifecycle.domain_spec(
         name=rec.domain_name,
+        instance_id=instance_id(rec.name),
         metadata=domains.FluidMetadata(
             kind="production", id=rec.name, expires_at=None, created_at=rec.created_at
         ),
-        domain_type=domain_type(settings),  # type: ignore[arg-type]
-        memory_mib=settings.memory_mib,
-        vcpus=settings.vcpus,
-        tb_cache_mib=settings.tb_cache_mib,
-        disk_path=paths.disk,
+        manifest=manifest,
+        disk=paths.disk,
         console_log=paths.console,
         ssh_port=rec.ssh_port,
         network=settings.network,
+        ca=ca,
+        settings=settings,
         kernel=paths.kernel if manifest.kernel else None,
         initrd=paths.initrd if manifest.initrd else None,
-        cmdline=(
-            domains.kernel_cmdline(
-                manifest.cmdline or "", instance_id(rec.name), ca.public_key_line()
-            )
-            if manifest.kernel
-            else None
-        ),
-        seed_iso=paths.seed if manifest.cloud_init else None,
+        seed=paths.seed if manifest.cloud_init else None,
         # Unlike a throwaway sandbox this disk must survive a host crash: honour guest flushes.
         disk_cache="writeback",
     )
@@ -290,17 +292,8 @@ def _provision(
             except OSError as e:
                 raise DiskError(f"cannot copy {source} to {target}: {e}") from e
     if manifest.cloud_init:
-        sandboxes.seed_iso(instance_id(rec.name), ca, paths.seed)
-    # Copying the disk takes a while: the guard is checked again right before QEMU starts.
-    firewall.ensure_guard(settings)
-    try:
-        dom.create()
-    except libvirt.libvirtError as e:
-        raise ProductionNotReady(
-            f"libvirt could not start production VM {rec.name}: {e.get_error_message()}"
-        ) from e
-    say(f"production {rec.name}: VM started on 127.0.0.1:{rec.ssh_port}, waiting for SSH")
-    rec.host_key = _wait(rec, dom, settings)
+        lifecycle.seed_iso(instance_id(rec.name), ca, paths.seed)
+    rec.host_key = lifecycle.boot(machine(rec), dom, settings, say)
     with store.session(settings) as s:
         s.merge(rec)
     say(f"production {rec.name}: ready in {time.monotonic() - start:.1f} s")
@@ -318,21 +311,6 @@ def _copy_disk(source: Path, target: Path) -> None:
             f"qemu-img could not copy {source} to {target}: {r.stderr.strip()}; check free "
             "space under FLUID_STORAGE_DIR"
         )
-
-
-def _wait(rec: ProductionRecord, dom: libvirt.virDomain, settings: FluidSettings) -> str:
-    return sandboxes.wait_for_ssh(
-        f"production VM {rec.name}",
-        instance_id(rec.name),
-        rec.ssh_port,
-        Path(rec.console_log),
-        dom,
-        settings,
-        # Pinned once learned: a restarted guest keeps its key, and cloud-init prints it
-        # only at the first boot.
-        host_key=rec.host_key,
-        not_ready=ProductionNotReady,
-    )
 
 
 def _teardown(conn: libvirt.virConnect, name: str, settings: FluidSettings) -> bool:
@@ -357,30 +335,23 @@ def destroy(name: str, settings: FluidSettings | None = None) -> None:
     """
     settings = settings or get_settings()
     validate_name(name, "production name")
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         if not _teardown(conn, name, settings):
             raise ProductionNotFound(f"no production VM {name!r} to destroy (nothing left of it)")
-    finally:
-        conn.close()
 
 
 def get(name: str, settings: FluidSettings | None = None) -> ProductionVM:
     """One production VM with its live state."""
     settings = settings or get_settings()
     rec = _record(name, settings)
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         return _view(rec, lookup(conn, rec.domain_name))
-    finally:
-        conn.close()
 
 
 def list_production(settings: FluidSettings | None = None) -> ProductionListing:
     """Every production VM, reconciled with libvirt; orphans reported."""
     settings = settings or get_settings()
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         with store.session(settings) as s:
             records = list(
                 s.exec(select(ProductionRecord).order_by(ProductionRecord.created_at)).all()
@@ -392,8 +363,6 @@ def list_production(settings: FluidSettings | None = None) -> ProductionListing:
             orphan_domains=sorted(n for n in doms if n not in known),
             orphan_records=sorted(r.name for r in records if r.domain_name not in doms),
         )
-    finally:
-        conn.close()
 
 
 def start(
@@ -401,10 +370,8 @@ def start(
 ) -> ProductionVM:
     """Start a stopped production VM (e.g. after a host reboot) and wait for SSH."""
     settings = settings or get_settings()
-    say = progress or _say
     rec = _record(name, settings)
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         dom = lookup(conn, rec.domain_name)
         if dom is None:
             raise ProductionNotFound(
@@ -412,69 +379,34 @@ def start(
                 f"`fluid production destroy {name}` and create it again"
             )
         if not dom.isActive():
-            # After a host reboot the nftables guard is gone as well.
-            firewall.ensure_guard(settings)
-            try:
-                dom.create()
-            except libvirt.libvirtError as e:
-                raise ProductionNotReady(
-                    f"libvirt could not start production VM {name}: {e.get_error_message()} "
-                    f"(is 127.0.0.1:{rec.ssh_port} taken by another process?)"
-                ) from e
-            say(f"production {name}: VM started on 127.0.0.1:{rec.ssh_port}, waiting for SSH")
-            host_key = _wait(rec, dom, settings)
+            host_key = lifecycle.boot(
+                machine(rec),
+                dom,
+                settings,
+                progress or _say,
+                hint=f" (is 127.0.0.1:{rec.ssh_port} taken by another process?)",
+            )
             if rec.host_key is None:
                 rec.host_key = host_key
                 with store.session(settings) as s:
                     s.merge(rec)
         return _view(rec, dom)
-    finally:
-        conn.close()
 
 
 def stop(name: str, settings: FluidSettings | None = None) -> ProductionVM:
     """Power a production VM off after flushing its disk (its disk and record stay)."""
     settings = settings or get_settings()
     rec = _record(name, settings)
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         dom = lookup(conn, rec.domain_name)
-        if dom is not None and dom.isActive():
-            try:  # flush the guest's page cache so the disk is consistent when powered off
-                with guest(name, settings) as g:
-                    g.run("sync", timeout=30)
-            except (SSHError, CommandTimeout, ProductionNotRunning, OSError):
-                pass
-            dom.destroy()
+        lifecycle.power_off(machine(rec), dom, settings)
         return _view(rec, dom)
-    finally:
-        conn.close()
 
 
 def guest(name: str, settings: FluidSettings | None = None) -> ssh.GuestConnection:
     """An SSH connection to a running production VM with a fresh short-lived certificate."""
     settings = settings or get_settings()
-    rec = _record(name, settings)
-    if not rec.host_key:
-        raise ProductionNotRunning(
-            f"production VM {name} never finished booting; `fluid production destroy {name}` "
-            "and create it again"
-        )
-    creds = sandboxes.authority(settings).issue(
-        principal(name), timedelta(minutes=settings.cert_ttl_minutes)
-    )
-    try:
-        return ssh.GuestConnection("127.0.0.1", rec.ssh_port, creds, rec.host_key)
-    except SSHError as e:
-        conn = connect(settings)
-        try:
-            if domain_state(lookup(conn, rec.domain_name)) != "running":
-                raise ProductionNotRunning(
-                    f"production VM {name} is not running; `fluid production start {name}` it"
-                ) from e
-        finally:
-            conn.close()
-        raise
+    return lifecycle.guest(machine(_record(name, settings)), settings)
 
 
 def run(
@@ -491,11 +423,11 @@ def run(
     CommandTimeout past `timeout` (the partial output is in its `.result`).
     """
     settings = settings or get_settings()
-    with guest(name, settings) as g:
-        try:
-            result = g.run(command, timeout=timeout, output_cap=output_cap)
-        except CommandTimeout as e:
-            sandboxes.record_command(instance_id(name), e.result, actor, settings, name)  # type: ignore[arg-type]
-            raise
-    sandboxes.record_command(instance_id(name), result, actor, settings, production=name)
-    return result
+    return lifecycle.run(
+        machine(_record(name, settings)),
+        command,
+        timeout=timeout,
+        output_cap=output_cap,
+        actor=actor,
+        settings=settings,
+    )

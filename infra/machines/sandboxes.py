@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import re
-import secrets
 import shlex
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,34 +11,36 @@ from typing import Literal
 
 import libvirt
 from pydantic import BaseModel
-from sqlmodel import delete, select
+from sqlmodel import select
 
 from infra.errors import (
-    CommandTimeout,
     FluidError,
     SandboxExists,
     SandboxNotFound,
     SandboxNotReady,
     SandboxNotRunning,
-    SSHError,
     WarmStartFailed,
 )
 from infra.host import domains, firewall, images, ports
-from infra.host.libvirt_host import connect, domain_state, domain_type, lookup, remove_domain
+from infra.host.libvirt_host import connection, domain_state, lookup, remove_domain
 from infra.host.permissions import private_dir, qemu_dir
-from infra.machines import warm_slots
+from infra.machines import lifecycle, spares, warm_slots
 from infra.machines.owners import Owner
+from infra.machines.sandbox_records import (
+    domain_metadata,
+    domain_name,
+    new_id,
+    record,
+    teardown,
+)
 from infra.names import validate_name
-from infra.records import audit, store
-from infra.records.store import CheckpointRecord, CommandRecord, SandboxRecord
+from infra.records import store
+from infra.records.store import CommandRecord, SandboxRecord
 from infra.settings import FluidSettings, get_settings
 from infra.transport import ssh
 from infra.transport.ssh_ca import CertificateAuthority, authority
 
 Progress = Callable[[str], None]
-DOMAIN_PREFIX = "fluid-sbx-"
-HOSTKEY_LINE = re.compile(r"fluid-hostkey: (ssh-ed25519 [A-Za-z0-9+/=]+)")
-CLOUD_INIT_KEY = re.compile(r"^(ssh-ed25519 [A-Za-z0-9+/=]+)", re.MULTILINE)
 
 
 class Sandbox(BaseModel):
@@ -75,22 +74,19 @@ def _say(_msg: str) -> None:
     pass
 
 
-def domain_name(sandbox_id: str) -> str:
-    return DOMAIN_PREFIX + sandbox_id
-
-
-def principal(sandbox_id: str) -> str:
-    """The only certificate principal a sandbox's sshd accepts."""
-    return f"fluid-{sandbox_id}"
-
-
-def record(sandbox_id: str, settings: FluidSettings) -> SandboxRecord:
-    """A sandbox's database record; SandboxNotFound when there is none."""
-    with store.session(settings) as s:
-        rec = s.get(SandboxRecord, sandbox_id)
-    if rec is None:
-        raise SandboxNotFound(f"no sandbox {sandbox_id!r}; `fluid sandbox list` shows them")
-    return rec
+def machine(rec: SandboxRecord) -> lifecycle.Machine:
+    """A sandbox as the VM lifecycle sees it."""
+    return lifecycle.Machine(
+        label=f"sandbox {rec.id}",
+        instance_id=rec.id,
+        domain_name=rec.domain_name,
+        ssh_port=rec.ssh_port,
+        host_key=rec.host_key,
+        console_log=Path(rec.console_log),
+        not_ready=SandboxNotReady,
+        not_running=SandboxNotRunning,
+        start_hint=f"fluid sandbox start {rec.id}",
+    )
 
 
 def _view(rec: SandboxRecord, dom: libvirt.virDomain | None) -> Sandbox:
@@ -98,91 +94,6 @@ def _view(rec: SandboxRecord, dom: libvirt.virDomain | None) -> Sandbox:
         state=domain_state(dom),
         boot=rec.boot or "cold",
         **rec.model_dump(include=set(Sandbox.model_fields) - {"state", "boot"}),
-    )
-
-
-def new_id(settings: FluidSettings) -> str:
-    while True:
-        candidate = secrets.token_hex(4)
-        with store.session(settings) as s:
-            if s.get(SandboxRecord, candidate) is None:
-                return candidate
-
-
-def _console_tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no console output)"
-    return "\n".join(text.replace("\r", "").splitlines()[-lines:]) or "(console is empty)"
-
-
-def _host_key_from_console(path: Path) -> str | None:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return None
-    found = HOSTKEY_LINE.findall(text)
-    if found:
-        return found[-1]
-    block = text.split("-----BEGIN SSH HOST KEY KEYS-----")
-    if len(block) > 1:
-        m = CLOUD_INIT_KEY.search(block[-1].split("-----END SSH HOST KEY KEYS-----")[0])
-        return m.group(1) if m else None
-    return None
-
-
-def wait_ready(
-    rec: SandboxRecord,
-    dom: libvirt.virDomain,
-    settings: FluidSettings,
-    timeout: float | None = None,
-) -> str:
-    """Wait until SSH runs a command; return the host key learned from the console."""
-    return wait_for_ssh(
-        f"sandbox {rec.id}",
-        rec.id,
-        rec.ssh_port,
-        Path(rec.console_log),
-        dom,
-        settings,
-        timeout=timeout,
-    )
-
-
-def wait_for_ssh(
-    what: str,
-    instance_id: str,
-    port: int,
-    console: Path,
-    dom: libvirt.virDomain,
-    settings: FluidSettings,
-    *,
-    host_key: str | None = None,
-    timeout: float | None = None,
-    not_ready: type[FluidError] = SandboxNotReady,
-) -> str:
-    """Wait until any fluid VM's SSH on 127.0.0.1:`port` runs a command; return its host key.
-
-    `instance_id` is the guest's fluid.sandbox id (principal fluid-<id>); `what` names the VM
-    in errors. A known `host_key` is pinned instead of learned from the console, for guests
-    that print it only at their first boot (cloud-init).
-    """
-    deadline = time.monotonic() + (timeout or settings.ready_timeout_s)
-    ca = authority(settings)
-    while time.monotonic() < deadline:
-        if not dom.isActive():
-            raise not_ready(f"{what} stopped while booting; console:\n{_console_tail(console)}")
-        host_key = host_key or _host_key_from_console(console)
-        if host_key:
-            creds = ca.issue(principal(instance_id), timedelta(minutes=settings.cert_ttl_minutes))
-            if ssh.ping("127.0.0.1", port, creds, host_key):
-                return host_key
-        time.sleep(0.5)
-    raise not_ready(
-        f"{what} did not answer SSH on 127.0.0.1:{port} within "
-        f"{timeout or settings.ready_timeout_s:.0f} s (FLUID_READY_TIMEOUT_S); "
-        f"console tail:\n{_console_tail(console)}"
     )
 
 
@@ -208,24 +119,17 @@ def create(
     An unnamed sandbox of the default image takes a waiting spare when there is one
     (infra/machines/spares.py); `spare` starts such a spare (warm only).
     """
-    from infra.machines import spares  # spares build on this module
-
     settings = settings or get_settings()
     say = progress or _say
     sandbox_id = validate_name(name, "sandbox name") if name is not None else new_id(settings)
     network = network or settings.network
     if network not in ("nat", "isolated"):
         raise FluidError(f"unknown network mode {network!r}: use nat or isolated")
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         with store.session(settings) as s:
             if s.get(SandboxRecord, sandbox_id) or lookup(conn, domain_name(sandbox_id)):
                 raise SandboxExists(f"sandbox {sandbox_id!r} already exists; pick another name")
-        image_name = image or settings.image
-        if image is None and not any(m.name == image_name for m in images.list_images(settings)):
-            say(f"no {image_name} image yet: building it first")
-            images.build(image_name, progress=say, settings=settings)
-        manifest = images.resolve(image_name, image_version, settings)
+        manifest = lifecycle.golden_image(image, image_version, settings, say)
         # Before a spare is handed over too: it runs already, and the guard may have gone.
         firewall.ensure_guard(settings)
         ca = authority(settings)
@@ -281,8 +185,6 @@ def create(
         if refill:
             spares.refill_in_background(settings)
         return _view(rec, lookup(conn, rec.domain_name))
-    finally:
-        conn.close()
 
 
 def _provision(
@@ -373,18 +275,6 @@ def _warm_start(
         )
 
 
-def domain_metadata(rec: SandboxRecord, settings: FluidSettings) -> domains.FluidMetadata:
-    """The fluid metadata a sandbox's domain carries (how the janitor and spares find it)."""
-    return domains.FluidMetadata(
-        kind="sandbox",
-        id=rec.id,
-        agent_id=rec.agent_id,
-        expires_at=rec.expires_at,
-        created_at=rec.created_at,
-        store=settings.store_id,
-    )
-
-
 def _cold_boot(
     conn: libvirt.virConnect,
     rec: SandboxRecord,
@@ -400,141 +290,39 @@ def _cold_boot(
     else:
         warm_slots.overlay(manifest.disk_path, disk)
     seed = (
-        seed_iso(rec.id, ca, settings.disks_dir / f"{rec.id}.seed.iso")
+        lifecycle.seed_iso(rec.id, ca, settings.disks_dir / f"{rec.id}.seed.iso")
         if manifest.cloud_init
         else None
     )
-    spec = domains.DomainSpec(
+    spec = lifecycle.domain_spec(
         name=rec.domain_name,
+        instance_id=rec.id,
         metadata=domain_metadata(rec, settings),
-        domain_type=domain_type(settings),
-        memory_mib=settings.memory_mib,
-        vcpus=settings.vcpus,
-        tb_cache_mib=settings.tb_cache_mib,
-        disk_path=disk,
+        manifest=manifest,
+        disk=disk,
         console_log=Path(rec.console_log),
         ssh_port=rec.ssh_port,
         network=rec.network,
+        ca=ca,
+        settings=settings,
         kernel=manifest.kernel_path,
         initrd=manifest.initrd_path,
-        cmdline=domains.kernel_cmdline(manifest.cmdline or "", rec.id, ca.public_key_line())
-        if manifest.kernel
-        else None,
-        seed_iso=seed,
+        seed=seed,
     )
     dom = conn.defineXML(domains.render(spec))
-    firewall.ensure_guard(settings)
-    try:
-        dom.create()
-    except libvirt.libvirtError as e:
-        raise FluidError(
-            f"libvirt could not start sandbox {rec.id}: {e.get_error_message()}"
-        ) from e
-    say(f"sandbox {rec.id}: VM started on 127.0.0.1:{rec.ssh_port}, waiting for SSH")
-    rec.host_key = wait_ready(rec, dom, settings)
+    rec.host_key = lifecycle.boot(machine(rec), dom, settings, say)
     rec.boot = "cold"
     with store.session(settings) as s:
         s.merge(rec)
-
-
-def seed_iso(instance_id: str, ca: CertificateAuthority, iso: Path) -> Path:
-    """A cloud-init NoCloud seed at `iso` that makes an imported image trust fluid's CA."""
-    import tempfile
-
-    user_data = f"""#cloud-config
-disable_root: false
-ssh_pwauth: false
-ssh_deletekeys: true
-ssh_genkeytypes: [ed25519]
-write_files:
-  - path: /etc/ssh/fluid_user_ca.pub
-    content: "{ca.public_key_line()}"
-  - path: /etc/ssh/fluid_principals
-    content: "{principal(instance_id)}"
-  - path: /etc/ssh/sshd_config.d/10-fluid.conf
-    content: |
-      PermitRootLogin prohibit-password
-      PasswordAuthentication no
-      KbdInteractiveAuthentication no
-      TrustedUserCAKeys /etc/ssh/fluid_user_ca.pub
-      AuthorizedPrincipalsFile /etc/ssh/fluid_principals
-runcmd:
-  - [passwd, -l, root]
-  - [sh, -c, "systemctl restart ssh || systemctl restart sshd"]
-"""
-    meta_data = f"instance-id: {instance_id}\nlocal-hostname: {instance_id}\n"
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "user-data").write_text(user_data)
-        Path(tmp, "meta-data").write_text(meta_data)
-        subprocess.run(
-            [
-                "genisoimage",
-                "-quiet",
-                "-output",
-                str(iso),
-                "-volid",
-                "cidata",
-                "-joliet",
-                "-rock",
-                f"{tmp}/user-data",
-                f"{tmp}/meta-data",
-            ],
-            check=True,
-            capture_output=True,
-        )
-    return iso
-
-
-def _domain_of(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> str:
-    """The name of a sandbox's domain: its record's, else found by fluid's metadata."""
-    with store.session(settings) as s:
-        rec = s.get(SandboxRecord, sandbox_id)
-    if rec is not None:
-        return rec.domain_name
-    if lookup(conn, domain_name(sandbox_id)) is None:
-        for dom, meta in domains.fluid_domains(conn, "sandbox"):
-            if meta.id == sandbox_id and meta.store == settings.store_id:
-                return dom.name()
-    return domain_name(sandbox_id)
-
-
-def teardown(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> bool:
-    """Remove every trace of a sandbox; True when anything existed.
-
-    A warm sandbox's domain goes entirely (destroyed and undefined); its slot's saved state
-    stays for the next sandbox.
-    """
-    found = remove_domain(conn, _domain_of(conn, sandbox_id, settings))
-    for path in (
-        settings.disks_dir / f"{sandbox_id}.qcow2",
-        settings.disks_dir / f"{sandbox_id}.seed.iso",
-        settings.disks_dir / f"{sandbox_id}.fork.qcow2",
-        settings.logs_dir / f"{sandbox_id}.console.log",
-    ):
-        if path.exists():
-            found = True
-            path.unlink()
-    from infra.state import capture
-
-    capture.delete_all(sandbox_id, settings)
-    with store.session(settings) as s:
-        if s.get(SandboxRecord, sandbox_id) is not None:
-            found = True
-        s.exec(delete(CheckpointRecord).where(CheckpointRecord.sandbox_id == sandbox_id))
-        s.exec(delete(SandboxRecord).where(SandboxRecord.id == sandbox_id))
-    return found
 
 
 def destroy(sandbox_id: str, settings: FluidSettings | None = None) -> None:
     """Destroy a sandbox: domain, disk, snapshots, console log and records (idempotent)."""
     settings = settings or get_settings()
     validate_name(sandbox_id, "sandbox id")
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         if not teardown(conn, sandbox_id, settings):
             raise SandboxNotFound(f"no sandbox {sandbox_id!r} to destroy (nothing left of it)")
-    finally:
-        conn.close()
 
 
 def set_owner(sandbox_id: str, owner: Owner, settings: FluidSettings | None = None) -> None:
@@ -559,8 +347,7 @@ def extend(sandbox_id: str, until: datetime, settings: FluidSettings | None = No
         if until > current:
             rec.expires_at = until
             s.add(rec)
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         dom = lookup(conn, rec.domain_name)
         if dom is not None:
             meta = domains.read_metadata(dom)
@@ -568,26 +355,20 @@ def extend(sandbox_id: str, until: datetime, settings: FluidSettings | None = No
                 meta.expires_at = rec.expires_at
                 domains.write_metadata(dom, meta)
         return _view(rec, dom)
-    finally:
-        conn.close()
 
 
 def get(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """One sandbox with its live state."""
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         return _view(rec, lookup(conn, rec.domain_name))
-    finally:
-        conn.close()
 
 
 def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
     """Every sandbox, reconciled with libvirt and the disk folder; orphans reported."""
     settings = settings or get_settings()
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         with store.session(settings) as s:
             records = list(s.exec(select(SandboxRecord).order_by(SandboxRecord.created_at)))
         found = domains.fluid_domains(conn, "sandbox")
@@ -606,45 +387,29 @@ def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
             orphan_records=sorted(r.id for r in records if r.domain_name not in doms),
             orphan_disks=[d for d in disks if d not in known],
         )
-    finally:
-        conn.close()
 
 
 def start(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """Start a stopped sandbox and wait for SSH."""
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         dom = lookup(conn, rec.domain_name)
         if dom is None:
             raise SandboxNotFound(f"sandbox {sandbox_id} has no VM; destroy it and create anew")
         if not dom.isActive():
-            firewall.ensure_guard(settings)
-            dom.create()
-            wait_ready(rec, dom, settings)
+            lifecycle.boot(machine(rec), dom, settings, _say)
         return _view(rec, dom)
-    finally:
-        conn.close()
 
 
 def stop(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """Power a sandbox off (its disk and checkpoints stay)."""
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    conn = connect(settings)
-    try:
+    with connection(settings) as conn:
         dom = lookup(conn, rec.domain_name)
-        if dom is not None and dom.isActive():
-            try:  # flush the guest's page cache so the disk is consistent when powered off
-                with guest(sandbox_id, settings) as g:
-                    g.run("sync", timeout=30)
-            except (FluidError, OSError):
-                pass
-            dom.destroy()
+        lifecycle.power_off(machine(rec), dom, settings)
         return _view(rec, dom)
-    finally:
-        conn.close()
 
 
 def guest(
@@ -659,25 +424,7 @@ def guest(
     """
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    if not rec.host_key:
-        raise SandboxNotRunning(f"sandbox {sandbox_id} never finished booting")
-    creds = authority(settings).issue(
-        principal(rec.id),
-        timedelta(minutes=settings.cert_ttl_minutes),
-        valid_since=valid_since,
-    )
-    try:
-        return ssh.GuestConnection("127.0.0.1", rec.ssh_port, creds, rec.host_key)
-    except SSHError as e:
-        conn = connect(settings)
-        try:
-            if domain_state(lookup(conn, rec.domain_name)) != "running":
-                raise SandboxNotRunning(
-                    f"sandbox {sandbox_id} is not running; `fluid sandbox start` it"
-                ) from e
-        finally:
-            conn.close()
-        raise
+    return lifecycle.guest(machine(rec), settings, valid_since=valid_since)
 
 
 def run(
@@ -692,42 +439,15 @@ def run(
 ) -> ssh.CommandResult:
     """Run a shell command in the sandbox as root and record it; CommandTimeout past `timeout`."""
     settings = settings or get_settings()
-    with guest(sandbox_id, settings, valid_since=valid_since) as g:
-        try:
-            result = g.run(command, timeout=timeout, output_cap=output_cap)
-        except CommandTimeout as e:
-            record_command(sandbox_id, e.result, actor, settings)  # type: ignore[arg-type]
-            raise
-    record_command(sandbox_id, result, actor, settings)
-    return result
-
-
-def record_command(
-    sandbox_id: str,
-    r: ssh.CommandResult,
-    actor: str | None,
-    settings: FluidSettings,
-    production: str | None = None,
-) -> None:
-    """Record a command run in a guest (a sandbox, or production VM `production`): its
-    CommandRecord and its audit event."""
-    actor = audit.default_actor(actor)
-    with store.session(settings) as s:
-        s.add(
-            CommandRecord(
-                sandbox_id=sandbox_id,
-                command=r.command,
-                exit_status=r.exit_status,
-                stdout=r.stdout_text,
-                stderr=r.stderr_text,
-                timed_out=r.timed_out,
-                started_at=r.started_at,
-                ended_at=r.ended_at,
-                actor=actor,
-            )
-        )
-    audit.record_command(
-        r, actor=actor, sandbox_id=sandbox_id, production=production, settings=settings
+    rec = record(validate_name(sandbox_id, "sandbox id"), settings)
+    return lifecycle.run(
+        machine(rec),
+        command,
+        timeout=timeout,
+        output_cap=output_cap,
+        actor=actor,
+        settings=settings,
+        valid_since=valid_since,
     )
 
 
@@ -751,7 +471,7 @@ def ssh_argv(sandbox_id: str, workdir: Path, settings: FluidSettings | None = No
     if not rec.host_key:
         raise SandboxNotRunning(f"sandbox {sandbox_id} never finished booting")
     creds = authority(settings).issue(
-        principal(rec.id), timedelta(minutes=settings.cert_ttl_minutes)
+        lifecycle.principal(rec.id), timedelta(minutes=settings.cert_ttl_minutes)
     )
     key = creds.write_files(workdir)
     return ssh.openssh_command(

@@ -30,13 +30,12 @@ from infra.host import domains, images
 from infra.host.file_locks import FileLock
 from infra.host.libvirt_host import connect, lookup
 from infra.host.permissions import qemu_dir
-from infra.machines import sandboxes, warm_slots
+from infra.machines import sandbox_records, warm_slots
 from infra.machines.owners import Owner
 from infra.records import store
 from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings, environment, get_settings
-from infra.transport import guest_agent, ssh
-from infra.transport.ssh_ca import authority
+from infra.transport import guest_agent
 
 Progress = Callable[[str], None]
 # A spare this close to its TTL is not handed out: the janitor may reap it any moment.
@@ -50,8 +49,8 @@ LOG_MAX_BYTES = 1 << 20  # then spares.log moves to spares.log.1 (one old file k
 STARTING, WAITING = "starting", "waiting"
 
 
-def _quiet(_msg: str) -> None:
-    pass
+def quiet(_msg: str) -> None:
+    """The progress callback that says nothing."""
 
 
 def wanted(settings: FluidSettings) -> int:
@@ -71,9 +70,10 @@ def list_spares(
         return list(s.exec(query.order_by(col(SandboxRecord.created_at))))
 
 
-def _fits(
+def fits(
     rec: SandboxRecord, manifest: images.ImageManifest, key: str, network: str, now: datetime
 ) -> bool:
+    """Whether a spare suits a create of `manifest` on `network` with slot key `key`."""
     expires = rec.expires_at if rec.expires_at.tzinfo else rec.expires_at.replace(tzinfo=UTC)
     return (
         (rec.image, rec.image_version, rec.network) == (manifest.name, manifest.version, network)
@@ -92,13 +92,13 @@ def take(
     ttl_minutes: int,
     owner: Owner | None,
     settings: FluidSettings,
-    say: Progress = _quiet,
+    say: Progress = quiet,
 ) -> SandboxRecord | None:
     """Hand a waiting spare to a new owner; None when no fitting spare is left."""
     key = warm_slots.slot_key(manifest, ca_public_line, settings)
     now = datetime.now(UTC)
     for rec in list_spares(settings, state=WAITING):
-        if not _fits(rec, manifest, key, network, now):
+        if not fits(rec, manifest, key, network, now):
             continue
         expires = now + timedelta(minutes=ttl_minutes)
         with store.session(settings) as s:
@@ -123,99 +123,28 @@ def take(
         except (FluidError, libvirt.libvirtError) as e:
             msg = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
             say(f"spare {rec.id} is not usable ({msg}): removing it")
-            sandboxes.teardown(conn, rec.id, settings)
+            sandbox_records.teardown(conn, rec.id, settings)
             continue
-        return sandboxes.record(rec.id, settings)
+        return sandbox_records.record(rec.id, settings)
     return None
 
 
 def _hand_over(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSettings) -> None:
-    rec = sandboxes.record(sandbox_id, settings)
+    rec = sandbox_records.record(sandbox_id, settings)
     dom = lookup(conn, rec.domain_name)
     if dom is None or not dom.isActive():
         raise FluidError("its VM is not running")
-    domains.write_metadata(dom, sandboxes.domain_metadata(rec, settings))
+    domains.write_metadata(dom, sandbox_records.domain_metadata(rec, settings))
     # The agent's answer is also the proof that the guest still runs.
     if abs(guest_agent.clock_skew(dom)) > CLOCK_SLACK_S:
         guest_agent.set_clock(dom)
 
 
-def _fill_lock(settings: FluidSettings, *, wait: bool) -> FileLock:
+def fill_lock(settings: FluidSettings, *, wait: bool) -> FileLock:
     """One refill at a time per database; `clear` waits for a running one."""
     path = settings.storage_dir / "pool" / f"{settings.store_id}.spares.lock"
     qemu_dir(path.parent, settings.storage_dir)
     return FileLock(path, wait=wait)
-
-
-def fill(
-    count: int | None = None, settings: FluidSettings | None = None, say: Progress = _quiet
-) -> list[str]:
-    """Start spares until `count` (default: the setting) wait; return the ids started.
-
-    Spares that no longer fit (another image version, settings or CA; near their TTL) are
-    stopped first. Returns at once when another process is filling.
-    """
-    settings = settings or get_settings()
-    with _fill_lock(settings, wait=False) as lock:
-        if not lock.held:
-            say("another process is starting spares")
-            return []
-        return _fill(wanted(settings) if count is None else count, settings, say)
-
-
-def _fill(count: int, settings: FluidSettings, say: Progress) -> list[str]:
-    started: list[str] = []
-    manifest = images.resolve(settings.image, None, settings)
-    ca = authority(settings)
-    key = warm_slots.slot_key(manifest, ca.public_key_line(), settings)
-    conn = connect(settings)
-    try:
-        now = datetime.now(UTC)
-        for rec in list_spares(settings):
-            if rec.spare_state == STARTING:
-                # Only a filler starts spares, and this one holds the lock: it was killed.
-                say(f"spare {rec.id} was left half started: stopping it")
-                sandboxes.teardown(conn, rec.id, settings)
-            elif not _fits(rec, manifest, key, settings.network, now):
-                say(f"spare {rec.id} no longer fits these settings or image: stopping it")
-                sandboxes.teardown(conn, rec.id, settings)
-        # Counted again before each start: creates keep taking spares while this runs.
-        while len(list_spares(settings, state=WAITING)) < count:
-            try:
-                box = sandboxes.create(spare=True, progress=say, settings=settings)
-            except FluidError as e:
-                say(f"no spare started: {e}")
-                break
-            rec = sandboxes.record(box.id, settings)
-            creds = ca.issue(sandboxes.principal(box.id), timedelta(minutes=2))
-            # A first command proves it and leaves sshd's code translated for the taker.
-            if not ssh.ping("127.0.0.1", box.ssh_port, creds, rec.host_key or ""):
-                say(f"spare {box.id} did not run a command over SSH: stopping it")
-                sandboxes.teardown(conn, box.id, settings)
-                break
-            _take_base_capture(box.id, settings, say)
-            dom = lookup(conn, rec.domain_name)
-            if dom is not None:  # a restore leaves the clock a little behind: put it right now
-                guest_agent.set_clock(dom)
-            with store.session(settings) as s:
-                rec.spare_state = WAITING
-                s.merge(rec)
-            say(f"spare {box.id} is waiting")
-            started.append(box.id)
-    finally:
-        conn.close()
-    return started
-
-
-def _take_base_capture(spare_id: str, settings: FluidSettings, say: Progress) -> None:
-    """Capture a spare while only fluid has run in it: the taker's first capture lists only
-    what changed since (its files from the journal this capture starts)."""
-    from infra.state import capture  # the refill process only: `fluid` commands stay quick
-
-    try:
-        capture.capture(spare_id, trusted=True, settings=settings)
-    except FluidError as e:
-        say(f"spare {spare_id} has no base capture ({e}): its first capture will list every file")
 
 
 def refill_in_background(settings: FluidSettings) -> None:
@@ -227,7 +156,7 @@ def refill_in_background(settings: FluidSettings) -> None:
     count = wanted(settings)
     if count == 0:
         return
-    with _fill_lock(settings, wait=False) as lock:
+    with fill_lock(settings, wait=False) as lock:
         if not lock.held:
             return
         _start_filler(count, lock.fileno(), settings)
@@ -254,7 +183,7 @@ def _start_filler(count: int, fd: int, settings: FluidSettings) -> None:
                 "-c",
                 # Sleeps before its imports: they too would compete with the caller.
                 f"import time; time.sleep({REFILL_DELAY_S}); "
-                "import sys, infra.machines.spares as m; "
+                "import sys, infra.machines.spare_fill as m; "
                 f"sys.exit(m.main({count}, lock_fd={fd}))",
             ],
             stdin=subprocess.DEVNULL,
@@ -271,30 +200,15 @@ def _start_filler(count: int, fd: int, settings: FluidSettings) -> None:
 def clear(settings: FluidSettings | None = None) -> list[str]:
     """Stop every spare, after a refill that is running ends; return their ids."""
     settings = settings or get_settings()
-    with _fill_lock(settings, wait=True) as lock:
+    with fill_lock(settings, wait=True) as lock:
         ids = [r.id for r in list_spares(settings)]
         if ids:
             conn = connect(settings)
             try:
                 for sid in ids:
-                    sandboxes.teardown(conn, sid, settings)
+                    sandbox_records.teardown(conn, sid, settings)
             finally:
                 conn.close()
         # Nothing of a cleared database stays (a filler waiting on this file locks a new one).
         lock.path.unlink(missing_ok=True)
     return ids
-
-
-def main(count: int, *, lock_fd: int) -> int:
-    """The background refill, holding the fill lock on `lock_fd` (inherited) until it exits."""
-
-    def say(msg: str) -> None:
-        print(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} {msg}", flush=True)
-
-    del lock_fd  # nothing to do with it: it stays open, and the lock held, until exit
-    try:
-        _fill(count, get_settings(), say)
-    except FluidError as e:
-        say(f"refill failed: {e}")
-        return 1
-    return 0

@@ -32,7 +32,7 @@ from pydantic_core import PydanticSerializationError
 
 from infra.errors import FluidError, GuestDataRefused
 from infra.host.permissions import private_dir, write_private
-from infra.machines import sandboxes, warm_slots
+from infra.machines import sandbox_records, sandboxes, warm_slots
 from infra.settings import FluidSettings, get_settings
 from infra.state.base import (
     STAGING,
@@ -94,7 +94,7 @@ def blob_store(settings: FluidSettings | None = None) -> BlobStore:
 
 
 def _root(settings: FluidSettings) -> Path:
-    return settings.home / "captures"
+    return settings.captures_dir
 
 
 def _dir(sandbox_id: str, settings: FluidSettings) -> Path:
@@ -117,7 +117,7 @@ def capture(
     """
     settings = settings or get_settings()
     start = time.monotonic()
-    rec = sandboxes.record(sandbox_id, settings)
+    rec = sandbox_records.record(sandbox_id, settings)
     memories = {
         k.name: _memory(k, sandbox_id, settings) for k in kinds().values() if k.remembered()
     }
@@ -381,11 +381,6 @@ def load(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = None
         cap = Capture.model_validate(json.loads(text))
     cap.kinds = {n: cap.state(n) for n in cap.kinds}
     return cap
-
-
-def delete_all(sandbox_id: str, settings: FluidSettings | None = None) -> None:
-    """Remove every capture of a sandbox (when it is destroyed)."""
-    shutil.rmtree(_dir(sandbox_id, settings or get_settings()), ignore_errors=True)
 
 
 def delete(sandbox_id: str, checkpoint: str, settings: FluidSettings | None = None) -> None:

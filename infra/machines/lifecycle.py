@@ -1,0 +1,331 @@
+"""One VM lifecycle for every fluid VM, sandbox or production: describe its domain, boot it,
+wait for SSH, connect with a fresh certificate, run a recorded command, power it off.
+
+Sandboxes (linked clones with a TTL, warm-started when they can) and production VMs
+(standalone copies that never expire) differ in how their disks are made and how long they
+live; everything after the disk is this module. A `Machine` says which VM, and which of
+fluid's exceptions a caller sees when it is not ready or not running.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import libvirt
+
+from infra.errors import CommandTimeout, FluidError, SSHError
+from infra.host import domains, firewall, images
+from infra.host.libvirt_host import connection, domain_state, domain_type, lookup
+from infra.records import audit, store
+from infra.records.store import CommandRecord
+from infra.settings import FluidSettings
+from infra.transport import ssh
+from infra.transport.ssh_ca import CertificateAuthority, authority
+
+Progress = Callable[[str], None]
+HOSTKEY_LINE = re.compile(r"fluid-hostkey: (ssh-ed25519 [A-Za-z0-9+/=]+)")
+CLOUD_INIT_KEY = re.compile(r"^(ssh-ed25519 [A-Za-z0-9+/=]+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One fluid VM as the lifecycle sees it."""
+
+    label: str  # how messages name it: "sandbox ab12cd34", "production VM web"
+    instance_id: str  # the guest's fluid.sandbox id: its principal and its commands' records
+    domain_name: str
+    ssh_port: int
+    host_key: str | None
+    console_log: Path
+    not_ready: type[FluidError]
+    not_running: type[FluidError]
+    start_hint: str  # the command that starts it again, for "is not running" errors
+    production: str | None = None  # a production VM's name (its commands' audit records)
+
+
+def principal(instance_id: str) -> str:
+    """The only certificate principal a fluid VM's sshd accepts."""
+    return f"fluid-{instance_id}"
+
+
+def golden_image(
+    image: str | None,
+    version: str | None,
+    settings: FluidSettings,
+    say: Progress,
+) -> images.ImageManifest:
+    """The image a new VM starts from; the default image is built first when there is none."""
+    name = image or settings.image
+    if image is None and not any(m.name == name for m in images.list_images(settings)):
+        say(f"no {name} image yet: building it first")
+        images.build(name, progress=say, settings=settings)
+    return images.resolve(name, version, settings)
+
+
+def domain_spec(
+    *,
+    name: str,
+    instance_id: str,
+    metadata: domains.FluidMetadata,
+    manifest: images.ImageManifest,
+    disk: Path,
+    console_log: Path,
+    ssh_port: int,
+    network: str,
+    ca: CertificateAuthority,
+    settings: FluidSettings,
+    kernel: Path | None,
+    initrd: Path | None,
+    seed: Path | None,
+    disk_cache: str | None = None,
+) -> domains.DomainSpec:
+    """The domain of a fluid VM booting from `disk` (and `kernel`, when the image has one)."""
+    extra = {"disk_cache": disk_cache} if disk_cache else {}
+    return domains.DomainSpec(
+        name=name,
+        metadata=metadata,
+        domain_type=domain_type(settings),  # type: ignore[arg-type]
+        memory_mib=settings.memory_mib,
+        vcpus=settings.vcpus,
+        tb_cache_mib=settings.tb_cache_mib,
+        disk_path=disk,
+        console_log=console_log,
+        ssh_port=ssh_port,
+        network=network,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=domains.kernel_cmdline(manifest.cmdline or "", instance_id, ca.public_key_line())
+        if manifest.kernel
+        else None,
+        seed_iso=seed,
+        **extra,
+    )
+
+
+def seed_iso(instance_id: str, ca: CertificateAuthority, iso: Path) -> Path:
+    """A cloud-init NoCloud seed at `iso` that makes an imported image trust fluid's CA."""
+    user_data = f"""#cloud-config
+disable_root: false
+ssh_pwauth: false
+ssh_deletekeys: true
+ssh_genkeytypes: [ed25519]
+write_files:
+  - path: /etc/ssh/fluid_user_ca.pub
+    content: "{ca.public_key_line()}"
+  - path: /etc/ssh/fluid_principals
+    content: "{principal(instance_id)}"
+  - path: /etc/ssh/sshd_config.d/10-fluid.conf
+    content: |
+      PermitRootLogin prohibit-password
+      PasswordAuthentication no
+      KbdInteractiveAuthentication no
+      TrustedUserCAKeys /etc/ssh/fluid_user_ca.pub
+      AuthorizedPrincipalsFile /etc/ssh/fluid_principals
+runcmd:
+  - [passwd, -l, root]
+  - [sh, -c, "systemctl restart ssh || systemctl restart sshd"]
+"""
+    meta_data = f"instance-id: {instance_id}\nlocal-hostname: {instance_id}\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "user-data").write_text(user_data)
+        Path(tmp, "meta-data").write_text(meta_data)
+        subprocess.run(
+            [
+                "genisoimage",
+                "-quiet",
+                "-output",
+                str(iso),
+                "-volid",
+                "cidata",
+                "-joliet",
+                "-rock",
+                f"{tmp}/user-data",
+                f"{tmp}/meta-data",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return iso
+
+
+def console_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a VM's serial console, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no console output)"
+    return "\n".join(text.replace("\r", "").splitlines()[-lines:]) or "(console is empty)"
+
+
+def host_key_from_console(path: Path) -> str | None:
+    """The SSH host key a guest printed on its serial console (fluid's line or cloud-init's)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = HOSTKEY_LINE.findall(text)
+    if found:
+        return found[-1]
+    block = text.split("-----BEGIN SSH HOST KEY KEYS-----")
+    if len(block) > 1:
+        m = CLOUD_INIT_KEY.search(block[-1].split("-----END SSH HOST KEY KEYS-----")[0])
+        return m.group(1) if m else None
+    return None
+
+
+def wait_for_ssh(
+    machine: Machine,
+    dom: libvirt.virDomain,
+    settings: FluidSettings,
+    *,
+    timeout: float | None = None,
+) -> str:
+    """Wait until the VM's SSH on 127.0.0.1 runs a command; return its host key.
+
+    A known `machine.host_key` is pinned instead of learned from the console, for guests
+    that print it only at their first boot (cloud-init).
+    """
+    deadline = time.monotonic() + (timeout or settings.ready_timeout_s)
+    ca = authority(settings)
+    host_key = machine.host_key
+    console = machine.console_log
+    while time.monotonic() < deadline:
+        if not dom.isActive():
+            raise machine.not_ready(
+                f"{machine.label} stopped while booting; console:\n{console_tail(console)}"
+            )
+        host_key = host_key or host_key_from_console(console)
+        if host_key:
+            creds = ca.issue(
+                principal(machine.instance_id), timedelta(minutes=settings.cert_ttl_minutes)
+            )
+            if ssh.ping("127.0.0.1", machine.ssh_port, creds, host_key):
+                return host_key
+        time.sleep(0.5)
+    raise machine.not_ready(
+        f"{machine.label} did not answer SSH on 127.0.0.1:{machine.ssh_port} within "
+        f"{timeout or settings.ready_timeout_s:.0f} s (FLUID_READY_TIMEOUT_S); "
+        f"console tail:\n{console_tail(console)}"
+    )
+
+
+def boot(
+    machine: Machine,
+    dom: libvirt.virDomain,
+    settings: FluidSettings,
+    say: Progress,
+    *,
+    hint: str = "",
+    timeout: float | None = None,
+) -> str:
+    """Start a defined VM behind the network guard and wait for SSH; return its host key."""
+    # The guard may be gone (a host reboot) or this may follow a long disk copy.
+    firewall.ensure_guard(settings)
+    try:
+        dom.create()
+    except libvirt.libvirtError as e:
+        raise machine.not_ready(
+            f"libvirt could not start {machine.label}: {e.get_error_message()}{hint}"
+        ) from e
+    say(f"{machine.label}: VM started on 127.0.0.1:{machine.ssh_port}, waiting for SSH")
+    return wait_for_ssh(machine, dom, settings, timeout=timeout)
+
+
+def guest(
+    machine: Machine,
+    settings: FluidSettings,
+    *,
+    valid_since: datetime | None = None,
+) -> ssh.GuestConnection:
+    """An SSH connection to a running VM with a fresh short-lived certificate.
+
+    `valid_since` backdates the certificate for a guest whose clock is behind (see ssh_ca).
+    """
+    if not machine.host_key:
+        raise machine.not_running(
+            f"{machine.label} never finished booting; destroy it and create it again"
+        )
+    creds = authority(settings).issue(
+        principal(machine.instance_id),
+        timedelta(minutes=settings.cert_ttl_minutes),
+        valid_since=valid_since,
+    )
+    try:
+        return ssh.GuestConnection("127.0.0.1", machine.ssh_port, creds, machine.host_key)
+    except SSHError as e:
+        with connection(settings) as conn:
+            if domain_state(lookup(conn, machine.domain_name)) != "running":
+                raise machine.not_running(
+                    f"{machine.label} is not running; `{machine.start_hint}` it"
+                ) from e
+        raise
+
+
+def run(
+    machine: Machine,
+    command: str,
+    *,
+    timeout: float,
+    output_cap: int,
+    actor: str | None,
+    settings: FluidSettings,
+    valid_since: datetime | None = None,
+) -> ssh.CommandResult:
+    """Run a shell command as root in the VM and record it, also when it times out."""
+    with guest(machine, settings, valid_since=valid_since) as g:
+        try:
+            result = g.run(command, timeout=timeout, output_cap=output_cap)
+        except CommandTimeout as e:
+            if e.result is not None:
+                record_command(machine.instance_id, e.result, actor, settings, machine.production)
+            raise
+    record_command(machine.instance_id, result, actor, settings, machine.production)
+    return result
+
+
+def record_command(
+    instance_id: str,
+    r: ssh.CommandResult,
+    actor: str | None,
+    settings: FluidSettings,
+    production: str | None = None,
+) -> None:
+    """Record a command run in a guest (a sandbox, or production VM `production`): its
+    CommandRecord and its audit event."""
+    actor = audit.default_actor(actor)
+    with store.session(settings) as s:
+        s.add(
+            CommandRecord(
+                sandbox_id=instance_id,
+                command=r.command,
+                exit_status=r.exit_status,
+                stdout=r.stdout_text,
+                stderr=r.stderr_text,
+                timed_out=r.timed_out,
+                started_at=r.started_at,
+                ended_at=r.ended_at,
+                actor=actor,
+            )
+        )
+    audit.record_command(
+        r, actor=actor, sandbox_id=instance_id, production=production, settings=settings
+    )
+
+
+def power_off(machine: Machine, dom: libvirt.virDomain | None, settings: FluidSettings) -> None:
+    """Power a VM off after flushing its disk; its disk and records stay."""
+    if dom is None or not dom.isActive():
+        return
+    try:  # flush the guest's page cache so the disk is consistent when powered off
+        with guest(machine, settings) as g:
+            g.run("sync", timeout=30)
+    except (FluidError, OSError):
+        pass
+    dom.destroy()
