@@ -15,11 +15,13 @@ def cmd_attach(args: argparse.Namespace) -> int:
     """Attach to the agent's tmux session over ssh; ssh's exit status."""
     import subprocess
 
-    from infra.transport import guest_shell
+    from infra.machines import sandboxes
+    from infra.transport import tmux_session
 
     # Not exec: the certificate's private key stays on disk only while ssh runs.
     with tempfile.TemporaryDirectory(prefix="fluid-attach-") as tmp:
-        argv = guest_shell.attach_argv(args.sandbox, Path(tmp), read_write=args.rw)
+        ssh_argv = sandboxes.ssh_argv(args.sandbox, Path(tmp))
+        argv = tmux_session.attach_argv(ssh_argv, read_write=args.rw)
         if sys.stdin.isatty():
             mode = "taking over (your keys go to the agent's shell)" if args.rw else "read-only"
             log(f"fluid: attaching to the agent's shell in {args.sandbox}, {mode}; C-b d detaches")

@@ -22,14 +22,8 @@ from infra.host import images
 from infra.machines import checkpoints, sandboxes
 from infra.settings import FluidSettings
 from infra.transport import ssh
-from infra.transport.guest_shell import (
-    JOBS_DIR,
-    NOT_STARTED,
-    SOCKET,
-    TARGET,
-    GuestShell,
-    attach_argv,
-)
+from infra.transport.guest_shell import GuestShell
+from infra.transport.tmux_session import JOBS_DIR, NOT_STARTED, SOCKET, TARGET, attach_argv
 from tests.conftest import FLUID
 
 pytestmark = pytest.mark.vm
@@ -376,8 +370,8 @@ def test_attach_rw_takes_over_the_shell(
 
 
 def test_attach_argv_is_read_only_unless_asked(sandbox: sandboxes.Sandbox, tmp_path: Path) -> None:
-    ro = attach_argv(sandbox.id, tmp_path / "ro")
-    rw = attach_argv(sandbox.id, tmp_path / "rw", read_write=True)
+    ro = attach_argv(sandboxes.ssh_argv(sandbox.id, tmp_path / "ro"))
+    rw = attach_argv(sandboxes.ssh_argv(sandbox.id, tmp_path / "rw"), read_write=True)
     assert ro[0] == "ssh" and "-t" in ro
     assert ro[-2].endswith("@127.0.0.1") and rw[-2].endswith("@127.0.0.1")
     assert shlex.split(ro[-1])[-1] == "-r" and "-r" not in shlex.split(rw[-1])

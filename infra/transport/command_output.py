@@ -7,7 +7,7 @@ saying how much was cut), a sink hands bytes on up to its limit and counts the r
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +29,33 @@ class CommandResult(BaseModel):
     ended_at: datetime
     duration_s: float
     timed_out: bool = False
+
+    @classmethod
+    def ended_now(
+        cls,
+        command: str,
+        exit_status: int,
+        stdout: tuple[bytes, int],
+        stderr: tuple[bytes, int],
+        *,
+        started_at: datetime,
+        duration_s: float,
+        timed_out: bool,
+    ) -> CommandResult:
+        """The result of a command that has just ended, from each stream's (kept bytes, bytes
+        cut) as a CappedBuffer's `result()` gives them."""
+        return cls(
+            command=command,
+            exit_status=exit_status,
+            stdout=stdout[0],
+            stderr=stderr[0],
+            stdout_cut=stdout[1],
+            stderr_cut=stderr[1],
+            started_at=started_at,
+            ended_at=datetime.now(UTC),
+            duration_s=duration_s,
+            timed_out=timed_out,
+        )
 
     @property
     def stdout_text(self) -> str:

@@ -18,39 +18,29 @@ import shlex
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 
 import paramiko
 
 from infra.errors import CommandTimeout, GuestShellError, SSHError
-from infra.machines import sandboxes
-from infra.settings import FluidSettings
 from infra.transport import ssh
 from infra.transport.command_output import CUT_MARKER, CommandResult, short_command
+from infra.transport.tmux_session import (
+    CONF_FILE,
+    JOBS_DIR,
+    KILL_FOREGROUND,
+    PID_FILE,
+    RC_FILE,
+    RUN_DIR,
+    RUN_LINE,
+    START_SCRIPT,
+    TARGET_Q,
+    TMUX_CONF,
+    SessionGone,
+    TmuxControl,
+    rc_text,
+)
 
-# tmpfs, wiped at boot like the tmux server itself; /run is never captured (state/noise.py).
-RUN_DIR = "/run/fluid-shell"
-SOCKET = f"{RUN_DIR}/tmux.sock"
-RC_FILE = f"{RUN_DIR}/rc"
-CONF_FILE = f"{RUN_DIR}/tmux.conf"
-PID_FILE = f"{RUN_DIR}/pid"
-NAP_FIFO = f"{RUN_DIR}/nap"
-# Output files live on disk: /run is a small tmpfs (10% of RAM) that a chatty command would
-# fill. /var/lib/fluid is never captured either (state/noise.py SKIP_TREES).
-JOBS_DIR = "/var/lib/fluid/shell"
-SESSION = "fluid"
-# The session's first pane, by exact session name, whatever windows a human opens beside it.
-TARGET = f"={SESSION}:0.0"
-_TARGET_Q = shlex.quote(TARGET)
-_SOCKET_RE = SOCKET.replace(".", "\\.")
-NOT_STARTED = "fluid: the agent has not started a shell in this sandbox yet"
-
-# What the session's shell is typed per command; it only names the job, the rest is in the rc.
-_RUN_LINE = ' __fluid_pre {job} && . "$__fluid_cmd" </dev/null >&$__fluid_o 2>&$__fluid_e'
-# Seconds the shell waits for the tees after a command; longer only when a background job
-# the command started still holds its stdout or stderr.
-TEE_GRACE_S = 3
 FIRST_POLL_S = 0.03
 POLL_BACKOFF = 1.25
 MAX_POLL_S = 0.5
@@ -69,117 +59,6 @@ MAX_LINE_BYTES = 64 << 10
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 T = TypeVar("T")
-
-# Nothing here writes under $HOME: fluid diffs the guest.
-_RC_TEMPLATE = r"""# fluid: the agent's shell.
-unset HISTFILE
-HISTCONTROL=ignorespace
-PS1='\u@\h:\w\$ '
-__fluid_jobs={jobs}
-__fluid_line_len={line_len}
-# A FIFO nobody writes: `read -t` on it sleeps without forking a process.
-exec {{__fluid_nap}}<>{nap}
-__fluid_dir=
-__fluid_last=
-__fluid_pre() {{
-  # A job runs once, and only when none is running (a resent line is a no-op).
-  [[ -z ${{__fluid_dir-}} && ${{1-}} != "${{__fluid_last-}}" && -f $__fluid_jobs/${{1-}}/cmd ]] \
-    || return 97
-  __fluid_last=$1
-  if [[ -n ${{__fluid_noecho-}} ]]; then stty echo 2>/dev/null; __fluid_noecho=; fi
-  __fluid_dir=$__fluid_jobs/$1
-  __fluid_cmd=$__fluid_dir/cmd
-  local c p=${{PS1@P}} cols=${{COLUMNS:-80}}
-  IFS= read -r -d '' c <"$__fluid_cmd"
-  # Replace the typed line (prompt + job line, maybe wrapped) with the command itself.
-  local rows=$(( (${{#p}} + ${{#1}} + __fluid_line_len - 1) / cols + 1 ))
-  printf '\e[%dA\r\e[J' "$rows"
-  # Background jobs that ended since: reported here, in the pane, as a prompt would; else
-  # bash reports them while the command runs, into the command's stderr.
-  jobs -n
-  printf '\e[1m$ %s\e[0m\n' "${{c//$'\n'/$'\n'> }}"
-  history -s -- "$c"
-  # Ctrl-C (a timeout) must not kill the tees, or output would be lost.
-  exec {{__fluid_o}}> >(trap '' INT; exec tee -- "$__fluid_dir/out")
-  __fluid_po=$!
-  exec {{__fluid_e}}> >(trap '' INT; exec tee -- "$__fluid_dir/err" >&2)
-  __fluid_pe=$!
-}}
-# Whether a process runs (not a zombie: the shell may reap its procsubs only much later).
-__fluid_alive() {{
-  local _p _c st
-  read -r _p _c st _ 2>/dev/null <"/proc/$1/stat" && [[ $st != Z ]]
-}}
-__fluid_finish() {{
-  local s=$1 d=${{__fluid_dir-}} i
-  [[ -n $d ]] || return "$s"
-  __fluid_dir=
-  # On `exit` the command's redirections are still in place: drop them too.
-  [[ ${{2-}} == exit ]] && exec >/dev/null 2>&1
-  exec {{__fluid_o}}>&- {{__fluid_e}}>&-
-  # The tees end at EOF; only a background job that kept stdout or stderr delays them.
-  for ((i = 0; i < {grace_ticks}; i++)); do
-    __fluid_alive "$__fluid_po" || __fluid_alive "$__fluid_pe" || break
-    read -r -t 0.01 -u "$__fluid_nap"
-  done
-  # One write(2) of a short line: the host never sees a partial status. "exit": the shell ends.
-  printf '%s%s\n' "$s" "${{2:+ $2}}" >"$d/rc"
-  # Output without a final newline: start the prompt on a line of its own (as zsh does).
-  [[ ${{2-}} == exit ]] || printf '\e[2m%%\e[0m%*s\r\e[K' $(( ${{COLUMNS:-80}} - 1 )) ''
-}}
-PROMPT_COMMAND='__fluid_finish $?'
-readonly PROMPT_COMMAND
-trap '__fluid_finish $? exit' EXIT
-{exports}# The first job line may come before readline owns the terminal: no echo of it until then.
-stty -echo 2>/dev/null && __fluid_noecho=1
-printf '%s\n' $$ >{pid}
-"""
-
-_TMUX_CONF = """set -g history-limit 50000
-set -g automatic-rename off
-set -g allow-rename off
-set -g status-left "[fluid: agent shell] "
-set -g status-left-length 30
-set -g status-right "C-b d detaches"
-"""
-
-_START = f"""set -e
-if tmux -S {SOCKET} has-session -t ={SESSION} 2>/dev/null; then exit 0; fi
-command -v tmux >/dev/null || {{ echo "tmux is not installed in the guest" >&2; exit 3; }}
-# No session: a server still on the socket is one left exiting (it waits forever for a control
-# client whose connection was lost) and would refuse every new client.
-pkill -KILL -f '^tmux -S {_SOCKET_RE}( |$)' || true
-rm -f {SOCKET} {PID_FILE} {NAP_FIFO}
-mkfifo -m 0600 {NAP_FIFO}
-tmux -S {SOCKET} -f {CONF_FILE} new-session -d -s {SESSION} -x 200 -y 50 \\
-  'exec bash --noprofile --rcfile {RC_FILE} -i'
-for i in $(seq 100); do [ -s {PID_FILE} ] && exit 0; sleep 0.1; done
-echo "the shell did not start within 10 s" >&2
-exit 4
-"""
-
-# After Ctrl-C did not end the command: kill the terminal's foreground job (not the shell).
-_KILL_FOREGROUND = f"""p=$(tmux -S {SOCKET} display -p -t '{TARGET}' '#{{pane_pid}}') || exit 0
-t=$(ps -o tpgid= -p "$p" | tr -d ' ')
-if [ -n "$t" ] && [ "$t" -gt 1 ] && [ "$t" != "$p" ]; then kill -KILL -- "-$t"; fi
-exit 0
-"""
-
-
-def _rc_text(env: dict[str, str]) -> str:
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-    return _RC_TEMPLATE.format(
-        jobs=JOBS_DIR,
-        nap=NAP_FIFO,
-        pid=PID_FILE,
-        line_len=len(_RUN_LINE.format(job="")),
-        grace_ticks=TEE_GRACE_S * 100,
-        exports=exports,
-    )
-
-
-def _tmux(*args: str) -> str:
-    return shlex.join(["tmux", "-S", SOCKET, *args])
 
 
 class _Stream:
@@ -258,76 +137,6 @@ def _is_connection_failure(conn: ssh.GuestConnection, exc: BaseException) -> boo
     return not conn.is_active()
 
 
-class _SessionGone(Exception):
-    """The control client ended: no tmux session (or its connection died)."""
-
-
-class _Control:
-    """A tmux control-mode client on one SSH channel: tmux commands without a process each."""
-
-    def __init__(self, conn: ssh.GuestConnection) -> None:
-        self._chan = conn.transport().open_session(timeout=EXEC_TIMEOUT_S)
-        self._chan.settimeout(EXEC_TIMEOUT_S)
-        # ignore-size: a control client must not shrink the window a human watches;
-        # no-output: pane output reaches the host through the job files, not this channel.
-        attach = ["-C", "attach", "-t", f"={SESSION}", "-f", "ignore-size,no-output"]
-        self._chan.exec_command(_tmux(*attach))
-        self._out = self._chan.makefile("rb")
-        # The attach's own reply comes first; without a session tmux prints an error and exits.
-        try:
-            while not (raw := self._out.readline()).startswith((b"%end ", b"%error ")):
-                if not raw:
-                    raise _SessionGone
-            if raw.startswith(b"%error "):
-                raise _SessionGone
-        except (OSError, EOFError, paramiko.SSHException, _SessionGone) as exc:
-            self.close()
-            raise _SessionGone from exc
-
-    def command(self, line: str) -> list[bytes]:
-        """Send one tmux command; its output lines, GuestShellError if tmux refused it."""
-        try:
-            self._chan.sendall(line.encode() + b"\n")
-            body: list[bytes] | None = None
-            while True:
-                raw = self._out.readline()
-                if not raw:
-                    raise _SessionGone
-                # Notifications (%window-renamed, ...) arrive between replies; skip them.
-                if raw.startswith(b"%begin ") and raw.split()[-1] == b"1":
-                    body = []
-                elif body is not None and raw.startswith((b"%end ", b"%error ")):
-                    if raw.startswith(b"%error "):
-                        text = b" ".join(body).decode(errors="replace").strip()
-                        raise GuestShellError(f"tmux refused {line!r}: {text}")
-                    return body
-                elif body is not None:
-                    body.append(raw)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            self.close()
-            raise _SessionGone from exc
-        except _SessionGone:
-            self.close()
-            raise
-
-    def drain(self, seconds: float) -> None:
-        """Read until the client exits (the session ended) or `seconds` pass, then close.
-
-        A control client must see the server's goodbye: one whose output is cut off while the
-        server exits leaves the server waiting for it, refusing new clients.
-        """
-        deadline = time.monotonic() + seconds
-        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            while time.monotonic() < deadline:
-                self._chan.settimeout(max(0.1, deadline - time.monotonic()))
-                if not self._chan.recv(65536):
-                    break
-        self.close()
-
-    def close(self) -> None:
-        self._chan.close()
-
-
 class GuestShell:
     """The agent's persistent shell: one tmux session in the guest (cwd/env persist).
 
@@ -352,7 +161,7 @@ class GuestShell:
         self._token = secrets.token_hex(4)
         self._seq = 0
         self._reconnects = 0
-        self._control: _Control | None = None
+        self._control: TmuxControl | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -395,6 +204,10 @@ class GuestShell:
         self._reconnects += 1
         return fn(self._guest())
 
+    @staticmethod
+    def _open_control(conn: ssh.GuestConnection) -> TmuxControl:
+        return TmuxControl(conn, EXEC_TIMEOUT_S)
+
     def _sftp(self, fn: Callable[[paramiko.SFTPClient], T]) -> T:
         return self._op(lambda c: fn(c.sftp_client()))
 
@@ -407,9 +220,9 @@ class GuestShell:
         r = self._exec(f"mkdir -p -m 0700 {RUN_DIR} {JOBS_DIR}")
         if r.exit_status != 0:
             raise GuestShellError(f"cannot create {RUN_DIR} in the guest: {r.stderr_text.strip()}")
-        self._op(lambda c: c.upload_bytes(_rc_text(self._env).encode(), RC_FILE, 0o600))
-        self._op(lambda c: c.upload_bytes(_TMUX_CONF.encode(), CONF_FILE, 0o600))
-        r = self._op(lambda c: c.run(_START, timeout=START_TIMEOUT_S))
+        self._op(lambda c: c.upload_bytes(rc_text(self._env).encode(), RC_FILE, 0o600))
+        self._op(lambda c: c.upload_bytes(TMUX_CONF.encode(), CONF_FILE, 0o600))
+        r = self._op(lambda c: c.run(START_SCRIPT, timeout=START_TIMEOUT_S))
         if r.exit_status != 0:
             raise GuestShellError(
                 f"cannot start the agent's tmux session in the guest: "
@@ -421,10 +234,10 @@ class GuestShell:
         for attempt in range(2):
             try:
                 if self._control is None:
-                    self._control = self._op(_Control)
+                    self._control = self._op(self._open_control)
                 self._control.command(line)
                 return
-            except _SessionGone:
+            except SessionGone:
                 self._control = None
                 if self._conn is None or not self._conn.is_active():
                     self._drop()
@@ -456,8 +269,8 @@ class GuestShell:
                 raise GuestShellError(f"cannot create {jobdir} in the guest")
         # One tmux command: the line and Enter arrive together, never half typed.
         self._tmux_command(
-            f"send-keys -t {_TARGET_Q} -l {shlex.quote(_RUN_LINE.format(job=job))} ; "
-            f"send-keys -t {_TARGET_Q} Enter"
+            f"send-keys -t {TARGET_Q} -l {shlex.quote(RUN_LINE.format(job=job))} ; "
+            f"send-keys -t {TARGET_Q} Enter"
         )
 
     # -- waiting ----------------------------------------------------------------------------
@@ -488,11 +301,11 @@ class GuestShell:
     def _kill_session(self) -> None:
         """End the session and every process left in its terminal (the shell is stuck)."""
         pane_pid = b""
-        with contextlib.suppress(_SessionGone, GuestShellError):
+        with contextlib.suppress(SessionGone, GuestShellError):
             if self._control is None:
-                self._control = self._op(_Control)
-            pane_pid = b"".join(self._control.command(f"display -p -t {_TARGET_Q} '#{{pane_pid}}'"))
-            with contextlib.suppress(_SessionGone):
+                self._control = self._op(self._open_control)
+            pane_pid = b"".join(self._control.command(f"display -p -t {TARGET_Q} '#{{pane_pid}}'"))
+            with contextlib.suppress(SessionGone):
                 self._control.command("kill-server")
         if self._control is not None:
             self._control.drain(SESSION_END_S)
@@ -578,10 +391,10 @@ class GuestShell:
         """Stop a command past its timeout: (its status if the shell wrote one, shell restarted)."""
         # A session that ended meanwhile is no error: the status, if any, tells what happened.
         with contextlib.suppress(GuestShellError):
-            self._tmux_command(f"send-keys -t {_TARGET_Q} C-c", start=False)
+            self._tmux_command(f"send-keys -t {TARGET_Q} C-c", start=False)
         status = self._poll_status(jobdir, INTERRUPT_GRACE_S)
         if status is None:
-            self._exec(_KILL_FOREGROUND)
+            self._exec(KILL_FOREGROUND)
             status = self._poll_status(jobdir, KILL_GRACE_S)
         if status is not None:
             return status, False
@@ -627,18 +440,15 @@ class GuestShell:
             for s in streams:
                 self._sftp(lambda sftp, s=s: s.poll(sftp, on_output))
                 s.flush(on_output)
-        out, out_cut = self._sftp(lambda sftp: _read_capped(sftp, f"{jobdir}/out", output_cap))
-        err, err_cut = self._sftp(lambda sftp: _read_capped(sftp, f"{jobdir}/err", output_cap))
+        stdout = self._sftp(lambda sftp: _read_capped(sftp, f"{jobdir}/out", output_cap))
+        stderr = self._sftp(lambda sftp: _read_capped(sftp, f"{jobdir}/err", output_cap))
         self._sftp(lambda sftp: _remove_job(sftp, jobdir))
-        result = CommandResult(
-            command=command,
-            exit_status=-1 if status is None else status,
-            stdout=out,
-            stderr=err,
-            stdout_cut=out_cut,
-            stderr_cut=err_cut,
+        result = CommandResult.ended_now(
+            command,
+            -1 if status is None else status,
+            stdout,
+            stderr,
             started_at=started_at,
-            ended_at=datetime.now(UTC),
             duration_s=duration_s,
             timed_out=timed_out,
         )
@@ -668,24 +478,3 @@ class GuestShell:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def attach_argv(
-    sandbox_id: str,
-    workdir: Path,
-    *,
-    read_write: bool = False,
-    settings: FluidSettings | None = None,
-) -> list[str]:
-    """OpenSSH argv that attaches a terminal to the agent's tmux session (read-only by default).
-
-    A fresh certificate is written into `workdir` (keep it private; remove it afterwards).
-    """
-    argv = sandboxes.ssh_argv(sandbox_id, workdir, settings)
-    attach = ["attach", "-t", f"={SESSION}"] + ([] if read_write else ["-r"])
-    remote = (
-        f"{_tmux('has-session', '-t', f'={SESSION}')} 2>/dev/null || "
-        f"{{ echo {shlex.quote(NOT_STARTED)} >&2; exit 1; }}; exec {_tmux(*attach)}"
-    )
-    # ssh takes options only before the destination (the last element).
-    return [*argv[:-1], "-t", argv[-1], remote]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import logging
 import math
@@ -37,6 +35,12 @@ from infra.transport.command_output import (
     OutputSink,
     StreamResult,
     short_command,
+)
+from infra.transport.host_keys import (
+    RejectAsMismatch,
+    known_hosts_name,
+    mismatch_message,
+    parse_public_key,
 )
 from infra.transport.ssh_ca import SessionCredentials
 
@@ -73,48 +77,6 @@ class DirListing(BaseModel):
     more: bool = False
 
 
-class _RejectAsMismatch(paramiko.RejectPolicy):
-    """Host keys are pinned, so a key that is not pinned (e.g. another type) is a mismatch."""
-
-    def __init__(self, host: str, port: int, expected: paramiko.PKey) -> None:
-        self._host = host
-        self._port = port
-        self._expected = expected
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        raise HostKeyMismatch(
-            _mismatch_message(self._host, self._port, self._expected, key),
-        )
-
-
-def _mismatch_message(host: str, port: int, expected: paramiko.PKey, got: paramiko.PKey) -> str:
-    return (
-        f"the SSH host key at {host}:{port} is {got.get_name()} {got.fingerprint}, not the "
-        f"{expected.get_name()} {expected.fingerprint} fluid learned at the sandbox's first boot; "
-        f"the sandbox on port {port} may have been replaced or another process now listens "
-        "there. Re-create the sandbox (or re-learn its host key if the change is expected)."
-    )
-
-
-def parse_public_key(line: str) -> paramiko.PKey:
-    """Parse an OpenSSH public key line ("ssh-ed25519 AAAA... [comment]")."""
-    fields = line.split()
-    if len(fields) < 2:
-        raise ValueError(f"not an OpenSSH public key line: {line!r}")
-    try:
-        return paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1]))
-    except (binascii.Error, paramiko.SSHException, ValueError) as exc:
-        raise ValueError(f"not an OpenSSH public key line: {line!r} ({exc})") from exc
-
-
-def known_hosts_name(host: str, port: int) -> str:
-    """The name a host's key is listed under in known_hosts (and in paramiko's host keys)."""
-    # OpenSSH and paramiko both store port 22 under the bare host name.
-    return host if port == 22 else f"[{host}]:{port}"
-
-
 class GuestConnection:
     """One authenticated SSH connection to a guest, pinned to the guest's known host key."""
 
@@ -143,7 +105,7 @@ class GuestConnection:
         self._client.get_host_keys().add(
             known_hosts_name(host, port), expected.get_name(), expected
         )
-        self._client.set_missing_host_key_policy(_RejectAsMismatch(host, port, expected))
+        self._client.set_missing_host_key_policy(RejectAsMismatch(host, port, expected))
         try:
             self._client.connect(
                 hostname=host,
@@ -162,7 +124,7 @@ class GuestConnection:
             raise
         except paramiko.BadHostKeyException as exc:
             self._client.close()
-            raise HostKeyMismatch(_mismatch_message(host, port, expected, exc.key)) from exc
+            raise HostKeyMismatch(mismatch_message(host, port, expected, exc.key)) from exc
         except paramiko.AuthenticationException as exc:
             self._client.close()
             raise SSHError(self._auth_failure_message(exc)) from exc
@@ -225,6 +187,28 @@ class GuestConnection:
                 "be overloaded or stopped, open a new GuestConnection"
             ) from exc
 
+    @contextmanager
+    def _running(self, command: str, timeout: float) -> Iterator[paramiko.Channel]:
+        """A session channel on which `command` was started under the guest's timeout; an SSH
+        failure while it runs becomes SSHError, and the channel is closed afterwards."""
+        channel = self._open_session()
+        try:
+            channel.exec_command(_guarded(command, timeout))
+            yield channel
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"SSH to {self.host}:{self.port} failed while running "
+                f"{short_command(command)!r}: {exc}"
+            ) from exc
+        finally:
+            channel.close()
+
+    def _killed(self, command: str, timeout: float) -> str:
+        return (
+            f"command {short_command(command)!r} on {self.host}:{self.port} ran past its "
+            f"{timeout:g} s timeout and was killed"
+        )
+
     def run(
         self,
         command: str,
@@ -246,7 +230,6 @@ class GuestConnection:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if output_cap < 0:
             raise ValueError(f"output_cap must not be negative, got {output_cap}")
-        remote = _guarded(command, timeout)
         stdout = CappedBuffer(output_cap)
         stderr = CappedBuffer(output_cap)
         started_at = datetime.now(UTC)
@@ -254,9 +237,7 @@ class GuestConnection:
         deadline = t0 + timeout + HOST_GRACE_S
         deadline_hit = False
         exit_status = -1
-        channel = self._open_session()
-        try:
-            channel.exec_command(remote)
+        with self._running(command, timeout) as channel:
             if stdin is not None:
                 channel.settimeout(max(1.0, deadline - time.monotonic()))
                 channel.sendall(stdin)
@@ -269,36 +250,23 @@ class GuestConnection:
                 deadline_hit = not channel.status_event.wait(max(0.0, deadline - time.monotonic()))
             if not deadline_hit and channel.exit_status_ready():
                 exit_status = channel.recv_exit_status()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SSHError(
-                f"SSH to {self.host}:{self.port} failed while running "
-                f"{short_command(command)!r}: {exc}"
-            ) from exc
-        finally:
-            channel.close()
 
         duration_s = time.monotonic() - t0
-        out, out_cut = stdout.result()
-        err, err_cut = stderr.result()
         timed_out = deadline_hit or (
             exit_status in _TIMEOUT_EXIT_STATUSES and duration_s >= max(1, math.ceil(timeout))
         )
-        result = CommandResult(
-            command=command,
-            exit_status=exit_status,
-            stdout=out,
-            stderr=err,
-            stdout_cut=out_cut,
-            stderr_cut=err_cut,
+        result = CommandResult.ended_now(
+            command,
+            exit_status,
+            stdout.result(),
+            stderr.result(),
             started_at=started_at,
-            ended_at=datetime.now(UTC),
             duration_s=duration_s,
             timed_out=timed_out,
         )
         if timed_out:
             raise CommandTimeout(
-                f"command {short_command(command)!r} on {self.host}:{self.port} ran past its "
-                f"{timeout:g} s timeout and was killed; pass a larger timeout= to run() if it "
+                f"{self._killed(command, timeout)}; pass a larger timeout= to run() if it "
                 "legitimately needs longer (partial output is in .result)",
                 result=result,
             )
@@ -323,32 +291,18 @@ class GuestConnection:
         waiting a little later)."""
         if timeout <= 0 or limit < 0:
             raise ValueError(f"timeout must be positive and limit not negative: {timeout}, {limit}")
-        remote = _guarded(command, timeout)
         sink = OutputSink(take, limit)
         stderr = CappedBuffer(16 << 10)
         t0 = time.monotonic()
         deadline = t0 + timeout + HOST_GRACE_S
         exit_status = -1
-        channel = self._open_session()
-        try:
-            channel.exec_command(remote)
+        with self._running(command, timeout) as channel:
             channel.shutdown_write()
             ended = self._pump(channel, sink, stderr, deadline, stop_at_cap=True)
             if ended == "eof" and channel.status_event.wait(max(0.0, deadline - time.monotonic())):
                 exit_status = channel.recv_exit_status()
             elif ended != "full":
-                raise CommandTimeout(
-                    f"command {short_command(command)!r} on {self.host}:{self.port} ran past its "
-                    f"{timeout:g} s timeout and was killed",
-                    result=None,
-                )
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SSHError(
-                f"SSH to {self.host}:{self.port} failed while running "
-                f"{short_command(command)!r}: {exc}"
-            ) from exc
-        finally:
-            channel.close()
+                raise CommandTimeout(self._killed(command, timeout), result=None)
         return StreamResult(
             exit_status=exit_status,
             received=min(sink.total, limit),
