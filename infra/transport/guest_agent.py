@@ -1,4 +1,5 @@
-"""QEMU's guest agent: commands in a guest over its virtio channel, before SSH is usable.
+"""QEMU's guest agent: commands in a guest over its virtio channel, before SSH is usable;
+`GuestAgent` offers them as a Transport (infra/transport/protocol.py).
 
 Warm starts use it to give a restored VM its own identity before anything in the guest
 answers the network (see infra/machines/warm_slots.py).
@@ -9,12 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import UTC, datetime
 
 import libvirt
 import libvirt_qemu
 from pydantic import BaseModel
 
 from infra.errors import GuestAgentError
+from infra.transport.command_output import CappedBuffer, CommandResult
 
 
 class AgentResult(BaseModel):
@@ -82,14 +85,8 @@ def set_clock(dom: libvirt.virDomain) -> None:
         raise GuestAgentError(f"setting the clock of {dom.name()} failed: {result.stderr.strip()}")
 
 
-def run(
-    dom: libvirt.virDomain,
-    argv: list[str],
-    *,
-    timeout_s: float = 30.0,
-    stdin: bytes | None = None,
-) -> AgentResult:
-    """Run `argv` (an absolute path first) as root in the guest and wait for it to end."""
+def _exec(dom: libvirt.virDomain, argv: list[str], timeout_s: float, stdin: bytes | None) -> dict:
+    """Start `argv` through the agent and poll until it ends: guest-exec-status's last answer."""
     arguments: dict = {"path": argv[0], "arg": argv[1:], "capture-output": True}
     if stdin is not None:
         arguments["input-data"] = base64.b64encode(stdin).decode()
@@ -99,11 +96,7 @@ def run(
     while True:
         status = _call(dom, "guest-exec-status", {"pid": started["pid"]}, int(timeout_s) or 1)
         if status.get("exited"):
-            return AgentResult(
-                exit_code=status.get("exitcode", -status.get("signal", 1)),
-                stdout=base64.b64decode(status.get("out-data", "")).decode(errors="replace"),
-                stderr=base64.b64decode(status.get("err-data", "")).decode(errors="replace"),
-            )
+            return status
         if time.monotonic() > deadline:
             raise GuestAgentError(
                 f"a command through the guest agent of {dom.name()} ran past {timeout_s:.0f} s"
@@ -111,3 +104,60 @@ def run(
         time.sleep(delay)
         # Short commands (a warm start's identity) end within a second: poll finely.
         delay = min(delay * 2, 0.05)
+
+
+def _exit_code(status: dict) -> int:
+    return status.get("exitcode", -status.get("signal", 1))
+
+
+def _output(status: dict, stream: str) -> bytes:
+    return base64.b64decode(status.get(f"{stream}-data", ""))
+
+
+def run(
+    dom: libvirt.virDomain,
+    argv: list[str],
+    *,
+    timeout_s: float = 30.0,
+    stdin: bytes | None = None,
+) -> AgentResult:
+    """Run `argv` (an absolute path first) as root in the guest and wait for it to end."""
+    status = _exec(dom, argv, timeout_s, stdin)
+    return AgentResult(
+        exit_code=_exit_code(status),
+        stdout=_output(status, "out").decode(errors="replace"),
+        stderr=_output(status, "err").decode(errors="replace"),
+    )
+
+
+class GuestAgent:
+    """A guest's QEMU agent as a Transport (infra/transport/protocol.py): shell commands as
+    root before SSH is up. The agent cannot stop a command: past its timeout, run() raises
+    GuestAgentError and the command may go on in the guest."""
+
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self.dom = dom
+
+    def run(
+        self, command: str, *, timeout: float = 30.0, output_cap: int = 30_000
+    ) -> CommandResult:
+        """Run `command` with /bin/sh in the guest and wait for it to end; each stream is cut
+        from the middle beyond `output_cap` bytes, as over SSH."""
+        started_at = datetime.now(UTC)
+        t0 = time.monotonic()
+        status = _exec(self.dom, ["/bin/sh", "-c", command], timeout, None)
+        return CommandResult.ended_now(
+            command,
+            _exit_code(status),
+            _capped(_output(status, "out"), output_cap),
+            _capped(_output(status, "err"), output_cap),
+            started_at=started_at,
+            duration_s=time.monotonic() - t0,
+            timed_out=False,
+        )
+
+
+def _capped(data: bytes, cap: int) -> tuple[bytes, int]:
+    buffer = CappedBuffer(cap)
+    buffer.add(data)
+    return buffer.result()
