@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from blocks.llm import LLMBlock
-from infra.agents.base import AgentContext, AgentFailed
+from infra.agents.base import AgentContext
+from infra.agents.errors import AgentFailed
 from infra.agents.llm import SYSTEM_PROMPT, LLMAgent, LLMEndpoint
 from infra.agents.tools import Toolbox
 from infra.machines import sandboxes

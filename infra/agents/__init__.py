@@ -1,6 +1,7 @@
 """Agents: whatever does the work inside a sandbox. The flow knows only `Agent.work`."""
 
-from infra.agents.base import Agent, AgentContext, AgentFailed, AgentReport
+from infra.agents.base import Agent, AgentContext, AgentReport
+from infra.agents.errors import AgentFailed
 from infra.agents.scripted import ScriptedAgent, ScriptedAgentSpec, Step
 from infra.agents.spec import AgentSpec, LLMAgentSpec
 

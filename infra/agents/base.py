@@ -1,4 +1,5 @@
-"""The agent interface: a task, its tools, the reviewer's feedback in; a report out."""
+"""The agent interface: a task, its tools, the reviewer's feedback in; a report out (or
+AgentFailed, infra/agents/errors.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
-from infra.errors import FluidError
-
 if TYPE_CHECKING:
     from infra.agents.tools import Toolbox
 
 Progress = Callable[[str], None]
-
-
-class AgentFailed(FluidError):
-    """The agent could not finish its attempt (a step failed, a limit was reached)."""
 
 
 class AgentContext(BaseModel):

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from infra.agents.base import AgentContext, AgentFailed, AgentReport, Progress
+from infra.agents.base import AgentContext, AgentReport, Progress
+from infra.agents.errors import AgentFailed
 
 if TYPE_CHECKING:
     from infra.agents.tools import Toolbox

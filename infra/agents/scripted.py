@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from infra.agents.base import AgentContext, AgentFailed, AgentReport, Progress
+from infra.agents.base import AgentContext, AgentReport, Progress
+from infra.agents.errors import AgentFailed
 from infra.errors import FluidError
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import Any, Self
 import paramiko
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infra.agents.base import AgentFailed
+from infra.agents.errors import AgentFailed
 from infra.errors import (
     CheckpointExists,
     CheckpointNotFound,
