@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 
 import anyio
 import mcp.types as types
-import yaml
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from pydantic import ValidationError
 
 from infra.agents.tools import BudgetExhausted, Toolbox, ToolResult
+from infra.agents.yaml_files import read_yaml
 from infra.errors import FluidError, SandboxNotRunning
 from infra.guardrails import Guardrails
 from infra.machines import sandboxes
@@ -47,12 +47,7 @@ def _say(line: str) -> None:
 
 def load_guardrails(path: Path) -> Guardrails:
     """Guardrails from a YAML or JSON file of Guardrails fields (unknown keys are refused)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise GuardrailsFileError(f"cannot read guardrails file {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise GuardrailsFileError(f"guardrails file {path} is not valid YAML or JSON: {e}") from e
+    data = read_yaml(path, "guardrails file", GuardrailsFileError, formats="YAML or JSON")
     if data is None:
         data = {}
     if not isinstance(data, dict):

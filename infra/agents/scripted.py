@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.agents.base import AgentContext, AgentReport, Progress
 from infra.agents.errors import AgentFailed
+from infra.agents.yaml_files import read_yaml
 from infra.errors import FluidError
 
 if TYPE_CHECKING:
@@ -66,12 +66,7 @@ class ScriptedAgentSpec(BaseModel):
 
 def load_steps(path: Path) -> list[Step]:
     """Steps from a YAML file, with a clear error for a missing or malformed file."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise StepsFileError(f"cannot read steps file {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise StepsFileError(f"steps file {path} is not valid YAML: {e}") from e
+    data = read_yaml(path, "steps file", StepsFileError)
     if isinstance(data, dict):
         data = data.get("steps")
     if not isinstance(data, list):

@@ -36,6 +36,7 @@ from infra.machines import checkpoints, lifecycle, sandboxes
 from infra.records import audit
 from infra.settings import FluidSettings
 from infra.transport import ssh
+from infra.transport.command_output import CommandResult
 from infra.transport.guest_shell import GuestShell
 
 # What one tool result may put in front of a model; the guest output cap applies first.
@@ -323,7 +324,7 @@ class Toolbox:
         return self._command_result(r)
 
     @staticmethod
-    def _command_result(r: ssh.CommandResult, *, timed_out: bool = False) -> ToolResult:
+    def _command_result(r: CommandResult, *, timed_out: bool = False) -> ToolResult:
         head = (
             f"timed out after {r.duration_s:.0f} s and was killed"
             if timed_out
