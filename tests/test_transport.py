@@ -1,18 +1,20 @@
-"""The transports to a guest share one protocol and one result type (no VM, no guest: the
-guest agent is answered by a fake, signatures are compared with inspect)."""
+"""The transports to a guest share one protocol and one result type: signatures compared with
+inspect (no VM), and the guest agent's run() against the shared agent sandbox (VM)."""
 
 from __future__ import annotations
 
-import base64
 import inspect
-import json
 import shlex
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Protocol
 
 import pytest
 
 from infra.errors import GuestAgentError
+from infra.host.libvirt_host import connection, lookup
+from infra.machines import sandboxes
+from infra.settings import FluidSettings
 from infra.transport import guest_agent
 from infra.transport.command_output import CUT_MARKER, CommandResult
 from infra.transport.guest_agent import GuestAgent
@@ -20,7 +22,12 @@ from infra.transport.guest_shell import GuestShell
 from infra.transport.protocol import FileTransport, Transport
 from infra.transport.ssh import GuestConnection
 from infra.transport.tmux_session import attach_argv
+from tests.test_layers import ROOT, forbidden_imports
 
+# What uses a transport sits above it: transport never imports it (not even lazily).
+ABOVE_TRANSPORT = frozenset(
+    {"infra.machines", "infra.state", "infra.records", "infra.agents", "infra.ansible"}
+)
 EMPTY = inspect.Parameter.empty
 VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
@@ -118,72 +125,33 @@ def test_a_result_is_built_from_what_each_stream_kept_and_cut() -> None:
     assert r.started_at == started <= r.ended_at and r.duration_s == 0.25 and not r.timed_out
 
 
-class FakeDomain:
-    """A domain whose guest agent answers guest-exec and guest-exec-status from a script."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, finished: dict, polls: int = 1) -> None:
-        self.calls: list[dict] = []
-        self.finished = finished
-        self.polls = polls
-        monkeypatch.setattr(guest_agent.libvirt_qemu, "qemuAgentCommand", self.answer)
-
-    def name(self) -> str:
-        return "fake"
-
-    def answer(self, dom: FakeDomain, payload: str, timeout: int, flags: int) -> str:
-        call = json.loads(payload)
-        self.calls.append(call)
-        if call["execute"] == "guest-exec":
-            return json.dumps({"return": {"pid": 42}})
-        self.polls -= 1
-        return json.dumps({"return": self.finished if self.polls <= 0 else {"exited": False}})
+@pytest.fixture
+def agent(agent_box: sandboxes.Sandbox, settings: FluidSettings) -> Iterator[GuestAgent]:
+    """The shared agent sandbox's QEMU guest agent."""
+    with connection(settings) as conn:
+        dom = lookup(conn, agent_box.domain_name)
+        assert dom is not None
+        guest_agent.wait_until_up(dom, 60)
+        yield GuestAgent(dom)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def test_the_guest_agent_runs_a_shell_command_and_caps_its_output(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.vm
+def test_the_guest_agent_runs_a_shell_command_with_the_result_ssh_gives(
+    agent: GuestAgent, agent_box: sandboxes.Sandbox, settings: FluidSettings
 ) -> None:
-    out = b"x" * 50 + b"y" * 50
-    dom = FakeDomain(
-        monkeypatch,
-        {"exited": True, "exitcode": 3, "out-data": _b64(out), "err-data": _b64(b"oops\n")},
-        polls=2,
-    )
-    r = GuestAgent(dom).run("echo hi; exit 3", timeout=5, output_cap=20)
-    assert dom.calls[0] == {
-        "execute": "guest-exec",
-        "arguments": {"path": "/bin/sh", "arg": ["-c", "echo hi; exit 3"], "capture-output": True},
-    }
-    assert dom.calls[1:] == [{"execute": "guest-exec-status", "arguments": {"pid": 42}}] * 2
-    assert isinstance(r, CommandResult) and r.exit_status == 3 and not r.timed_out
-    assert r.stdout == b"x" * 10 + CUT_MARKER % 80 + b"y" * 10 and r.stdout_cut == 80
-    assert r.stderr == b"oops\n" and r.stderr_cut == 0
+    r = agent.run("printf 'out\\n'; printf err >&2; exit 3", timeout=30)
+    assert (r.exit_status, r.stdout, r.stderr, r.timed_out) == (3, b"out\n", b"err", False)
+    flood = "head -c 100000 /dev/zero | tr '\\0' x"
+    capped = agent.run(flood, timeout=30, output_cap=1000)
+    assert capped.exit_status == 0 and capped.stdout_cut == 99_000
+    with sandboxes.guest(agent_box.id, settings) as conn:
+        assert conn.run(flood, timeout=30, output_cap=1000).stdout == capped.stdout
 
 
-def test_a_command_killed_by_a_signal_has_the_negative_signal_as_status(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    dom = FakeDomain(monkeypatch, {"exited": True, "signal": 9})
-    assert GuestAgent(dom).run("sleep 100", timeout=5).exit_status == -9
-    assert guest_agent.run(dom, ["/bin/sleep", "100"]).exit_code == -9
-
-
-def test_the_argv_form_keeps_its_decoded_result_and_sends_stdin(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    dom = FakeDomain(monkeypatch, {"exited": True, "exitcode": 0, "out-data": _b64(b"ok\n\xff")})
-    r = guest_agent.run(dom, ["/usr/bin/perl", "-e", "1"], stdin=b"secret")
-    assert dom.calls[0]["arguments"]["input-data"] == _b64(b"secret")
-    assert (r.exit_code, r.stdout, r.stderr) == (0, "ok\n\ufffd", "")
-
-
-def test_the_guest_agent_gives_up_past_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    dom = FakeDomain(monkeypatch, {"exited": True, "exitcode": 0}, polls=10**9)
+@pytest.mark.vm
+def test_the_guest_agent_gives_up_past_the_timeout(agent: GuestAgent) -> None:
     with pytest.raises(GuestAgentError, match="ran past"):
-        GuestAgent(dom).run("sleep 100", timeout=0.05)
+        agent.run("sleep 5", timeout=1)
 
 
 def test_attach_argv_runs_tmux_after_the_destination_read_only_unless_asked() -> None:
@@ -193,3 +161,16 @@ def test_attach_argv_runs_tmux_after_the_destination_read_only_unless_asked() ->
     assert ro[:-2] == ["ssh", "-i", "key", "-p", "2222", "-t"]
     assert ro[-2] == "root@127.0.0.1" == rw[-2]
     assert shlex.split(ro[-1])[-1] == "-r" and "-r" not in shlex.split(rw[-1])
+
+
+def test_transport_imports_nothing_that_uses_a_transport() -> None:
+    problems = []
+    for path in sorted((ROOT / "infra" / "transport").glob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        problems += forbidden_imports(path.read_text(), rel, ABOVE_TRANSPORT)
+    assert not problems, "\n".join(problems)
+    assert forbidden_imports(
+        "def f():\n    from infra.machines import sandboxes\n",
+        "infra/transport/x.py",
+        ABOVE_TRANSPORT,
+    ) == ["infra/transport/x.py:2: imports infra.machines.sandboxes"]
