@@ -5,7 +5,8 @@ tmux control-mode client, so no process is spawned per command) as a short line 
 it in the shell itself: `cd`, `export` and variables persist. Its stdin is /dev/null; stdout
 and stderr are teed byte for byte into files while the pane shows them live. The shell writes
 the exit status once both tees have finished; the host polls for it with SFTP stat and streams
-new output lines while it waits.
+new output lines while it waits. The guest side (the rc, the scripts, the tmux control client)
+is infra/transport/tmux_session.py; GuestShell is a Transport (infra/transport/protocol.py).
 """
 
 from __future__ import annotations
