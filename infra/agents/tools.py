@@ -38,6 +38,7 @@ from infra.settings import FluidSettings
 from infra.transport import ssh
 from infra.transport.command_output import CommandResult
 from infra.transport.guest_shell import GuestShell
+from infra.transport.protocol import Transport
 
 # What one tool result may put in front of a model; the guest output cap applies first.
 RESULT_CHARS = 16_000
@@ -404,7 +405,7 @@ class Toolbox:
         return ToolResult(ok=True, content=f"wrote {size} bytes to {path} (mode {mode:04o})")
 
     @staticmethod
-    def _existing_mode(c: ssh.GuestConnection, path: str) -> int | None:
+    def _existing_mode(c: Transport, path: str) -> int | None:
         r = c.run(f"stat -c %a -- {shlex.quote(path)}", timeout=30)
         return int(r.stdout_text.strip(), 8) if r.exit_status == 0 else None
 
