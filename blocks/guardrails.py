@@ -3,22 +3,12 @@
 from typing import ClassVar, Self
 
 from prefect.blocks.core import Block
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from infra.guardrails import (
-    DEFAULT_DENY_COMMANDS,
-    DEFAULT_DENY_WRITE,
-    DEFAULT_PROTECTED_PATHS,
-    AbsolutePath,
-    CommandRule,
-    Guardrails,
-    PathRule,
-    PositiveCount,
-    PositiveSeconds,
-)
+from infra.guardrails.policy import Guardrails, GuardrailsFields
 
 
-class GuardrailsBlock(Block):
+class GuardrailsBlock(Block, GuardrailsFields):
     """The guardrails for agents: command deny/allow rules, file tool roots, limits.
 
     A block saved with no values holds the defaults; `to_guardrails()` gives the Guardrails
@@ -34,43 +24,6 @@ class GuardrailsBlock(Block):
         "per-attempt budgets of tool calls, commands and command time; checkpoints per sandbox."
     )
     _logo_url: ClassVar[None] = None
-
-    deny_commands: list[CommandRule] = Field(
-        default_factory=lambda: list(DEFAULT_DENY_COMMANDS),
-        description="Commands refused wherever they appear in a command line.",
-    )
-    allow_commands: list[CommandRule] = Field(
-        default_factory=list,
-        description="When not empty, every command must match one of these (deny still wins).",
-    )
-    protected_paths: list[PathRule] = Field(
-        default_factory=lambda: list(DEFAULT_PROTECTED_PATHS),
-        description="Files no command may write (redirections, tee, cp, mv, rm, sed -i, ...).",
-    )
-    read_roots: list[AbsolutePath] = Field(
-        default_factory=lambda: ["/"], description="The file tools read only under these."
-    )
-    write_roots: list[AbsolutePath] = Field(
-        default_factory=lambda: ["/"], description="The file tools write only under these."
-    )
-    deny_write: list[AbsolutePath] = Field(
-        default_factory=lambda: list(DEFAULT_DENY_WRITE),
-        description="The file tools never write these paths (or globs) or anything under them.",
-    )
-    command_timeout_s: PositiveSeconds = Field(
-        default=600, description="A command running longer is killed (seconds)."
-    )
-    output_cap_bytes: PositiveCount = Field(
-        default=64_000, description="A command's output beyond this many bytes is cut."
-    )
-    max_tool_calls: PositiveCount = Field(default=300, description="Tool calls per attempt.")
-    max_commands: PositiveCount = Field(default=200, description="Commands run per attempt.")
-    max_command_seconds: PositiveSeconds = Field(
-        default=3600, description="Total seconds commands may run per attempt."
-    )
-    max_checkpoints: PositiveCount = Field(
-        default=10, description="Checkpoints an agent may make per sandbox."
-    )
 
     @model_validator(mode="after")
     def _valid_guardrails(self) -> Self:

@@ -10,7 +10,7 @@ import os
 
 from infra.agents import Agent, AgentSpec, LLMAgentSpec, ScriptedAgent, ScriptedAgentSpec
 from infra.errors import FluidError
-from infra.guardrails import Guardrails
+from infra.guardrails.policy import Guardrails
 
 
 class AgentConfigError(FluidError, ValueError):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from infra.agents.tools import BudgetExhausted, Toolbox, tool_specs
-from infra.guardrails import Guardrails
+from infra.guardrails.policy import Guardrails
 from infra.machines import sandboxes
 from infra.records import audit
 from infra.settings import FluidSettings

@@ -5,19 +5,22 @@ real Prefect API.
 """
 
 import shlex
+import subprocess
+import sys
 
+import bashlex
+import bashlex.errors
+import bashlex.subst
 import pytest
 from pydantic import ValidationError
 
 from blocks import GuardrailsBlock
 from infra.errors import FluidError
-from infra.guardrails import (
-    DEFAULT_DENY_COMMANDS,
-    CommandRule,
-    Guardrails,
-    GuardrailViolation,
-    simple_commands,
-)
+from infra.guardrails import bashlex_fix
+from infra.guardrails.errors import GuardrailViolation
+from infra.guardrails.policy import Guardrails
+from infra.guardrails.rules import DEFAULT_DENY_COMMANDS, CommandRule
+from infra.guardrails.shell_commands import simple_commands
 
 DEFAULTS = Guardrails()
 
@@ -323,6 +326,31 @@ def test_bash_that_sends_bashlex_into_a_loop_is_still_checked() -> None:
     DEFAULTS.check_command("echo a'${'")
     with pytest.raises(GuardrailViolation, match="`reboot`"):
         DEFAULTS.check_command("echo a'${'; reboot")
+
+
+UNTERMINATED_PARAMETER = "echo a'${'"  # valid bash: the ${ is quoted
+
+
+def test_upstream_bashlex_loops_forever_on_an_unterminated_parameter() -> None:
+    # Why bashlex_fix exists: when this stops timing out, bashlex is fixed and so can be the fix.
+    def parse_upstream(command: str) -> None:
+        script = f"import bashlex; bashlex.parse({command!r})"
+        subprocess.run([sys.executable, "-c", script], timeout=3, check=True)
+
+    parse_upstream("echo a'${x}'")
+    with pytest.raises(subprocess.TimeoutExpired):
+        parse_upstream(UNTERMINATED_PARAMETER)
+
+
+@pytest.mark.timeout(20)
+def test_the_bashlex_fix_makes_it_fail_instead_and_applies_once() -> None:
+    bashlex_fix.apply()
+    patched = bashlex.subst._paramexpand
+    bashlex_fix.apply()
+    assert bashlex.subst._paramexpand is patched  # applied again: still one wrapper
+    with pytest.raises(bashlex.errors.ParsingError, match="unterminated"):
+        bashlex.parse(UNTERMINATED_PARAMETER)
+    assert bashlex.parse("echo ${HOME} $x") != []  # terminated parameters parse as before
 
 
 def test_a_command_no_parser_understands_is_refused_with_how_to_fix_it() -> None:

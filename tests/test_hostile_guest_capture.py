@@ -19,7 +19,7 @@ import pytest
 
 from infra.agents.tools import Toolbox
 from infra.errors import GuestDataRefused
-from infra.guardrails import Guardrails
+from infra.guardrails.policy import Guardrails
 from infra.machines import janitor, sandboxes
 from infra.settings import FluidSettings
 from infra.state import capture

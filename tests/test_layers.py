@@ -22,7 +22,8 @@ on a name an import statement bound to fluid's own modules, and no `from module 
 What a private name does is the business of the module that defines it; a caller that needs it
 asks for it to be made public (with a docstring) or moved where it belongs. Attributes of
 `self`, of instances and of pydantic models cannot be resolved statically and are not checked;
-nor are third-party libraries' private names (guardrails.py patches one of bashlex's on purpose).
+nor are third-party libraries' private names (infra/guardrails/bashlex_fix.py patches one of
+bashlex's on purpose).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from infra.agents.tools import BudgetExhausted, Toolbox, ToolResult
 from infra.agents.yaml_files import read_yaml
 from infra.errors import FluidError, SandboxNotRunning
-from infra.guardrails import Guardrails
+from infra.guardrails.policy import Guardrails
 from infra.machines import sandboxes
 from infra.settings import FluidSettings
 

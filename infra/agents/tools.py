@@ -31,7 +31,8 @@ from infra.errors import (
     NotARegularFile,
     SSHError,
 )
-from infra.guardrails import Guardrails, GuardrailViolation
+from infra.guardrails.errors import GuardrailViolation
+from infra.guardrails.policy import Guardrails
 from infra.machines import checkpoints, lifecycle, sandboxes
 from infra.records import audit
 from infra.settings import FluidSettings
