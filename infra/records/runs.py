@@ -167,6 +167,12 @@ def get(flow_run_id: str, settings: FluidSettings | None = None) -> AgentRunReco
         return s.get(AgentRunRecord, flow_run_id)
 
 
+def open_runs(settings: FluidSettings | None = None) -> list[AgentRunRecord]:
+    """The runs whose record has no final status yet."""
+    with store.session(settings or get_settings()) as s:
+        return list(s.exec(select(AgentRunRecord).where(AgentRunRecord.status.not_in(FINAL))))
+
+
 def decisions(flow_run_id: str, settings: FluidSettings | None = None) -> list[DecisionRecord]:
     """A run's decisions, first attempt first."""
     with store.session(settings or get_settings()) as s:
