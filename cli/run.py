@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     auto = args.auto_approve or os.environ.get("FLUID_AUTO_APPROVE", "") not in ("", "0")
     own_server = bool(os.environ.get("PREFECT_API_URL"))
     use_prefect()
-    from flows.agent_task import load_target
+    from blocks.loading import load_target
     from orchestration import client
 
     load_target(args.production)  # a wrong name fails here, before a run exists

@@ -25,30 +25,35 @@ them again, queueing if the host is full, before it goes on.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout, Pause
-from prefect.flow_runs import pause_flow_run, suspend_flow_run
-from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed, State
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field
 
-from blocks.production_target import ProductionTarget
+from blocks.loading import build_agent, load_guardrails, load_target
+from flows.approval import (
+    Approval,
+    Proposal,
+    ask,
+    automatic_approval,
+    exclusions,
+    review_description,
+    summary,
+)
 from infra.agents import AgentSpec
-from infra.errors import ProductionBlockError, SandboxNotFound
-from infra.escaping import md_code, md_text
+from infra.errors import SandboxNotFound
 from infra.machines import sandboxes
 from infra.machines.owners import Owner
-from infra.records import runs
-from infra.records.runs import PlaybookChanged
+from infra.records.runs import PlaybookChanged, RunRecorder
 from infra.settings import get_settings
-from infra.state.base import ChangeSet
 from orchestration.limits import sandbox_slots
 from tasks.agent_task import (
-    Proposal,
     apply_to_production,
     changeset_file,
     diff_attempt,
@@ -60,46 +65,7 @@ from tasks.agent_task import (
     publish_audit,
     run_agent,
 )
-from tasks.agents import build_agent, load_guardrails
 from tasks.sandbox import destroy_sandbox
-
-AUTOMATIC_APPROVER = "fluid (automatic)"
-# Changes listed in the approval form; the rest are counted and pointed to.
-SUMMARY_LIMIT = 30
-DIGEST_HELP = "The digest of the playbook shown above: the decision is about this playbook only"
-
-
-class Approval(RunInput):
-    """The reviewer's decision on the proposed playbook, naming it by its digest."""
-
-    # Rejecting is the default: a resume without a decision must never apply anything.
-    decision: Literal["approve", "reject"] = Field(
-        default="reject", description="approve applies the playbook to production"
-    )
-    digest: str = Field(pattern="^[0-9a-f]{64}$", title="Digest", description=DIGEST_HELP)
-    approver: str = Field(min_length=1, description="Your name, stored with the decision")
-    comment: str = Field(
-        default="", description="Why; on reject the agent gets it as feedback for its next try"
-    )
-
-
-def approval_form(digest: str) -> type[Approval]:
-    """The form for one proposal: Prefect's server accepts no digest but `digest` (the form's
-    schema is stored with the pause), and the UI shows it filled in."""
-    return create_model(
-        "Approval",
-        __base__=Approval,
-        digest=(
-            Literal[digest],  # type: ignore[valid-type]
-            Field(title="Digest", description=DIGEST_HELP, json_schema_extra={"default": digest}),
-        ),
-    )
-
-
-def pause_key(attempt: int, digest: str) -> str:
-    """Each pause is its attempt and digest: a resumed run whose proposal came out different
-    asks again instead of receiving an answer about another playbook."""
-    return f"attempt-{attempt}-{digest}"
 
 
 class AgentTaskResult(BaseModel):
@@ -114,72 +80,42 @@ class AgentTaskResult(BaseModel):
     hosts: dict[str, dict[str, int]] = {}
 
 
-def _review_description(task: str, proposal: Proposal, production: str, max_attempts: int) -> str:
-    # Markdown for the UI: everything but fluid's own words is escaped (infra/escaping.py).
-    return "\n".join(
-        [
-            f"## Approve this change to **{md_text(production)}**?",
-            "",
-            f"Task: {md_text(task)}",
-            "",
-            f"Attempt {proposal.attempt} of {max_attempts}. Replay on a fresh sandbox: "
-            f"{md_text(proposal.verification)}",
-            "",
-            f"Playbook digest: {md_code(proposal.digest)}",
-            "",
-            *([proposal.exclusions, ""] if proposal.exclusions else []),
-            f"{proposal.changes} change(s):",
-            "",
-            proposal.summary,
-            "",
-            "The full diff, the playbook and the check-mode preview are in this run's "
-            "Artifacts. Approve applies exactly this playbook (the form's digest names it); "
-            "reject sends your comment to the agent, which tries again from a clean sandbox.",
-        ]
-    )
+class Outcome(BaseModel):
+    """How the run ends: the status and note its record keeps, and the state it ends in."""
 
-
-def _exclusions(changeset: ChangeSet, accepted: list[str]) -> str:
-    """The changes the playbook leaves out, each named with why (all of them: a reviewer
-    approves knowing what production will not get); Markdown, or "" when there are none."""
-    excluded = [c for c in changeset.changes if c.excluded]
-    if not excluded:
-        return ""
-    lines = [
-        f"**Not in the playbook: {len(excluded)} change(s) no replay reproduces** "
-        "(production will not get them from this playbook):",
-        "",
+    status: Literal[
+        "applied", "rejected", "timed-out", "no-change", "apply-failed", "failed", "refused"
     ]
-    for c in excluded:
-        state = "accepted by this run" if c.key in accepted else "NOT accepted"
-        lines.append(f"- {md_text(c.kind)} {md_code(c.key)}: {md_text(c.exclusion())} ({state})")
-    return "\n".join(lines)
+    note: str
+    state: Literal["completed", "cancelled", "failed"]
+    message: str
+    result: AgentTaskResult | None = None
+
+    def final_state(self) -> State:
+        """The flow run's final state, carrying the result when there is one."""
+        make = {"completed": Completed, "cancelled": Cancelled, "failed": Failed}[self.state]
+        if self.result is None:
+            return make(message=self.message)
+        return make(message=self.message, data=self.result)
 
 
-def _summary(changeset: ChangeSet, whole: Path) -> str:
-    """The changes as a Markdown list, cut at SUMMARY_LIMIT saying how many more and where;
-    the changes the playbook leaves out come first (and are listed again above, whole)."""
-    lines = [
-        f"- {c.action} {c.kind} {md_code(c.key)}"
-        + (f" ({md_text('; '.join(c.details))})" if c.details else "")
-        + ("" if c.exported else " *(not exported)*")
-        for c in sorted(changeset.changes, key=lambda c: not c.excluded)[:SUMMARY_LIMIT]
-    ]
-    more = len(changeset.changes) - SUMMARY_LIMIT
-    if more > 0:
-        lines.append(
-            f"- *{more} more changes not shown here; the whole change set is in the "
-            f"`agent-change` artifact and in {md_code(str(whole))}*"
-        )
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Mission:
+    """One run's task and terms, as its steps need them."""
 
-
-def _ask(proposal: Proposal, description: str, timeout_s: int, suspend: bool) -> Approval:
-    form = approval_form(proposal.digest).with_initial_data(description=description)
-    key = pause_key(proposal.attempt, proposal.digest)
-    if suspend:
-        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
-    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=2, key=key)
+    run_id: str
+    record: RunRecorder
+    sandbox_id: str
+    task: str
+    production: str
+    agent: AgentSpec | str
+    guardrails: str | None
+    accept_exclusions: list[str] | None
+    approval_timeout_s: int
+    max_attempts: int
+    auto_approve: bool
+    # A deployment's run can suspend (no process held while waiting); a direct call pauses.
+    suspend: bool
 
 
 @flow(name="agent-task", persist_result=True)
@@ -207,9 +143,7 @@ def agent_task(
     """
     logger = get_run_logger()
     run_id = str(flow_run.get_id())
-    # A deployment's run can suspend (no process held while waiting); a direct call pauses.
-    suspend = deployment.id is not None
-    runs.start(run_id, task, production)
+    record = RunRecorder.start(run_id, task, production)
     # Fail on a bad production name, agent or guardrails before any VM exists.
     load_target(production)
     build_agent(agent)
@@ -220,180 +154,234 @@ def agent_task(
     with sandbox_slots(run_id, logger.info):
         box = prepare_sandbox(run_id, image, sandbox_ttl_minutes)
         sandboxes.set_owner(box.id, Owner.this_process(run_id))
-        runs.update(run_id, sandbox_id=box.id)
-        suspended = False
+        record.update(sandbox_id=box.id)
+        with _sandbox_kept_only_while_suspended(run_id, box.id), record.failing(passes=(Pause,)):
+            mission = Mission(
+                run_id=run_id,
+                record=record,
+                sandbox_id=box.id,
+                task=task,
+                production=production,
+                agent=agent,
+                guardrails=guardrails,
+                accept_exclusions=accept_exclusions,
+                approval_timeout_s=approval_timeout_s,
+                max_attempts=max_attempts,
+                auto_approve=auto_approve,
+                suspend=deployment.id is not None,
+            )
+            outcome = _attempts(mission)
+            record.end(outcome.status, outcome.note)
+            return outcome.final_state()
+
+
+def _attempts(m: Mission) -> Outcome:
+    """Propose, decide, apply; a rejection sends the agent back with the reviewer's comment."""
+    feedback: str | None = None
+    for attempt in range(1, m.max_attempts + 1):
+        m.record.update(status="working", attempts=attempt)
+        proposal = propose(m, attempt, feedback)
+        if isinstance(proposal, Outcome):
+            return proposal
+        decision = decide(m, proposal)
+        if isinstance(decision, Outcome):
+            return decision
+        if decision.decision == "reject":
+            feedback = decision.comment or "rejected without a comment"
+            continue
+        return apply(m, proposal, decision)
+    return Outcome(
+        status="rejected",
+        note=f"rejected {m.max_attempts} time(s)",
+        state="cancelled",
+        message=f"rejected {m.max_attempts} time(s): nothing was applied",
+    )
+
+
+def propose(m: Mission, attempt: int, feedback: str | None) -> Proposal | Outcome:
+    """The agent works; its change is diffed, exported and sealed, proven by replay and
+    previewed on production. The proposal to review, or how the run ends (no change, no proof)."""
+    run_agent(m.run_id, m.sandbox_id, m.task, m.agent, attempt, feedback, m.guardrails)
+    changeset = diff_attempt(m.run_id, m.sandbox_id, attempt)
+    if changeset.empty:
+        get_run_logger().info("the agent changed nothing: there is nothing to approve")
+        return Outcome(
+            status="no-change",
+            note="the agent changed nothing",
+            state="completed",
+            message="no change",
+            result=AgentTaskResult(
+                flow_run_id=m.run_id,
+                outcome="no-change",
+                attempts=attempt,
+                production=m.production,
+            ),
+        )
+    # Sealed: proven, previewed, shown and applied as this one read-only copy.
+    sealed = export_attempt(m.run_id, changeset, attempt)
+    playbook = Path(sealed.path)
+    report = prove_playbook(m.run_id, playbook, attempt, m.accept_exclusions)
+    if report.excluded:
+        why = (
+            f"the playbook leaves out {len(report.excluded)} change(s) this run did "
+            f"not accept: {report.error}"
+        )
+        return Outcome(
+            status="failed",
+            note=why,
+            state="failed",
+            message=f"{why}; nothing was replayed or applied",
+        )
+    if not report.passed:
+        return Outcome(
+            status="failed",
+            note=f"replay failed: {report.summary()}",
+            state="failed",
+            message=f"the playbook did not reproduce the change on a fresh sandbox: "
+            f"{report.summary()}; nothing was applied",
+        )
+    preview_on_production(m.run_id, playbook, m.production, attempt)
+    proposal = Proposal(
+        attempt=attempt,
+        playbook_dir=sealed.path,
+        digest=sealed.digest,
+        changes=len(changeset.changes),
+        summary=summary(changeset, changeset_file(m.run_id, attempt)),
+        verification=report.summary(),
+        verified=report.passed,
+        exclusions=exclusions(changeset, m.accept_exclusions or []),
+    )
+    m.record.update(status="awaiting-approval")
+    return proposal
+
+
+def decide(m: Mission, proposal: Proposal) -> Approval | Outcome:
+    """The reviewer's decision on `proposal` (or fluid's own, with auto-approve), stored; how
+    the run ends instead when no answer comes in time or the approval names another playbook."""
+    logger = get_run_logger()
+    attempt = proposal.attempt
+    if m.auto_approve:
+        decision = automatic_approval(proposal.digest)
+    else:
+        extend_for_approval(m.sandbox_id, m.approval_timeout_s)
+        logger.info(
+            "waiting up to %d s for approval of digest %s (attempt %d)",
+            m.approval_timeout_s,
+            proposal.digest,
+            attempt,
+        )
+        if m.suspend:
+            # Nothing runs while suspended: the janitor must not think we crashed.
+            sandboxes.set_owner(m.sandbox_id, Owner(run=m.run_id))
         try:
-            feedback: str | None = None
-            for attempt in range(1, max_attempts + 1):
-                runs.update(run_id, status="working", attempts=attempt)
-                run_agent(run_id, box.id, task, agent, attempt, feedback, guardrails)
-                changeset = diff_attempt(run_id, box.id, attempt)
-                if changeset.empty:
-                    runs.finish(run_id, "no-change", "the agent changed nothing")
-                    logger.info("the agent changed nothing: there is nothing to approve")
-                    return Completed(
-                        message="no change",
-                        data=AgentTaskResult(
-                            flow_run_id=run_id,
-                            outcome="no-change",
-                            attempts=attempt,
-                            production=production,
-                        ),
-                    )
-                # Sealed: proven, previewed, shown and applied as this one read-only copy.
-                sealed = export_attempt(run_id, changeset, attempt)
-                playbook = Path(sealed.path)
-                report = prove_playbook(run_id, playbook, attempt, accept_exclusions)
-                if report.excluded:
-                    why = (
-                        f"the playbook leaves out {len(report.excluded)} change(s) this run did "
-                        f"not accept: {report.error}"
-                    )
-                    runs.finish(run_id, "failed", why)
-                    return Failed(message=f"{why}; nothing was replayed or applied")
-                if not report.passed:
-                    runs.finish(run_id, "failed", f"replay failed: {report.summary()}")
-                    return Failed(
-                        message=f"the playbook did not reproduce the change on a fresh sandbox: "
-                        f"{report.summary()}; nothing was applied"
-                    )
-                preview_on_production(run_id, playbook, production, attempt)
-                proposal = Proposal(
-                    attempt=attempt,
-                    playbook_dir=sealed.path,
-                    digest=sealed.digest,
-                    changes=len(changeset.changes),
-                    summary=_summary(changeset, changeset_file(run_id, attempt)),
-                    verification=report.summary(),
-                    verified=report.passed,
-                    exclusions=_exclusions(changeset, accept_exclusions or []),
-                )
-                runs.update(run_id, status="awaiting-approval")
+            decision = ask(
+                proposal,
+                review_description(m.task, proposal, m.production, m.max_attempts),
+                m.approval_timeout_s,
+                m.suspend,
+            )
+        except FlowPauseTimeout:
+            m.record.decide(attempt, "timed-out", digest=proposal.digest)
+            return Outcome(
+                status="timed-out",
+                note="no approval in time; nothing applied",
+                state="cancelled",
+                message="no approval in time: nothing was applied",
+            )
+        sandboxes.set_owner(m.sandbox_id, Owner.this_process(m.run_id))
 
-                if auto_approve:
-                    decision = Approval(
-                        decision="approve",
-                        digest=proposal.digest,
-                        approver=AUTOMATIC_APPROVER,
-                        comment="auto-approve",
-                    )
-                else:
-                    extend_for_approval(box.id, approval_timeout_s)
-                    logger.info(
-                        "waiting up to %d s for approval of digest %s (attempt %d)",
-                        approval_timeout_s,
-                        proposal.digest,
-                        attempt,
-                    )
-                    if suspend:
-                        # Nothing runs while suspended: the janitor must not think we crashed.
-                        sandboxes.set_owner(box.id, Owner(run=run_id))
-                    try:
-                        decision = _ask(
-                            proposal,
-                            _review_description(task, proposal, production, max_attempts),
-                            approval_timeout_s,
-                            suspend,
-                        )
-                    except FlowPauseTimeout:
-                        runs.decide(run_id, attempt, "timed-out", digest=proposal.digest)
-                        runs.finish(run_id, "timed-out", "no approval in time; nothing applied")
-                        return Cancelled(message="no approval in time: nothing was applied")
-                    sandboxes.set_owner(box.id, Owner.this_process(run_id))
-
-                if decision.decision == "approve":
-                    # Bound to what was shown: the approval's digest, the one stored before
-                    # the wait and the sealed copy's must agree, or nothing is applied.
-                    try:
-                        runs.check_approval(run_id, decision.digest, playbook)
-                    except PlaybookChanged as e:
-                        return _refuse(run_id, attempt, decision, auto_approve, e)
-                outcome = "approved" if decision.decision == "approve" else "rejected"
-                runs.decide(
-                    run_id,
-                    attempt,
-                    outcome,
-                    approver=decision.approver,
-                    automatic=auto_approve,
-                    comment=decision.comment,
-                    digest=proposal.digest,
-                )
-                logger.info(
-                    "%s by %s%s",
-                    outcome,
-                    decision.approver,
-                    f": {decision.comment}" if decision.comment else "",
-                )
-                if decision.decision == "reject":
-                    feedback = decision.comment or "rejected without a comment"
-                    continue
-
-                try:
-                    applied = apply_to_production(
-                        run_id, attempt, playbook, decision.digest, production
-                    )
-                except PlaybookChanged as e:
-                    return _refuse(run_id, attempt, decision, auto_approve, e)
-                runs.record_apply(run_id, applied, proposal.digest)
-                result = AgentTaskResult(
-                    flow_run_id=run_id,
-                    outcome="applied" if applied.succeeded else "apply-failed",
-                    attempts=attempt,
-                    production=production,
-                    digest=proposal.digest,
-                    approver=decision.approver,
-                    hosts={
-                        h: {"ok": applied.ok.get(h, 0), "changed": applied.changed.get(h, 0)}
-                        for h in set(applied.ok) | set(applied.changed)
-                    },
-                )
-                if not applied.succeeded:
-                    runs.finish(run_id, "apply-failed", applied.output_tail[-500:])
-                    return Failed(message=f"applying to {production} failed", data=result)
-                runs.finish(run_id, "applied", f"approved by {decision.approver}")
-                return Completed(message=f"applied to {production}", data=result)
-
-            runs.finish(run_id, "rejected", f"rejected {max_attempts} time(s)")
-            return Cancelled(message=f"rejected {max_attempts} time(s): nothing was applied")
-        except Pause:
-            suspended = True
-            raise
-        except BaseException as e:
-            runs.finish(run_id, "failed", f"{type(e).__name__}: {e}")
-            raise
-        finally:
-            if not suspended:
-                _publish_audit(run_id, box.id)
-                _destroy(box.id)
+    if decision.decision == "approve":
+        # Bound to what was shown: the approval's digest, the one stored before
+        # the wait and the sealed copy's must agree, or nothing is applied.
+        try:
+            m.record.check_approval(decision.digest, Path(proposal.playbook_dir))
+        except PlaybookChanged as e:
+            return _refuse(m, attempt, decision, e)
+    outcome = "approved" if decision.decision == "approve" else "rejected"
+    m.record.decide(
+        attempt,
+        outcome,
+        approver=decision.approver,
+        automatic=m.auto_approve,
+        comment=decision.comment,
+        digest=proposal.digest,
+    )
+    logger.info(
+        "%s by %s%s",
+        outcome,
+        decision.approver,
+        f": {decision.comment}" if decision.comment else "",
+    )
+    return decision
 
 
-def _refuse(
-    run_id: str, attempt: int, decision: Approval, automatic: bool, why: PlaybookChanged
-) -> State:
+def apply(m: Mission, proposal: Proposal, decision: Approval) -> Outcome:
+    """Apply exactly the approved playbook to production and store each host's result."""
+    attempt = proposal.attempt
+    try:
+        applied = apply_to_production(
+            m.run_id, attempt, Path(proposal.playbook_dir), decision.digest, m.production
+        )
+    except PlaybookChanged as e:
+        return _refuse(m, attempt, decision, e)
+    m.record.record_apply(applied, proposal.digest)
+    result = AgentTaskResult(
+        flow_run_id=m.run_id,
+        outcome="applied" if applied.succeeded else "apply-failed",
+        attempts=attempt,
+        production=m.production,
+        digest=proposal.digest,
+        approver=decision.approver,
+        hosts={
+            h: {"ok": applied.ok.get(h, 0), "changed": applied.changed.get(h, 0)}
+            for h in set(applied.ok) | set(applied.changed)
+        },
+    )
+    if not applied.succeeded:
+        return Outcome(
+            status="apply-failed",
+            note=applied.output_tail[-500:],
+            state="failed",
+            message=f"applying to {m.production} failed",
+            result=result,
+        )
+    return Outcome(
+        status="applied",
+        note=f"approved by {decision.approver}",
+        state="completed",
+        message=f"applied to {m.production}",
+        result=result,
+    )
+
+
+def _refuse(m: Mission, attempt: int, decision: Approval, why: PlaybookChanged) -> Outcome:
     """An approval that does not match what was shown: recorded as refused, nothing applied."""
     get_run_logger().error("refused to apply: %s", why)
-    runs.decide(
-        run_id,
+    m.record.decide(
         attempt,
         "refused",
         approver=decision.approver,
-        automatic=automatic,
+        automatic=m.auto_approve,
         comment=str(why),
-        digest=runs.proposed_digest(run_id),
+        digest=m.record.proposed_digest(),
     )
-    runs.finish(run_id, "refused", str(why))
-    return Failed(message=f"refused: {why}")
+    return Outcome(status="refused", note=str(why), state="failed", message=f"refused: {why}")
 
 
-def load_target(production: str) -> ProductionTarget:
-    """The ProductionTarget block `production`; ProductionBlockError saying how to make one."""
+@contextlib.contextmanager
+def _sandbox_kept_only_while_suspended(run_id: str, sandbox_id: str) -> Iterator[None]:
+    """However the run's work ends, its audit trail is published and its sandbox destroyed;
+    but a suspended run (Pause) comes back to its sandbox, so that waits."""
+    suspended = False
     try:
-        return ProductionTarget.load(production)
-    except ValueError as e:
-        raise ProductionBlockError(
-            f"no ProductionTarget block named {production!r}: create one with `fluid production "
-            f"create {production}` (a VM) or save a ProductionTarget for your hosts ({e})"
-        ) from e
+        yield
+    except Pause:
+        suspended = True
+        raise
+    finally:
+        if not suspended:
+            _publish_audit(run_id, sandbox_id)
+            _destroy(sandbox_id)
 
 
 def _publish_audit(run_id: str, sandbox_id: str) -> None:

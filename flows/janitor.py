@@ -40,17 +40,8 @@ def _phase(client: SyncPrefectClient, run_id: str) -> RunPhase:
 
 def _settle_records(client: SyncPrefectClient) -> list[str]:
     """Give ended runs whose record is still open their final status (e.g. a timeout)."""
-    from sqlmodel import select
-
-    from infra.records import store
-    from infra.records.store import AgentRunRecord
-
     settled = []
-    with store.session(get_settings()) as s:
-        open_runs = list(
-            s.exec(select(AgentRunRecord).where(AgentRunRecord.status.not_in(runs.FINAL)))
-        )
-    for rec in open_runs:
+    for rec in runs.open_runs(get_settings()):
         try:
             fr = client.read_flow_run(UUID(rec.flow_run_id))
         except ObjectNotFound:

@@ -1,4 +1,5 @@
-"""Prefect tasks of the agent-task flow, each a thin step over infra/ with its artifact.
+"""Prefect tasks of the agent-task flow, each a thin step over infra/ with its artifact (the
+artifacts' Markdown is tasks/artifacts.py's).
 
 Their results persist and are cached per flow run and inputs: a run suspended for approval
 starts its flow function again from the top when resumed, and every step before the
@@ -17,12 +18,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, RUN_ID
 from pydantic import BaseModel
 
+from blocks.loading import agent_spec, build_agent, load_guardrails
 from blocks.production_target import ProductionTarget
 from infra.agents import AgentContext, AgentReport, AgentSpec
 from infra.agents.tools import Toolbox
 from infra.ansible.playbook_runs import PlaybookRun, run_playbook
 from infra.ansible.verification import VerificationReport, verify
-from infra.escaping import md_block, md_code, md_text
+from infra.escaping import md_code, md_text
 from infra.host.permissions import write_private
 from infra.machines import checkpoints, sandboxes
 from infra.machines.owners import Owner
@@ -32,19 +34,19 @@ from infra.state import capture as captures
 from infra.state.base import ChangeSet
 from infra.state.diff import compare, markdown
 from infra.state.export import export
-from tasks.agents import agent_spec, build_agent, load_guardrails
-from tasks.change import verification_markdown
+from tasks.artifacts import (
+    hosts_table,
+    playbook_markdown,
+    preview_markdown,
+    preview_verdict,
+    publish_audit_trail,
+    verification_markdown,
+)
 
 BEFORE = "before"
 # Cached per flow run and inputs, not per source code: a run resumed after a fluid upgrade
 # must not redo (and repeat the side effects of) a step whose code changed meanwhile.
 RESUMABLE = INPUTS + RUN_ID
-# Text files of a playbook shown inline in its artifact; larger ones are only listed.
-ARTIFACT_FILE_LIMIT = 20_000
-# The end of ansible-playbook's output shown in the preview artifact.
-PREVIEW_TAIL = 5000
-# Audit records shown in the audit artifact, and characters of each record's summary.
-AUDIT_RECORDS, AUDIT_SUMMARY = 200, 150
 
 
 class SealedPlaybook(BaseModel):
@@ -52,20 +54,6 @@ class SealedPlaybook(BaseModel):
 
     path: str
     digest: str
-
-
-class Proposal(BaseModel):
-    """One attempt's change, as the reviewer sees it."""
-
-    attempt: int
-    playbook_dir: str
-    digest: str
-    changes: int
-    summary: str
-    verification: str
-    verified: bool
-    # Markdown: the changes the playbook leaves out, accepted by the run (shown first).
-    exclusions: str = ""
 
 
 def attempt_dir(run_id: str, attempt: int) -> Path:
@@ -137,46 +125,8 @@ def run_agent(
         report = build_agent(spec).work(ctx, tools, say=logger.info)
     checkpoints.create(sandbox_id, f"after-{attempt}", settings)
     logger.info("agent done: %s", report.summary)
-    _publish_audit(run_id, sandbox_id, f"attempt {attempt}")
+    publish_audit_trail(run_id, sandbox_id, f"attempt {attempt}")
     return report
-
-
-def _cell(text: str) -> str:
-    cut = len(text) - AUDIT_SUMMARY
-    return md_text(text[:AUDIT_SUMMARY]) + (f" *… {cut} more characters*" if cut > 0 else "")
-
-
-def _publish_audit(run_id: str, sandbox_id: str, when: str) -> None:
-    """The run's audit records so far and the chain's head hash, as an artifact."""
-    records = [r for r in audit.entries(run_id) if r.sandbox_id in (None, sandbox_id)]
-    head = audit.head()
-    earlier = len(records) - AUDIT_RECORDS
-    lines = [
-        f"# Audit trail ({md_text(when)})",
-        "",
-        f"Chain head: {md_code(str(head))} — check it later with "
-        f"{md_code(f'fluid audit verify --head {head}')}.",
-        "",
-        *(
-            [
-                f"*{earlier} earlier records not shown; all of them: "
-                f"{md_code(f'fluid audit {run_id}')}.*",
-                "",
-            ]
-            if earlier > 0
-            else []
-        ),
-        "| # | time | kind | actor | what |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {r.seq} | {r.at:%H:%M:%S} | {md_text(r.kind)} | {md_text(r.actor)} | "
-            f"{_cell(r.summary)} |"
-            for r in records[-AUDIT_RECORDS:]
-        ),
-    ]
-    create_markdown_artifact(
-        markdown="\n".join(lines), key="agent-audit", description=f"Audit trail ({when})"
-    )
 
 
 @task(
@@ -199,38 +149,6 @@ def diff_attempt(run_id: str, sandbox_id: str, attempt: int) -> ChangeSet:
     return cs
 
 
-def _playbook_markdown(directory: Path, dig: str, attempt: int) -> str:
-    lines = [
-        f"# Playbook (attempt {attempt})",
-        "",
-        f"Digest: {md_code(dig)}",
-        "",
-        f"The reviewed copy (read-only, applied as it is): {md_code(str(directory))}",
-        "",
-    ]
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        rel = path.relative_to(directory).as_posix()
-        if rel in ("DIGEST", "changeset.json"):
-            continue
-        # Only the start is read: a captured file in files/ may be gigabytes.
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            data = f.read(ARTIFACT_FILE_LIMIT + 1)
-        heading = f"## {md_text(rel)}"
-        if len(data) > ARTIFACT_FILE_LIMIT or b"\0" in data:
-            what = "binary" if b"\0" in data else "over 20 KB"
-            lines += [
-                heading,
-                "",
-                f"*{size} bytes ({what}), not shown; the whole file is in {md_code(str(path))}.*",
-                "",
-            ]
-            continue
-        lang = "yaml" if rel.endswith((".yml", ".yaml")) else ""
-        lines += [heading, "", md_block(data.decode(errors="replace").rstrip(), lang), ""]
-    return "\n".join(lines)
-
-
 @task(
     name="export playbook",
     task_run_name="export attempt {attempt}",
@@ -250,7 +168,7 @@ def export_attempt(run_id: str, changeset: ChangeSet, attempt: int) -> SealedPla
         runs.unseal(work)
     runs.propose(run_id, dig)
     create_markdown_artifact(
-        markdown=_playbook_markdown(sealed, dig, attempt),
+        markdown=playbook_markdown(sealed, dig, attempt),
         key="agent-playbook",
         description=f"The playbook that would be applied (attempt {attempt})",
     )
@@ -290,20 +208,6 @@ def prove_playbook(
     return report
 
 
-def _hosts_table(run: PlaybookRun) -> list[dict[str, object]]:
-    hosts = sorted(set(run.ok) | set(run.changed) | set(run.failures) | set(run.unreachable))
-    return [
-        {
-            "host": h,
-            "ok": run.ok.get(h, 0),
-            "changed": run.changed.get(h, 0),
-            "failed": run.failures.get(h, 0),
-            "unreachable": run.unreachable.get(h, 0),
-        }
-        for h in hosts
-    ]
-
-
 def _run_on_production(
     production: str, playbook_dir: Path, *, check: bool, output_file: Path
 ) -> PlaybookRun:
@@ -314,21 +218,6 @@ def _run_on_production(
         return run_playbook(
             Path(playbook_dir), hosts, check=check, diff=check, output_file=output_file
         )
-
-
-def _output_tail(run: PlaybookRun, output_file: Path, limit: int) -> list[str]:
-    """The end of a playbook run's output as Markdown, saying how much is cut and where the
-    whole output is."""
-    tail = run.output_tail[-limit:]
-    cut = max(run.output_chars, len(run.output_tail)) - len(tail)
-    lines = [md_block(tail)]
-    if cut > 0:
-        lines += [
-            "",
-            f"*The first {cut} characters of the output are not shown; the whole output is in "
-            f"{md_code(str(output_file))}.*",
-        ]
-    return lines
 
 
 @task(
@@ -373,86 +262,6 @@ def preview_on_production(
     return run
 
 
-# What a task result means in a check-mode preview.
-PREVIEW_LABELS = {
-    "changed": "would change",
-    "ok": "no change",
-    "ignored": "unknown until applied",
-    "skipped": "skipped",
-    "failed": "failed",
-    "unreachable": "unreachable",
-}
-# Task results listed in the preview artifact; the rest are counted and pointed to.
-PREVIEW_ROWS = 200
-
-
-def preview_counts(run: PlaybookRun) -> dict[str, int]:
-    """How many task results (per task and host) the preview has of each kind, by label."""
-    counts = dict.fromkeys(PREVIEW_LABELS.values(), 0)
-    for t in run.tasks:
-        counts[PREVIEW_LABELS[t.status]] += 1
-    return counts
-
-
-def preview_verdict(run: PlaybookRun) -> str:
-    """The preview in one line: its counts, and whether anything failed."""
-    counts = preview_counts(run)
-    shown = ", ".join(f"{n} {label}" for label, n in counts.items() if n)
-    if not run.succeeded:
-        return f"with errors ({shown or 'no task ran'})"
-    if counts["unknown until applied"]:
-        return f"with errors in check mode only ({shown})"
-    return f"clean ({shown or 'no tasks'})"
-
-
-def preview_markdown(run: PlaybookRun, production: str, *, output: Path, whole: Path) -> str:
-    """The check-mode preview for the reviewer: a line per task and host (cut at PREVIEW_ROWS
-    saying how many more and where the whole is), then the end of ansible's output."""
-    counts = preview_counts(run)
-    rows = run.tasks[:PREVIEW_ROWS]
-    more = run.tasks_total - len(rows)
-    md = [
-        f"# Check-mode preview on {md_text(production)}: {md_text(preview_verdict(run))}",
-        "",
-        "Per task and host: "
-        + ", ".join(
-            f"**{n}** {label}"
-            for label, n in counts.items()
-            if n or label in ("would change", "no change", "unknown until applied")
-        )
-        + ". *Unknown until applied*: the task failed in check mode, most often because it "
-        "needs an earlier change that check mode only pretends to make; the real apply stops "
-        "at a task that fails.",
-        "",
-        "| # | task | host | in check mode | message |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {i} | {md_code(t.task, table=True)} | {md_text(t.host)} | "
-            f"{PREVIEW_LABELS[t.status]} | {md_text(t.message)} |"
-            for i, t in enumerate(rows, 1)
-        ),
-    ]
-    if more > 0:
-        md += [
-            "",
-            f"*{more} more task results not shown; the whole preview is in {md_code(str(whole))} "
-            f"and ansible's whole output in {md_code(str(output))}.*",
-        ]
-    md += [
-        "",
-        "| host | ok | changed | failed | unreachable |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {md_text(str(r['host']))} | {r['ok']} | {r['changed']} | {r['failed']} | "
-            f"{r['unreachable']} |"
-            for r in _hosts_table(run)
-        ),
-        "",
-        *_output_tail(run, output, PREVIEW_TAIL),
-    ]
-    return "\n".join(md)
-
-
 @task(name="apply to production", persist_result=True, cache_policy=RESUMABLE)
 def apply_to_production(
     run_id: str, attempt: int, playbook_dir: Path, approved_digest: str, production: str
@@ -464,7 +273,7 @@ def apply_to_production(
     logger.info("digest %s matches the approval; applying to %s", actual, production)
     output = attempt_dir(run_id, attempt) / "apply-output.txt"
     run = _run_on_production(production, playbook_dir, check=False, output_file=output)
-    rows = _hosts_table(run)
+    rows = hosts_table(run)
     create_table_artifact(
         table=rows,
         key="agent-apply",
@@ -483,7 +292,7 @@ def apply_to_production(
 @task(name="publish audit trail")
 def publish_audit(run_id: str, sandbox_id: str) -> str | None:
     """The run's audit trail and the chain's head hash, as the run's last artifact."""
-    _publish_audit(run_id, sandbox_id, "end of run")
+    publish_audit_trail(run_id, sandbox_id, "end of run")
     return audit.head()
 
 

@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows.agent_task import _exclusions, _review_description, _summary
+from flows import approval
 from infra.ansible.playbook_runs import PlaybookRun, run_playbook, sandbox_host
 from infra.ansible.verification import VerificationReport, unaccepted_message, verify
 from infra.escaping import md_text
@@ -39,8 +39,8 @@ from infra.state.base import Change, ChangeSet
 from infra.state.capture import blob_store
 from infra.state.diff import compare, markdown, residual, terminal
 from infra.state.export import export
-from tasks.agent_task import Proposal, preview_on_production
-from tasks.change import verification_markdown
+from tasks.agent_task import preview_on_production
+from tasks.artifacts import verification_markdown
 from tests.conftest import FLUID, fluid
 
 DIR = f"/srv/proof-{secrets.token_hex(3)}"
@@ -115,9 +115,9 @@ def test_the_diff_and_the_approval_form_show_exclusions_first():
     assert KEY in term.split("files:")[0]
     # The approval form: the exclusion above the list of changes, named, with its state;
     # the list (cut at 30) starts with it too.
-    summary = _summary(cs, Path("/runs/x/changeset.json"))
+    summary = approval.summary(cs, Path("/runs/x/changeset.json"))
     assert summary.splitlines()[0].startswith(f"- added files `{KEY}`")
-    proposal = Proposal(
+    proposal = approval.Proposal(
         attempt=1,
         playbook_dir="/p",
         digest="d" * 64,
@@ -125,9 +125,9 @@ def test_the_diff_and_the_approval_form_show_exclusions_first():
         summary=summary,
         verification="PASSED",
         verified=True,
-        exclusions=_exclusions(cs, [KEY]),
+        exclusions=approval.exclusions(cs, [KEY]),
     )
-    form = _review_description("task", proposal, "prod", 3)
+    form = approval.review_description("task", proposal, "prod", 3)
     assert form.index("Not in the playbook: 1 change(s)") < form.index("41 change(s):")
     assert f"`{KEY}`: not reproducible, because holds private key material " in form
     assert "(accepted by this run)" in form

@@ -6,12 +6,16 @@ no VM, no Prefect).
   touches the host or a guest, and knows nothing of orchestration: it imports the standard
   library, third-party libraries other than Prefect, and infra/ itself; never prefect, tasks,
   flows, blocks or cli (not even lazily inside a function).
-- blocks/ holds the Prefect blocks, fluid's configuration stored on the Prefect server. It may
-  import prefect and infra/; never tasks, flows or cli.
-- tasks/ holds the Prefect tasks, each a step over infra/. It may import prefect, infra/ and
-  blocks/; never flows or cli.
-- flows/ holds the Prefect flows that compose tasks. It may import prefect, infra/, blocks/ and
-  tasks/; never cli.
+- orchestration/ is the Prefect plumbing: the local server, worker and deployments, the client,
+  the per-host sandbox slots. It may import prefect and infra/; never tasks, flows, blocks or
+  cli.
+- blocks/ holds the Prefect blocks, fluid's configuration stored on the Prefect server, and
+  their loading (blocks/loading.py). It may import prefect and infra/; never orchestration,
+  tasks, flows or cli.
+- tasks/ holds the Prefect tasks the flows use, each a step over infra/, and their artifacts.
+  It may import prefect, infra/, orchestration/ and blocks/; never flows or cli.
+- flows/ holds the Prefect flows, which compose tasks. It may import prefect, infra/,
+  orchestration/, blocks/ and tasks/; never cli.
 - cli/, the `fluid` command, is the top: it may import any layer, but prefect, flows, tasks
   and blocks only lazily, inside the functions of the commands that need them (cli/run.py,
   cli/janitor.py, cli/production.py); every other cli module never imports them, so sandbox,

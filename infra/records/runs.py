@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlmodel import select
@@ -165,6 +167,12 @@ def get(flow_run_id: str, settings: FluidSettings | None = None) -> AgentRunReco
         return s.get(AgentRunRecord, flow_run_id)
 
 
+def open_runs(settings: FluidSettings | None = None) -> list[AgentRunRecord]:
+    """The runs whose record has no final status yet."""
+    with store.session(settings or get_settings()) as s:
+        return list(s.exec(select(AgentRunRecord).where(AgentRunRecord.status.not_in(FINAL))))
+
+
 def decisions(flow_run_id: str, settings: FluidSettings | None = None) -> list[DecisionRecord]:
     """A run's decisions, first attempt first."""
     with store.session(settings or get_settings()) as s:
@@ -180,6 +188,59 @@ def decisions(flow_run_id: str, settings: FluidSettings | None = None) -> list[D
 def applies(flow_run_id: str, settings: FluidSettings | None = None) -> list[ApplyRecord]:
     with store.session(settings or get_settings()) as s:
         return list(s.exec(select(ApplyRecord).where(ApplyRecord.flow_run_id == flow_run_id)))
+
+
+class RunRecorder:
+    """The one interface a flow keeps its run's record through: what the run is doing, each
+    decision, the apply, and how it ended (recorded once, by `end` or by `failing`)."""
+
+    def __init__(self, flow_run_id: str, settings: FluidSettings | None = None) -> None:
+        self.flow_run_id = flow_run_id
+        self.settings = settings
+
+    @classmethod
+    def start(
+        cls, flow_run_id: str, task: str, production: str, settings: FluidSettings | None = None
+    ) -> RunRecorder:
+        """The recorder of a run whose record is made now (a resumed run finds it as it was)."""
+        start(flow_run_id, task, production, settings)
+        return cls(flow_run_id, settings)
+
+    def update(self, **fields: object) -> None:
+        """Set fields of the run's record (its final status, once recorded, stays)."""
+        update(self.flow_run_id, self.settings, **fields)
+
+    def decide(self, attempt: int, outcome: str, **details: object) -> DecisionRecord:
+        """Store the decision on `attempt` (see `decide`)."""
+        return decide(self.flow_run_id, attempt, outcome, settings=self.settings, **details)
+
+    def record_apply(self, run: PlaybookRun, digest: str) -> list[ApplyRecord]:
+        """Store the apply's per-host results (see `record_apply`)."""
+        return record_apply(self.flow_run_id, run, digest, self.settings)
+
+    def check_approval(self, approved: str | None, sealed: Path) -> str:
+        """The digest to apply, once approval, record and sealed copy agree (`check_approval`)."""
+        return check_approval(self.flow_run_id, approved, sealed, self.settings)
+
+    def proposed_digest(self) -> str | None:
+        """The digest stored for the run's latest proposal."""
+        return proposed_digest(self.flow_run_id, self.settings)
+
+    def end(self, status: str, message: str = "") -> None:
+        """Record how the run ended; the first final status stays."""
+        finish(self.flow_run_id, status, message, self.settings)
+
+    @contextmanager
+    def failing(self, passes: tuple[type[BaseException], ...] = ()) -> Iterator[RunRecorder]:
+        """Around the run's work: an exception leaving it is recorded as the run's failure
+        (`TypeName: message`), except one of `passes`, which ends nothing (a suspension)."""
+        try:
+            yield self
+        except passes:
+            raise
+        except BaseException as e:
+            self.end("failed", f"{type(e).__name__}: {e}")
+            raise
 
 
 def attempt_dir(flow_run_id: str, attempt: int, settings: FluidSettings | None = None) -> Path:

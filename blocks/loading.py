@@ -1,4 +1,5 @@
-"""Turn the flow's agent and guardrails parameters into live objects, loading their blocks.
+"""Block loading: turn the flow parameters that name blocks (production, agent, guardrails)
+into live objects, with an error saying how to make a block that is missing.
 
 Kept apart from infra/agents because it reads Prefect blocks and secrets; the agents
 themselves never see Prefect.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import os
 
+from blocks.production_target import ProductionTarget
 from infra.agents import Agent, AgentSpec, LLMAgentSpec, ScriptedAgent, ScriptedAgentSpec
-from infra.errors import FluidError
+from infra.errors import FluidError, ProductionBlockError
 from infra.guardrails.policy import Guardrails
 
 
@@ -78,3 +80,14 @@ def load_guardrails(name: str | None) -> Guardrails:
         return GuardrailsBlock.load(name).to_guardrails()
     except ValueError as e:
         raise AgentConfigError(f"no Guardrails block named {name!r} ({e})") from e
+
+
+def load_target(production: str) -> ProductionTarget:
+    """The ProductionTarget block `production`; ProductionBlockError saying how to make one."""
+    try:
+        return ProductionTarget.load(production)
+    except ValueError as e:
+        raise ProductionBlockError(
+            f"no ProductionTarget block named {production!r}: create one with `fluid production "
+            f"create {production}` (a VM) or save a ProductionTarget for your hosts ({e})"
+        ) from e
