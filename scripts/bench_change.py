@@ -62,10 +62,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_cleanup import destroy_quietly, leftovers
-from bench_results import (
+from bench.cleanup import destroy_quietly, leftovers
+from bench.host import guest_facts, is_root, load_average, report_errors
+from bench.results import (
     BenchError,
     Results,
+    failure,
     interrupt_on_termination,
     log,
     signals_ignored,
@@ -74,7 +76,6 @@ from measure_capture import measured_capture
 
 from infra.ansible.verification import VerificationReport, verify
 from infra.host import images
-from infra.host.libvirt_host import domain_type
 from infra.machines import sandboxes, warm_slots
 from infra.settings import FluidSettings
 from infra.state import capture as captures
@@ -288,12 +289,9 @@ def my_sandboxes(settings: FluidSettings) -> list[str]:
 
 
 def host_line(settings: FluidSettings, golden: images.ImageManifest) -> str:
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"host: nproc={os.cpu_count()} load={load} domain_type={domain_type(settings)} "
-        f"guest={settings.memory_mib} MiB/{settings.vcpus} vCPU "
-        f"tb_cache={settings.tb_cache_mib} MiB image={golden.name}:{golden.version}"
-    )
+    """The host, its load, the guest's size and the image."""
+    load = load_average()
+    return f"host: nproc={os.cpu_count()} load={load} {guest_facts(settings, golden)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    if os.geteuid() != 0:
-        print("error: run as root (libvirt's system URI, nftables)", file=sys.stderr)
+    if not is_root("libvirt's system URI, nftables"):
         return 2
 
     interrupt_on_termination()
@@ -327,10 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         golden = images.resolve(settings.image, settings=settings)
         print(host_line(settings, golden), flush=True)
         report = bench(res, facts, name, args.runs, root, settings, golden)
-    except KeyboardInterrupt as e:
-        error, code = f"interrupted ({e or 'Ctrl-C'})", 130
-    except Exception as e:  # any failure ends the run, with its message
-        error, code = f"{type(e).__name__}: {e}", 1
+    except (KeyboardInterrupt, Exception) as e:  # any failure ends the run, with its message
+        error, code = failure(e)
     finally:
         with signals_ignored():
             ids += [i for i in my_sandboxes(settings) if i not in ids]
@@ -364,12 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in facts.problems:
         print(f"error: {p}", file=sys.stderr)
         code = code or 1
-    if error:
-        print(f"error: {error}", file=sys.stderr)
-    for p in problems:
-        print(f"error: cleanup: {p}", file=sys.stderr)
-        code = code or 1
-    return code
+    return report_errors(error, problems, code)
 
 
 if __name__ == "__main__":

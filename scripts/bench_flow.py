@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from bench_results import BenchError, Results, log  # noqa: E402
+from bench.results import BenchError, Results, log  # noqa: E402
 
 
 def _free_port() -> int:

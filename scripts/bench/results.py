@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: timed samples printed as one markdown table."""
+"""Shared by the benchmark scripts: timed samples printed as one markdown table, and the errors
+that end a run."""
 
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ class BenchError(Exception):
     """The benchmark cannot go on; the message says why."""
 
 
+class SetupError(BenchError):
+    """The host cannot run the benchmark (exit status 2); the message says how to fix it."""
+
+
 @dataclass
 class Row:
+    """One step's samples, all in one unit."""
+
     step: str
     unit: str
     samples: list[float] = field(default_factory=list)
@@ -80,6 +87,27 @@ class Results:
             + "|"
         )
         return "\n".join([render(lines[0]), sep, *(render(line) for line in lines[1:])])
+
+
+def failure(e: BaseException) -> tuple[str, int]:
+    """The error line and exit status of what ended a run: 130 interrupted, 2 setup, else 1."""
+    if isinstance(e, KeyboardInterrupt):
+        return f"interrupted ({str(e) or 'Ctrl-C'})", 130
+    if isinstance(e, SetupError):
+        return f"setup: {e}", 2
+    return f"{type(e).__name__}: {e}", 1
+
+
+def timed(res: Results, step: str, unit: str, fn: Callable[[], T]) -> tuple[T, float]:
+    """res.timed, also returning the sample just recorded."""
+    out = res.timed(step, unit, fn)
+    return out, res.rows[step].samples[-1]
+
+
+def median(res: Results, step: str) -> float | None:
+    """The median of a row's samples; None when the row was not measured."""
+    row = res.rows.get(step)
+    return statistics.median(row.samples) if row and row.samples else None
 
 
 def _fmt(v: float) -> str:

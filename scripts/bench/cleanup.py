@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import libvirt
-from bench_results import log
 
+from bench.results import log
 from infra.errors import SandboxNotFound
 from infra.host import domains
 from infra.host.libvirt_host import connect, lookup
