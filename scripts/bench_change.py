@@ -62,6 +62,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from measure_capture import measured_capture
+
 from bench.cleanup import destroy_quietly, leftovers
 from bench.host import guest_facts, is_root, load_average, report_errors
 from bench.results import (
@@ -72,8 +74,6 @@ from bench.results import (
     log,
     signals_ignored,
 )
-from measure_capture import measured_capture
-
 from infra.ansible.verification import VerificationReport, verify
 from infra.host import images
 from infra.machines import sandboxes, warm_slots

@@ -90,7 +90,6 @@ from bench.sandbox.image_build import bench_build
 from bench.sandbox.virt_clone import VirtCloneBench
 from bench.sandbox.virt_diff import LIBGUESTFS_ENV, ensure_virt_diff, warm_up_libguestfs
 from bench.tools import ensure_tool
-
 from infra.errors import FluidError
 from infra.host import images
 from infra.host.libvirt_host import connect
