@@ -13,14 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import (
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-)
+from infra.state import base
 from infra.state.playbook_yaml import unsafe_each
 
 SECTION = "@@fluid-section "
@@ -100,7 +93,7 @@ ALTERNATIVES_LINKS = "/etc/alternatives"
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
-class Packages(ResourceKind[PackagesState]):
+class Packages(base.ResourceKind[PackagesState]):
     """The packages kind (dpkg/apt)."""
 
     name = "packages"
@@ -164,13 +157,15 @@ class Packages(ResourceKind[PackagesState]):
             },
         )
 
-    def diff(self, before: PackagesState, after: PackagesState, ctx: DiffContext) -> list[Change]:
+    def diff(
+        self, before: PackagesState, after: PackagesState, ctx: base.DiffContext
+    ) -> list[base.Change]:
         changes = []
         manual_after, manual_before = set(after.manual), set(before.manual)
-        for name in changed_keys(before.installed, after.installed):
+        for name in base.changed_keys(before.installed, after.installed):
             b, a = before.installed.get(name), after.installed.get(name)
             if b is None:
-                ch = Change(
+                ch = base.Change(
                     kind=self.name,
                     key=name,
                     action="added",
@@ -180,7 +175,7 @@ class Packages(ResourceKind[PackagesState]):
                 if name not in manual_after:
                     ch.brought_by("installed as a dependency")
             elif a is None:
-                ch = Change(
+                ch = base.Change(
                     kind=self.name,
                     key=name,
                     action="removed",
@@ -190,7 +185,7 @@ class Packages(ResourceKind[PackagesState]):
                 if name not in manual_before:
                     ch.brought_by("removed as an unused dependency")
             else:
-                ch = Change(
+                ch = base.Change(
                     kind=self.name,
                     key=name,
                     action="modified",
@@ -203,9 +198,9 @@ class Packages(ResourceKind[PackagesState]):
             changes.append(ch)
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # Package names and versions are the guest's (dpkg's answer): each tagged !unsafe.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         install = [c.key for c in changes if c.exported and c.action == "added"]
         upgrade = [
             f"{c.key}={c.after['version']}"

@@ -8,16 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
-from infra.state.base import (
-    CONTENT_NOT_KEPT,
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-    unified_diff,
-)
+from infra.state import base
 from infra.state.playbook_yaml import blob_name, unsafe
 
 # The handler that loads the files: fluid's name, plain in the playbook.
@@ -47,7 +38,7 @@ def _settings(text: str) -> dict[str, str]:
     return out
 
 
-class Sysctl(ResourceKind[SysctlState]):
+class Sysctl(base.ResourceKind[SysctlState]):
     """The sysctl kind."""
 
     name = "sysctl"
@@ -90,9 +81,11 @@ class Sysctl(ResourceKind[SysctlState]):
         blobs, state._blobs = state._blobs, {}
         return blobs
 
-    def diff(self, before: SysctlState, after: SysctlState, ctx: DiffContext) -> list[Change]:
+    def diff(
+        self, before: SysctlState, after: SysctlState, ctx: base.DiffContext
+    ) -> list[base.Change]:
         changes = []
-        for path in changed_keys(before.files, after.files):
+        for path in base.changed_keys(before.files, after.files):
             b, a = before.files.get(path), after.files.get(path)
             action = "added" if b is None else "removed" if a is None else "modified"
             bs, as_ = (b.settings if b else {}), (a.settings if a else {})
@@ -101,7 +94,7 @@ class Sysctl(ResourceKind[SysctlState]):
                 for k in sorted(set(bs) | set(as_))
                 if bs.get(k) != as_.get(k)
             ]
-            ch = Change(
+            ch = base.Change(
                 kind=self.name,
                 key=path,
                 action=action,
@@ -112,16 +105,16 @@ class Sysctl(ResourceKind[SysctlState]):
             old = ctx.blob(b.sha256) if b else b""
             new = ctx.blob(a.sha256) if a else b""
             if new is None:
-                ch.exported, ch.note = False, CONTENT_NOT_KEPT
+                ch.exported, ch.note = False, base.CONTENT_NOT_KEPT
             if old is not None and new is not None:
-                ch.text_diff = unified_diff(path, old if b else None, new if a else None)
+                ch.text_diff = base.unified_diff(path, old if b else None, new if a else None)
             changes.append(ch)
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # File names, owners and groups are the guest's: tagged !unsafe. The contents (keys and
         # values) travel as bytes in files/, never through YAML.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         for c in (c for c in changes if c.exported):
             path = unsafe(c.key)
             if c.action == "removed":
