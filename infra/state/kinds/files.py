@@ -73,11 +73,10 @@ class FileEntry(BaseModel):
         return {k: getattr(self, k) for k in COMPARED}
 
 
-class FilesState(BaseModel):
+class FilesState(base.CarriesBlobs):
     """Every entry of the root filesystem outside the skipped trees."""
 
     entries: dict[str, FileEntry]
-    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
     _large: dict[str, LargeContent] = PrivateAttr(default_factory=dict)
 
     def hash_index(self) -> dict[str, list[Any]]:
@@ -322,14 +321,9 @@ class Files(base.ResourceKind[FilesState]):
                 f"the files probe's answer is malformed (at {_shown(path)}): "
                 f"{type(err).__name__}: {_shown(str(err))}"
             ) from err
-        state = FilesState(entries=entries)
-        state._blobs = blobs
+        state = FilesState(entries=entries).carrying(blobs)
         state._large = large
         return state
-
-    def take_blobs(self, state: FilesState) -> dict[str, bytes]:
-        blobs, state._blobs = state._blobs, {}
-        return blobs
 
     def take_large(self, state: FilesState) -> list[LargeContent]:
         large, state._large = state._large, {}

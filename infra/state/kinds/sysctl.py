@@ -6,7 +6,7 @@ import base64
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel
 
 from infra.state import base
 from infra.state.playbook_yaml import blob_name, unsafe
@@ -23,9 +23,8 @@ class SysctlFile(BaseModel):
     settings: dict[str, str]
 
 
-class SysctlState(BaseModel):
+class SysctlState(base.CarriesBlobs):
     files: dict[str, SysctlFile]
-    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
 
 def _settings(text: str) -> dict[str, str]:
@@ -73,13 +72,7 @@ class Sysctl(base.ResourceKind[SysctlState]):
                 sha256=sha,
                 settings=_settings(data.decode(errors="replace")),
             )
-        state = SysctlState(files=files)
-        state._blobs = blobs
-        return state
-
-    def take_blobs(self, state: SysctlState) -> dict[str, bytes]:
-        blobs, state._blobs = state._blobs, {}
-        return blobs
+        return SysctlState(files=files).carrying(blobs)
 
     def diff(
         self, before: SysctlState, after: SysctlState, ctx: base.DiffContext

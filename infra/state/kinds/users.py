@@ -9,7 +9,7 @@ import base64
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel
 
 from infra.state import base
 from infra.state.kinds.packages import split_sections
@@ -39,11 +39,10 @@ class Secret(BaseModel):
     sha256: str
 
 
-class UsersState(BaseModel):
+class UsersState(base.CarriesBlobs):
     users: dict[str, User]
     groups: dict[str, Group]
     files: dict[str, Secret]
-    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
 
 PROBE = r"""
@@ -141,13 +140,7 @@ class Users(base.ResourceKind[UsersState]):
                 sha = hashlib.sha256(data).hexdigest()
                 blobs[sha] = data
                 files[p[0]] = Secret(owner=p[1], group=p[2], mode=int(p[3], 8), sha256=sha)
-        state = UsersState(users=users, groups=groups, files=files)
-        state._blobs = blobs
-        return state
-
-    def take_blobs(self, state: UsersState) -> dict[str, bytes]:
-        blobs, state._blobs = state._blobs, {}
-        return blobs
+        return UsersState(users=users, groups=groups, files=files).carrying(blobs)
 
     def diff(
         self, before: UsersState, after: UsersState, ctx: base.DiffContext
