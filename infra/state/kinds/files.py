@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from infra.errors import FluidError, GuestDataRefused
 from infra.state import base, noise, owned_metadata
 from infra.state.blobs import SHA256, BlobTooLarge, LargeContent, secret_reason, valid_sha
-from infra.state.playbook_yaml import blob_name, unsafe
+from infra.state.playbook_yaml import blob_name, removal_task, unsafe
 
 PROBE_PATH = f"{base.STAGING}/files_probe.py"
 # The hash index stays in the guest (a skipped tree on its disk) once sent, per probe version.
@@ -519,12 +519,7 @@ class Files(base.ResourceKind[FilesState]):
         for c in sorted(
             (c for c in exported if c.action == "removed"), key=lambda c: c.key, reverse=True
         ):
-            bundle.tasks.append(
-                {
-                    "name": unsafe(f"remove {c.key}"),
-                    "ansible.builtin.file": {"path": unsafe(c.key), "state": "absent"},
-                }
-            )
+            bundle.tasks.append(removal_task(c.key))
         return bundle
 
 

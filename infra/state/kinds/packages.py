@@ -18,6 +18,13 @@ from infra.state.playbook_yaml import unsafe_each
 
 SECTION = "@@fluid-section "
 
+# Why a package change is brought by another rather than exported, by action.
+AS_DEPENDENCY = {
+    "added": "installed as a dependency",
+    "removed": "removed as an unused dependency",
+    "modified": "upgraded as a dependency",
+}
+
 
 class PackagesState(BaseModel):
     """Installed packages (name → version), the manual ones, and the account names each
@@ -164,37 +171,23 @@ class Packages(base.ResourceKind[PackagesState]):
         manual_after, manual_before = set(after.manual), set(before.manual)
         for name in base.changed_keys(before.installed, after.installed):
             b, a = before.installed.get(name), after.installed.get(name)
-            if b is None:
-                ch = base.Change(
-                    kind=self.name,
-                    key=name,
-                    action="added",
-                    after={"version": a},
-                    details=[f"installed {a}"],
-                )
-                if name not in manual_after:
-                    ch.brought_by("installed as a dependency")
-            elif a is None:
-                ch = base.Change(
-                    kind=self.name,
-                    key=name,
-                    action="removed",
-                    before={"version": b},
-                    details=[f"removed {b}"],
-                )
-                if name not in manual_before:
-                    ch.brought_by("removed as an unused dependency")
-            else:
-                ch = base.Change(
-                    kind=self.name,
-                    key=name,
-                    action="modified",
-                    before={"version": b},
-                    after={"version": a},
-                    details=[f"version {b} → {a}"],
-                )
-                if name not in manual_after:
-                    ch.brought_by("upgraded as a dependency")
+            action = "added" if b is None else "removed" if a is None else "modified"
+            detail = {
+                "added": f"installed {a}",
+                "removed": f"removed {b}",
+                "modified": f"version {b} → {a}",
+            }[action]
+            ch = base.Change(
+                kind=self.name,
+                key=name,
+                action=action,
+                before=None if b is None else {"version": b},
+                after=None if a is None else {"version": a},
+                details=[detail],
+            )
+            # A package nobody marked manual came along with one that was asked for.
+            if name not in (manual_before if action == "removed" else manual_after):
+                ch.brought_by(AS_DEPENDENCY[action])
             changes.append(ch)
         return changes
 

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra.state import base
-from infra.state.playbook_yaml import blob_name, unsafe
+from infra.state.playbook_yaml import blob_name, removal_task, unsafe
 
 # The handler that loads the files: fluid's name, plain in the playbook.
 APPLY = "apply sysctl settings"
@@ -111,12 +111,7 @@ class Sysctl(base.ResourceKind[SysctlState]):
         for c in (c for c in changes if c.exported):
             path = unsafe(c.key)
             if c.action == "removed":
-                bundle.tasks.append(
-                    {
-                        "name": unsafe(f"remove {c.key}"),
-                        "ansible.builtin.file": {"path": path, "state": "absent"},
-                    }
-                )
+                bundle.tasks.append(removal_task(c.key))
                 continue
             a = c.after
             src = blob_name(a["sha256"])

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from infra.state import base
 from infra.state.kinds.packages import split_sections
-from infra.state.playbook_yaml import blob_name, unsafe, unsafe_each
+from infra.state.playbook_yaml import blob_name, removal_task, unsafe, unsafe_each
 
 
 class User(BaseModel):
@@ -224,12 +224,7 @@ class Users(base.ResourceKind[UsersState]):
         for c in (c for c in done if c.key.startswith("/")):
             path = unsafe(c.key)
             if c.action == "removed":
-                bundle.tasks.append(
-                    {
-                        "name": unsafe(f"remove {c.key}"),
-                        "ansible.builtin.file": {"path": path, "state": "absent"},
-                    }
-                )
+                bundle.tasks.append(removal_task(c.key))
                 continue
             a = c.after
             owner = {"owner": unsafe(a["owner"]), "group": unsafe(a["group"])}
