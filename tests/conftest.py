@@ -161,6 +161,28 @@ def fluid_json(*args: str) -> dict:
     return json.loads(fluid(*args, "--json").stdout)
 
 
+def run_ok(sandbox_id: str, command: str, settings: FluidSettings, *, timeout: float) -> str:
+    """`command` run as root in the sandbox (output capped at 1 MiB), which must exit 0; its
+    stdout."""
+    r = sandboxes.run(sandbox_id, command, timeout=timeout, output_cap=1 << 20, settings=settings)
+    assert r.exit_status == 0, r.stderr_text
+    return r.stdout_text
+
+
+@contextlib.contextmanager
+def captured_sandbox(
+    sandbox_id: str, checkpoint: str, settings: FluidSettings
+) -> Iterator[sandboxes.Sandbox]:
+    """A new sandbox with a first (trusted) capture, `checkpoint`, taken while only fluid has
+    run in it; destroyed afterwards."""
+    made = sandboxes.create(sandbox_id, settings=settings)
+    try:
+        capture.capture(sandbox_id, checkpoint=checkpoint, trusted=True, settings=settings)
+        yield made
+    finally:
+        sandboxes.destroy(sandbox_id, settings)
+
+
 @contextlib.contextmanager
 def changed_sandbox(
     sandbox_id: str,
@@ -175,18 +197,11 @@ def changed_sandbox(
     the sandbox is destroyed afterwards. `prepare` runs before the "before" checkpoint."""
     sandboxes.create(sandbox_id, settings=settings)
     try:
-
-        def run(command: str) -> None:
-            r = sandboxes.run(
-                sandbox_id, command, timeout=timeout, output_cap=1 << 20, settings=settings
-            )
-            assert r.exit_status == 0, r.stderr_text
-
         if prepare:
-            run(prepare)
+            run_ok(sandbox_id, prepare, settings, timeout=timeout)
         checkpoints.create(sandbox_id, "before", settings)
         for step in [steps] if isinstance(steps, str) else steps:
-            run(step)
+            run_ok(sandbox_id, step, settings, timeout=timeout)
         checkpoints.create(sandbox_id, "after", settings)
         yield compare(
             capture.load(sandbox_id, "before", settings),
