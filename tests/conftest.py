@@ -212,6 +212,23 @@ def changed_sandbox(
         sandboxes.destroy(sandbox_id, settings)
 
 
+def assert_ansible_syntax(playbook: Path, cwd: Path) -> None:
+    """ansible-playbook --syntax-check accepts the playbook's site.yml (run in `cwd`)."""
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "--syntax-check",
+            "-i",
+            "nowhere,",
+            str(playbook / "site.yml"),
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def capture_writes(settings: FluidSettings) -> dict[str, tuple[int, int]]:
     """Every file a capture writes on the host (blobs and their parts, captures, memories, the
     hash index), with its size and mtime."""
