@@ -64,16 +64,6 @@ class LLMBlock(Block):
     )
 
     def endpoint(self) -> LLMEndpoint:
-        """The endpoint and limits as the LLM agent takes them."""
-        return LLMEndpoint(
-            base_url=self.base_url,
-            model=self.model,
-            api_key=self.api_key,
-            max_turns=self.max_turns,
-            max_seconds=self.max_seconds,
-            max_total_tokens=self.max_total_tokens,
-            request_timeout_s=self.request_timeout_s,
-            max_retries=self.max_retries,
-            temperature=self.temperature,
-            keep_tool_results=self.keep_tool_results,
-        )
+        """The endpoint and limits as the LLM agent takes them: each of the block's fields is the
+        endpoint's of that name (the endpoint's defaults for the limits the block leaves out)."""
+        return LLMEndpoint(**{name: getattr(self, name) for name in type(self).model_fields})

@@ -23,6 +23,16 @@ def add_command(
     return sp
 
 
+def add_session_command(
+    top: argparse._SubParsersAction, name: str, fn: Command, help: str
+) -> argparse.ArgumentParser:
+    """Add top-level command `name` that holds a session with one sandbox (positional SANDBOX):
+    its output is the session, so it has no --json."""
+    sp = add_command(top, name, fn, help, json_flag=False)
+    sp.add_argument("sandbox")
+    return sp
+
+
 def add_noun(top: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
     """Add a noun that only groups subcommands (`fluid NOUN CMD`)."""
     return top.add_parser(name, help=help).add_subparsers(dest="cmd", required=True)

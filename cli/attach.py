@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli.args import add_command
+from cli.args import add_session_command
 from cli.output import log
 
 
@@ -30,14 +30,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid attach SANDBOX [--rw]`."""
-    sp = add_command(
+    sp = add_session_command(
         top,
         "attach",
         cmd_attach,
         "watch the agent's shell in a sandbox live (tmux over ssh; C-b d detaches)",
-        json_flag=False,
     )
-    sp.add_argument("sandbox")
     sp.add_argument(
         "--rw", action="store_true", help="take over: type into the agent's shell (default: watch)"
     )

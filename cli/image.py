@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.args import add_command, add_noun
 from cli.output import emit, log, print_table
+
+if TYPE_CHECKING:
+    from infra.host.images import ImageManifest
+
+
+def emit_manifest(args: argparse.Namespace, m: ImageManifest) -> None:
+    """A built or imported image: its manifest with --json, else its name, version and disk."""
+    emit(args, m, lambda: print(f"{m.name} {m.version} {m.disk_path}"))
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     """Build the golden image (cached by its inputs)."""
     from infra.host import images
 
-    m = images.build(args.name, force=args.force, progress=log)
-    emit(args, m, lambda: print(f"{m.name} {m.version} {m.disk_path}"))
+    emit_manifest(args, images.build(args.name, force=args.force, progress=log))
     return 0
 
 
@@ -22,8 +30,7 @@ def cmd_image_import(args: argparse.Namespace) -> int:
     """Register an existing qcow2 as an image."""
     from infra.host import images
 
-    m = images.import_image(Path(args.path), args.name, progress=log)
-    emit(args, m, lambda: print(f"{m.name} {m.version} {m.disk_path}"))
+    emit_manifest(args, images.import_image(Path(args.path), args.name, progress=log))
     return 0
 
 

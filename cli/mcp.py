@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.args import add_command
+from cli.args import add_session_command
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
@@ -21,14 +21,12 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid mcp SANDBOX [--guardrails FILE]`."""
-    sp = add_command(
+    sp = add_session_command(
         top,
         "mcp",
         cmd_mcp,
         "serve a sandbox's agent tools over MCP on stdio (for an outside agent)",
-        json_flag=False,
     )
-    sp.add_argument("sandbox")
     sp.add_argument(
         "--guardrails", default=None, metavar="FILE", help="YAML or JSON file (default: built in)"
     )

@@ -32,6 +32,11 @@ def emit(args: argparse.Namespace, obj: Any, human: Callable[[], None]) -> None:
         human()
 
 
+def emit_line(args: argparse.Namespace, obj: Any, line: str) -> None:
+    """One JSON object on stdout with --json, else the one line `line`."""
+    emit(args, obj, lambda: print(line))
+
+
 def dump_all(items: Iterable[Any], **kwargs: Any) -> list[Any]:
     """Each pydantic model in `items` as JSON-ready data (`kwargs` go to model_dump)."""
     return [m.model_dump(mode="json", **kwargs) for m in items]
@@ -44,9 +49,18 @@ def print_table(row: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
         print(row.format(*values))
 
 
-def print_orphans(found: Iterable[tuple[str, Sequence[str]]]) -> None:
-    """One line per non-empty kind of orphan: (what they are, their names)."""
-    for label, items in found:
+# The kinds of orphan a VM listing may report: its field, and what they are.
+ORPHANS = (
+    ("orphan_domains", "domains without a record"),
+    ("orphan_records", "records without a domain"),
+    ("orphan_disks", "disks without a record"),
+)
+
+
+def print_orphans(listing: Any) -> None:
+    """One line per non-empty kind of orphan among those `listing` reports."""
+    for field, label in ORPHANS:
+        items = getattr(listing, field, None)
         if items:
             print(f"orphans ({label}): {', '.join(items)}")
 

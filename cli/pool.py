@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cli.args import add_command, add_noun
-from cli.output import dump_all, emit, log, print_table
+from cli.output import dump_all, emit, emit_line, log, print_table
 
 
 def cmd_pool_fill(args: argparse.Namespace) -> int:
@@ -18,17 +18,15 @@ def cmd_pool_fill(args: argparse.Namespace) -> int:
     slots = warm_slots.list_slots()
     # Spares are of the default image only: an unnamed create takes them.
     started = spare_fill.fill(say=log) if args.image in (None, get_settings().image) else []
-    emit(
+    emit_line(
         args,
         {
             "prepared": [m.name for m in made],
             "slots": dump_all(slots),
             "spares_started": started,
         },
-        lambda: print(
-            f"{len(made)} slot(s) prepared; {len(slots)} ready for warm starts; "
-            f"{len(started)} spare(s) started"
-        ),
+        f"{len(made)} slot(s) prepared; {len(slots)} ready for warm starts; "
+        f"{len(started)} spare(s) started",
     )
     return 0
 
@@ -76,10 +74,10 @@ def cmd_pool_clear(args: argparse.Namespace) -> int:
 
     stopped = spares.clear()  # first: each holds a slot
     removed = warm_slots.clear()
-    emit(
+    emit_line(
         args,
         {"removed": removed, "spares_stopped": stopped},
-        lambda: print(f"stopped {len(stopped)} spare(s); removed {len(removed)} idle slot(s)"),
+        f"stopped {len(stopped)} spare(s); removed {len(removed)} idle slot(s)",
     )
     return 0
 

@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from cli.args import add_command, add_noun
-from cli.output import emit, log, print_orphans, print_table, run_exec
+from cli.output import emit, emit_line, log, print_orphans, print_table, run_exec
 from infra.errors import FluidError
 
 
@@ -59,13 +59,11 @@ def cmd_production_create(args: argparse.Namespace) -> int:
         except FluidError as e:
             block_error = e
     block = f"production-target/{vm.name}" if saved else None
-    emit(
+    emit_line(
         args,
         vm.model_dump(mode="json") | {"block": block},
-        lambda: print(
-            f"{vm.name} ready: ssh port {vm.ssh_port} (fluid production exec {vm.name} -- CMD)"
-            + (f"; Prefect block {block}" if block else "")
-        ),
+        f"{vm.name} ready: ssh port {vm.ssh_port} (fluid production exec {vm.name} -- CMD)"
+        + (f"; Prefect block {block}" if block else ""),
     )
     if block_error is not None:
         raise block_error
@@ -79,10 +77,10 @@ def cmd_production_save_block(args: argparse.Namespace) -> int:
     vm = production.get(args.name)
     saved = save_production_block(vm)
     block = f"production-target/{vm.name}" if saved else None
-    emit(
+    emit_line(
         args,
         {"name": vm.name, "block": block},
-        lambda: print(f"saved Prefect block {block}" if block else "no block saved"),
+        f"saved Prefect block {block}" if block else "no block saved",
     )
     return 0 if saved else 1
 
@@ -108,12 +106,7 @@ def cmd_production_list(args: argparse.Namespace) -> int:
                 for vm in listing.vms
             ),
         )
-        print_orphans(
-            (
-                ("domains without a record", listing.orphan_domains),
-                ("records without a domain", listing.orphan_records),
-            )
-        )
+        print_orphans(listing)
 
     emit(args, listing, human)
     return 0
@@ -135,7 +128,7 @@ def cmd_production_start(args: argparse.Namespace) -> int:
     from infra.machines import production
 
     vm = production.start(args.name, progress=log)
-    emit(args, vm, lambda: print(f"{vm.name} {vm.state}"))
+    emit_line(args, vm, f"{vm.name} {vm.state}")
     return 0
 
 
@@ -144,7 +137,7 @@ def cmd_production_stop(args: argparse.Namespace) -> int:
     from infra.machines import production
 
     vm = production.stop(args.name)
-    emit(args, vm, lambda: print(f"{vm.name} {vm.state}"))
+    emit_line(args, vm, f"{vm.name} {vm.state}")
     return 0
 
 
@@ -158,7 +151,7 @@ def cmd_production_destroy(args: argparse.Namespace) -> int:
         f"fluid: note: a Prefect block production-target/{args.name}, if one was saved, "
         f"stays; `prefect block delete production-target/{args.name}` removes it"
     )
-    emit(args, {"name": args.name, "destroyed": True}, lambda: print(f"{args.name} destroyed"))
+    emit_line(args, {"name": args.name, "destroyed": True}, f"{args.name} destroyed")
     return 0
 
 

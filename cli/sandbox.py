@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from cli.args import add_command, add_noun
-from cli.output import dump_all, emit, log, print_orphans, print_table, run_exec
+from cli.output import dump_all, emit, emit_line, log, print_orphans, print_table, run_exec
 
 
 def cmd_sandbox_create(args: argparse.Namespace) -> int:
@@ -18,11 +18,7 @@ def cmd_sandbox_create(args: argparse.Namespace) -> int:
     sb = sandboxes.create(
         args.name, image=args.image, network=args.network, agent_id=args.agent, progress=log
     )
-    emit(
-        args,
-        sb,
-        lambda: print(f"{sb.id} ready: ssh port {sb.ssh_port} (fluid sandbox ssh {sb.id})"),
-    )
+    emit_line(args, sb, f"{sb.id} ready: ssh port {sb.ssh_port} (fluid sandbox ssh {sb.id})")
     return 0
 
 
@@ -48,13 +44,7 @@ def cmd_sandbox_list(args: argparse.Namespace) -> int:
                 for s in listing.sandboxes
             ),
         )
-        print_orphans(
-            (
-                ("domains without a record", listing.orphan_domains),
-                ("records without a domain", listing.orphan_records),
-                ("disks without a record", listing.orphan_disks),
-            )
-        )
+        print_orphans(listing)
 
     emit(args, listing, human)
     return 0
@@ -88,7 +78,7 @@ def cmd_sandbox_start(args: argparse.Namespace) -> int:
     from infra.machines import sandboxes
 
     sb = sandboxes.start(args.id)
-    emit(args, sb, lambda: print(f"{sb.id} {sb.state}"))
+    emit_line(args, sb, f"{sb.id} {sb.state}")
     return 0
 
 
@@ -97,7 +87,7 @@ def cmd_sandbox_stop(args: argparse.Namespace) -> int:
     from infra.machines import sandboxes
 
     sb = sandboxes.stop(args.id)
-    emit(args, sb, lambda: print(f"{sb.id} {sb.state}"))
+    emit_line(args, sb, f"{sb.id} {sb.state}")
     return 0
 
 
@@ -106,7 +96,7 @@ def cmd_sandbox_checkpoint(args: argparse.Namespace) -> int:
     from infra.machines import checkpoints
 
     cp = checkpoints.create(args.id, args.name)
-    emit(args, cp, lambda: print(f"checkpoint {cp.name} of {cp.sandbox_id} created"))
+    emit_line(args, cp, f"checkpoint {cp.name} of {cp.sandbox_id} created")
     return 0
 
 
@@ -129,11 +119,7 @@ def cmd_sandbox_restore(args: argparse.Namespace) -> int:
     from infra.machines import checkpoints
 
     checkpoints.restore(args.id, args.name)
-    emit(
-        args,
-        {"id": args.id, "restored": args.name},
-        lambda: print(f"{args.id} restored to {args.name}"),
-    )
+    emit_line(args, {"id": args.id, "restored": args.name}, f"{args.id} restored to {args.name}")
     return 0
 
 
@@ -142,11 +128,7 @@ def cmd_sandbox_fork(args: argparse.Namespace) -> int:
     from infra.machines import checkpoints
 
     sb = checkpoints.fork(args.id, args.name, args.new_name, progress=log)
-    emit(
-        args,
-        sb,
-        lambda: print(f"{sb.id} forked from {args.id}@{args.name}: ssh port {sb.ssh_port}"),
-    )
+    emit_line(args, sb, f"{sb.id} forked from {args.id}@{args.name}: ssh port {sb.ssh_port}")
     return 0
 
 
@@ -155,7 +137,7 @@ def cmd_sandbox_destroy(args: argparse.Namespace) -> int:
     from infra.machines import sandboxes
 
     sandboxes.destroy(args.id)
-    emit(args, {"id": args.id, "destroyed": True}, lambda: print(f"{args.id} destroyed"))
+    emit_line(args, {"id": args.id, "destroyed": True}, f"{args.id} destroyed")
     return 0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,11 +65,33 @@ def warm_slots_removed(fluid_home: Path) -> Iterator[None]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def host_service() -> Iterator[int]:
+    """A TCP service on the host's 127.0.0.1 (like the Prefect API or a database); its port.
+    The test fails if a connection reaches it."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    accepted: list[bool] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(True)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+    assert not accepted, "a sandbox connection reached the host service"
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +161,28 @@ def fluid_json(*args: str) -> dict:
     return json.loads(fluid(*args, "--json").stdout)
 
 
+def run_ok(sandbox_id: str, command: str, settings: FluidSettings, *, timeout: float) -> str:
+    """`command` run as root in the sandbox (output capped at 1 MiB), which must exit 0; its
+    stdout."""
+    r = sandboxes.run(sandbox_id, command, timeout=timeout, output_cap=1 << 20, settings=settings)
+    assert r.exit_status == 0, r.stderr_text
+    return r.stdout_text
+
+
+@contextlib.contextmanager
+def captured_sandbox(
+    sandbox_id: str, checkpoint: str, settings: FluidSettings
+) -> Iterator[sandboxes.Sandbox]:
+    """A new sandbox with a first (trusted) capture, `checkpoint`, taken while only fluid has
+    run in it; destroyed afterwards."""
+    made = sandboxes.create(sandbox_id, settings=settings)
+    try:
+        capture.capture(sandbox_id, checkpoint=checkpoint, trusted=True, settings=settings)
+        yield made
+    finally:
+        sandboxes.destroy(sandbox_id, settings)
+
+
 @contextlib.contextmanager
 def changed_sandbox(
     sandbox_id: str,
@@ -151,18 +197,11 @@ def changed_sandbox(
     the sandbox is destroyed afterwards. `prepare` runs before the "before" checkpoint."""
     sandboxes.create(sandbox_id, settings=settings)
     try:
-
-        def run(command: str) -> None:
-            r = sandboxes.run(
-                sandbox_id, command, timeout=timeout, output_cap=1 << 20, settings=settings
-            )
-            assert r.exit_status == 0, r.stderr_text
-
         if prepare:
-            run(prepare)
+            run_ok(sandbox_id, prepare, settings, timeout=timeout)
         checkpoints.create(sandbox_id, "before", settings)
         for step in [steps] if isinstance(steps, str) else steps:
-            run(step)
+            run_ok(sandbox_id, step, settings, timeout=timeout)
         checkpoints.create(sandbox_id, "after", settings)
         yield compare(
             capture.load(sandbox_id, "before", settings),
@@ -171,6 +210,23 @@ def changed_sandbox(
         )
     finally:
         sandboxes.destroy(sandbox_id, settings)
+
+
+def assert_ansible_syntax(playbook: Path, cwd: Path) -> None:
+    """ansible-playbook --syntax-check accepts the playbook's site.yml (run in `cwd`)."""
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "--syntax-check",
+            "-i",
+            "nowhere,",
+            str(playbook / "site.yml"),
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def capture_writes(settings: FluidSettings) -> dict[str, tuple[int, int]]:

@@ -26,7 +26,7 @@ from infra.state import capture
 from infra.state.blobs import InvalidHash
 from infra.state.diff import compare
 from infra.state.kinds import files
-from tests.conftest import capture_writes, refused_capture
+from tests.conftest import capture_writes, captured_sandbox, refused_capture, run_ok
 
 pytestmark = pytest.mark.vm
 
@@ -72,20 +72,14 @@ while True:
 
 
 def _run(command: str, settings: FluidSettings, timeout: float = 300) -> str:
-    r = sandboxes.run(SANDBOX, command, timeout=timeout, output_cap=1 << 20, settings=settings)
-    assert r.exit_status == 0, r.stderr_text
-    return r.stdout_text
+    return run_ok(SANDBOX, command, settings, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def box(golden_image, settings: FluidSettings) -> Iterator[sandboxes.Sandbox]:
     """The module's sandbox, with a first capture taken while only fluid has run in it."""
-    made = sandboxes.create(SANDBOX, settings=settings)
-    try:
-        capture.capture(SANDBOX, checkpoint="base", trusted=True, settings=settings)
+    with captured_sandbox(SANDBOX, "base", settings) as made:
         yield made
-    finally:
-        sandboxes.destroy(SANDBOX, settings)
 
 
 def _stored_bytes(settings: FluidSettings) -> bytes:

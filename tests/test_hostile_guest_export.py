@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from infra.state.base import ChangeSet
 from infra.state.diff import compare
 from infra.state.export import ROLE, export, load_changeset, verify_digest
 from infra.state.playbook_yaml import Unsafe, load
-from tests.conftest import changed_sandbox
+from tests.conftest import assert_ansible_syntax, changed_sandbox
 
 SANDBOX = f"hostile-{secrets.token_hex(3)}"  # test sessions on one host share its disks
 # The host file the guest's templates would create if Ansible ever evaluated them.
@@ -164,19 +162,7 @@ def test_guest_strings_are_emitted_unsafe_and_fluids_own_values_plain(hostile, p
     blob = playbook / "roles" / ROLE / "files" / copy["ansible.builtin.copy"]["src"]
     assert blob.read_text() == CONTENT
     assert verify_digest(playbook)
-    r = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            "--syntax-check",
-            "-i",
-            "nowhere,",
-            str(playbook / "site.yml"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert_ansible_syntax(playbook, tmp_path)
     assert not PROOF.exists()
 
 

@@ -130,29 +130,6 @@ def nat_box(golden_image: images.ImageManifest, settings: FluidSettings) -> Iter
         firewall.ensure_guard(settings)
 
 
-@pytest.fixture
-def host_service() -> Iterator[int]:
-    """A TCP service on the host's 127.0.0.1 (like the Prefect API); its port."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    accepted: list[bool] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            accepted.append(True)
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield srv.getsockname()[1]
-    srv.close()
-    assert not accepted, "a sandbox connection reached the host service"
-
-
 _LISTENER = """
 import socket, sys
 s = socket.socket()

@@ -22,7 +22,7 @@ from infra.state.base import ChangeSet
 from infra.state.diff import compare
 from infra.state.export import ROLE, export
 from scripts.measure_capture import measured_capture
-from tests.conftest import refused_capture
+from tests.conftest import captured_sandbox, refused_capture, run_ok
 
 pytestmark = pytest.mark.vm
 
@@ -35,19 +35,13 @@ RSS_GROWTH_MAX = 64 << 20
 
 
 def _run(command: str, settings: FluidSettings, timeout: float = 600) -> str:
-    r = sandboxes.run(SANDBOX, command, timeout=timeout, output_cap=1 << 20, settings=settings)
-    assert r.exit_status == 0, r.stderr_text
-    return r.stdout_text
+    return run_ok(SANDBOX, command, settings, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def box(golden_image, settings: FluidSettings) -> Iterator[sandboxes.Sandbox]:
-    made = sandboxes.create(SANDBOX, settings=settings)
-    try:
-        capture.capture(SANDBOX, checkpoint="before", trusted=True, settings=settings)
+    with captured_sandbox(SANDBOX, "before", settings) as made:
         yield made
-    finally:
-        sandboxes.destroy(SANDBOX, settings)
 
 
 @pytest.fixture(scope="module")

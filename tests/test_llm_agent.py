@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from blocks.llm import LLMBlock
-from infra.agents.base import AgentContext
+from infra.agents.base import AgentContext, AgentReport, Progress
 from infra.agents.errors import AgentFailed
 from infra.agents.llm import SYSTEM_PROMPT, LLMAgent, LLMEndpoint
 from infra.agents.tools import Toolbox
@@ -28,6 +28,8 @@ from tests.test_agent_tools import TOOL_NAMES as SPECIFIED_TOOLS
 
 TOOL_NAMES = set(SPECIFIED_TOOLS)
 DIR = "/root/llm-test"
+# The `attempt` fixture: one attempt of the agent, given `say` and endpoint limits.
+Attempt = Callable[..., AgentReport]
 
 
 def finish(summary: str = "done", call_id: str = "call-finish") -> Assistant:
@@ -75,6 +77,17 @@ def ctx(agent_box: sandboxes.Sandbox) -> AgentContext:
     return AgentContext(task="make the marker file", sandbox_id=agent_box.id)
 
 
+@pytest.fixture
+def attempt(chat_server: ChatServer, tools: Toolbox, ctx: AgentContext) -> Attempt:
+    """One attempt of the LLM agent at `ctx` against the chat server: `limits` go to its
+    endpoint, its log lines to `say`."""
+
+    def attempt(say: Progress = lambda _: None, **limits: object) -> AgentReport:
+        return LLMAgent(endpoint(chat_server, **limits)).work(ctx, tools, say=say)
+
+    return attempt
+
+
 # -- the endpoint and its block (no VM) --------------------------------------------------------
 
 
@@ -105,8 +118,7 @@ def test_block_gives_the_endpoint_and_keeps_the_key_secret() -> None:
 @pytest.mark.vm
 def test_runs_a_command_then_finishes(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
     agent_box: sandboxes.Sandbox,
     settings: FluidSettings,
 ) -> None:
@@ -118,7 +130,7 @@ def test_runs_a_command_then_finishes(
         finish("created the marker"),
     ]
     said: list[str] = []
-    report = LLMAgent(endpoint(chat_server)).work(ctx, tools, say=said.append)
+    report = attempt(say=said.append)
 
     assert report.summary == "created the marker" and report.actions == 1
     assert sh(agent_box, settings, f"cat {DIR}/marker") == "made-by-llm\n"
@@ -145,21 +157,16 @@ def test_runs_a_command_then_finishes(
 
 
 @pytest.mark.vm
-def test_a_key_is_sent_as_bearer_token(
-    chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
-) -> None:
+def test_a_key_is_sent_as_bearer_token(chat_server: ChatServer, attempt: Attempt) -> None:
     chat_server.turns.append(finish())
-    LLMAgent(endpoint(chat_server, api_key="k")).work(ctx, tools, say=lambda _: None)
+    attempt(api_key="k")
     assert chat_server.requests[0].headers["authorization"] == "Bearer k"
 
 
 @pytest.mark.vm
 def test_429_and_5xx_are_retried_with_backoff_and_retry_after(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
 ) -> None:
     arrivals: list[float] = []
 
@@ -178,8 +185,7 @@ def test_429_and_5xx_are_retried_with_backoff_and_retry_after(
         stamp(finish("after retries")),
     ]
     said: list[str] = []
-    agent = LLMAgent(endpoint(chat_server, retry_max_wait_s=1.5))
-    report = agent.work(ctx, tools, say=said.append)
+    report = attempt(say=said.append, retry_max_wait_s=1.5)
 
     assert report.summary == "after retries"
     bodies = [r.body for r in chat_server.requests]
@@ -195,24 +201,19 @@ def test_429_and_5xx_are_retried_with_backoff_and_retry_after(
 @pytest.mark.vm
 def test_other_4xx_fail_at_once_with_the_servers_message(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
 ) -> None:
     chat_server.turns.append(HTTPError(404, {"error": {"message": "model 'nope' not found"}}))
     with pytest.raises(AgentFailed, match=r"404: model 'nope' not found.*check base_url"):
-        LLMAgent(endpoint(chat_server)).work(ctx, tools, say=lambda _: None)
+        attempt()
     assert len(chat_server.requests) == 1
 
 
 @pytest.mark.vm
-def test_retries_run_out(
-    chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
-) -> None:
+def test_retries_run_out(chat_server: ChatServer, attempt: Attempt) -> None:
     chat_server.turns += [HTTPError(502, "bad gateway")] * 3
     with pytest.raises(AgentFailed, match=r"502: bad gateway \(gave up after 3 tries"):
-        LLMAgent(endpoint(chat_server, max_retries=2)).work(ctx, tools, say=lambda _: None)
+        attempt(max_retries=2)
     assert len(chat_server.requests) == 3
 
 
@@ -231,8 +232,7 @@ def test_an_unreachable_server_is_retried_then_fails(tools: Toolbox, ctx: AgentC
 @pytest.mark.vm
 def test_malformed_calls_get_errors_the_model_can_correct(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
     agent_box: sandboxes.Sandbox,
     settings: FluidSettings,
 ) -> None:
@@ -253,7 +253,7 @@ def test_malformed_calls_get_errors_the_model_can_correct(
         correct,
         finish(),
     ]
-    LLMAgent(endpoint(chat_server)).work(ctx, tools, say=lambda _: None)
+    attempt()
 
     second = chat_server.requests[1]
     answered_once(second)
@@ -269,8 +269,7 @@ def test_malformed_calls_get_errors_the_model_can_correct(
 @pytest.mark.vm
 def test_finish_ends_the_attempt_after_the_other_calls_without_another_request(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
     agent_box: sandboxes.Sandbox,
     settings: FluidSettings,
 ) -> None:
@@ -283,7 +282,7 @@ def test_finish_ends_the_attempt_after_the_other_calls_without_another_request(
             ]
         )
     )
-    report = LLMAgent(endpoint(chat_server)).work(ctx, tools, say=lambda _: None)
+    report = attempt()
     assert report.summary == "all in one message" and report.actions == 2
     assert len(chat_server.requests) == 1
     assert sh(agent_box, settings, f"cat {DIR}/before-finish; ls {DIR}/after-finish") == (
@@ -294,12 +293,11 @@ def test_finish_ends_the_attempt_after_the_other_calls_without_another_request(
 @pytest.mark.vm
 def test_a_reply_without_tool_calls_is_nudged_and_turns_run_out(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
 ) -> None:
     chat_server.turns += [Assistant(content="I would install nginx.")] * 3
     with pytest.raises(AgentFailed, match=r"all 3 turns without calling finish.*max_turns"):
-        LLMAgent(endpoint(chat_server, max_turns=3)).work(ctx, tools, say=lambda _: None)
+        attempt(max_turns=3)
     assert len(chat_server.requests) == 3
     *_, assistant, nudge = chat_server.requests[1].messages
     assert assistant == {"role": "assistant", "content": "I would install nginx."}
@@ -307,54 +305,44 @@ def test_a_reply_without_tool_calls_is_nudged_and_turns_run_out(
 
 
 @pytest.mark.vm
-def test_the_token_limit_stops_the_agent(
-    chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
-) -> None:
+def test_the_token_limit_stops_the_agent(chat_server: ChatServer, attempt: Attempt) -> None:
     chat_server.turns += [Assistant(tool_calls=[run("true")], usage=600)] * 2
     with pytest.raises(AgentFailed, match=r"1200 tokens, over the limit of 1000.*max_total_tokens"):
-        LLMAgent(endpoint(chat_server, max_total_tokens=1000)).work(ctx, tools, say=lambda _: None)
+        attempt(max_total_tokens=1000)
     assert len(chat_server.requests) == 2
 
 
 @pytest.mark.vm
 def test_tokens_are_estimated_when_the_server_reports_no_usage(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
 ) -> None:
     chat_server.turns += [Assistant(content="hm", usage=None)] * 2
     said: list[str] = []
     # The first request alone (system prompt + tool schemas) is well over 500 tokens.
     with pytest.raises(AgentFailed, match="max_total_tokens"):
-        LLMAgent(endpoint(chat_server, max_total_tokens=500)).work(ctx, tools, say=said.append)
+        attempt(say=said.append, max_total_tokens=500)
     assert len(chat_server.requests) == 1
     assert "tokens ~" in said[0]
 
 
 @pytest.mark.vm
-def test_the_time_limit_stops_the_agent(
-    chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
-) -> None:
+def test_the_time_limit_stops_the_agent(chat_server: ChatServer, attempt: Attempt) -> None:
     chat_server.turns += [Assistant(content="thinking", delay=0.5)] * 2
     with pytest.raises(AgentFailed, match=r"worked for 0.4 s.*max_seconds"):
-        LLMAgent(endpoint(chat_server, max_seconds=0.4)).work(ctx, tools, say=lambda _: None)
+        attempt(max_seconds=0.4)
     assert len(chat_server.requests) == 1
 
 
 @pytest.mark.vm
 def test_old_tool_outputs_are_shortened_but_every_call_stays_answered(
     chat_server: ChatServer,
-    tools: Toolbox,
-    ctx: AgentContext,
+    attempt: Attempt,
 ) -> None:
     seq = "seq 1 2000"  # about 8.9 kB of output
     chat_server.turns += [Assistant(tool_calls=[run(seq), run(seq)]) for _ in range(3)]
     chat_server.turns.append(finish())
-    LLMAgent(endpoint(chat_server)).work(ctx, tools, say=lambda _: None)
+    attempt()
 
     third, last = chat_server.requests[2], chat_server.requests[3]
     # Four results fit the default of four kept whole.

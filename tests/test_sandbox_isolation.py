@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,29 +23,6 @@ def connect_probe(port: int) -> str:
         f"try:\n s.connect(('10.0.2.2', {port})); print('OPEN')\n"
         "except OSError as e: print('CLOSED', e)\""
     )
-
-
-@pytest.fixture
-def host_service() -> Iterator[int]:
-    """A TCP service on the host's 127.0.0.1, like the Prefect API or a database."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    accepted: list[bool] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            accepted.append(True)
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield srv.getsockname()[1]
-    srv.close()
-    assert not accepted, "a sandbox connection reached the host service"
 
 
 def test_nat_reaches_the_debian_mirror_and_isolated_does_not(two_sandboxes, settings):

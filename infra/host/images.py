@@ -214,30 +214,41 @@ def build(
             return existing[-1]
         if shutil.which("debootstrap") is None:
             raise ImageBuildError("debootstrap is not installed: run scripts/setup-host.sh")
-        version = _next_version(name, settings)
-        final = _versions_dir(name, settings) / version
-        work = Path(
-            tempfile.mkdtemp(
-                prefix=f".{version}.building-", dir=_ensure(_versions_dir(name, settings))
-            )
-        )
-        try:
-            manifest = _build_into(work, name, version, inputs, settings, say)
-            work.chmod(0o755)
-            work.rename(final)
-        except BaseException:
-            _remove_work_tree(work)
-            raise
+        with _next_version_tree(name, settings, "building") as (work, final):
+            manifest = _build_into(work, name, final.name, inputs, settings, say)
         say(
-            f"image {name} {version} ready: {final / 'disk.qcow2'} "
+            f"image {name} {final.name} ready: {final / 'disk.qcow2'} "
             f"({manifest.size_bytes / 2**20:.0f} MiB, {manifest.build_seconds:.0f} s)"
         )
         _prune_locked(name, settings, say)
         return manifest.model_copy(update={"directory": final})
 
 
+@contextmanager
+def _next_version_tree(
+    name: str, settings: FluidSettings, doing: str
+) -> Iterator[tuple[Path, Path]]:
+    """A work tree for image `name`'s next version and that version's directory (whose name is
+    the version): the tree becomes the directory when the block completes and is removed when
+    it fails. Named `.vN.<doing>-…`, so a killed run's tree is known for what it is. Call under
+    the build lock."""
+    version = _next_version(name, settings)
+    final = _versions_dir(name, settings) / version
+    work = Path(
+        tempfile.mkdtemp(prefix=f".{version}.{doing}-", dir=_ensure(_versions_dir(name, settings)))
+    )
+    try:
+        yield work, final
+        work.chmod(0o755)
+        work.rename(final)
+    except BaseException:
+        _remove_work_tree(work)
+        raise
+
+
 def _remove_work_tree(work: Path) -> None:
-    """Remove a build's work tree, unmounting first what debootstrap may have mounted in it."""
+    """Remove a build's (or an import's) work tree, unmounting first what debootstrap may have
+    mounted in it."""
     inside = str(work) + "/"
 
     def mounted() -> list[str]:
@@ -366,36 +377,24 @@ def import_image(
     if not path.is_file():
         raise ImageNotFound(f"cannot import {path}: no such file")
     info = _qemu_img_info(path)
-    with _build_lock(settings):
-        version = _next_version(name, settings)
-        final = _versions_dir(name, settings) / version
-        work = Path(
-            tempfile.mkdtemp(
-                prefix=f".{version}.importing-", dir=_ensure(_versions_dir(name, settings))
-            )
+    with _build_lock(settings), _next_version_tree(name, settings, "importing") as (work, final):
+        version = final.name
+        start = time.monotonic()
+        say(f"importing {path} ({info.get('format')}) as {name} {version}")
+        disk = work / "disk.qcow2"
+        _run(["qemu-img", "convert", "-O", "qcow2", str(path), str(disk)], "qemu-img convert")
+        disk.chmod(0o444)
+        manifest = ImageManifest(
+            name=name,
+            version=version,
+            source="import",
+            sha256=_sha256(disk),
+            size_bytes=disk.stat().st_size,
+            cloud_init=True,
+            built_at=datetime.now(UTC),
+            build_seconds=round(time.monotonic() - start, 1),
         )
-        try:
-            start = time.monotonic()
-            say(f"importing {path} ({info.get('format')}) as {name} {version}")
-            disk = work / "disk.qcow2"
-            _run(["qemu-img", "convert", "-O", "qcow2", str(path), str(disk)], "qemu-img convert")
-            disk.chmod(0o444)
-            manifest = ImageManifest(
-                name=name,
-                version=version,
-                source="import",
-                sha256=_sha256(disk),
-                size_bytes=disk.stat().st_size,
-                cloud_init=True,
-                built_at=datetime.now(UTC),
-                build_seconds=round(time.monotonic() - start, 1),
-            )
-            _write_manifest(work, manifest)
-            work.chmod(0o755)
-            work.rename(final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+        _write_manifest(work, manifest)
     return manifest.model_copy(update={"directory": final})
 
 

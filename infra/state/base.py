@@ -14,10 +14,10 @@ from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from deepdiff import DeepDiff
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from infra.state.blobs import BlobStore, BlobTooLarge, LargeContent
 
@@ -214,6 +214,23 @@ def unified_diff(path: str, old: bytes | None, new: bytes | None) -> str:
     )
 
 
+class CarriesBlobs(BaseModel):
+    """A kind's state that carries the file contents its probe sent until the capture takes
+    them (they are stored apart, never kept in the state)."""
+
+    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
+
+    def carrying(self, blobs: dict[str, bytes]) -> Self:
+        """This state, carrying `blobs` (sha256 → bytes)."""
+        self._blobs = blobs
+        return self
+
+    def take_blobs(self) -> dict[str, bytes]:
+        """The carried contents, removed from the state."""
+        blobs, self._blobs = self._blobs, {}
+        return blobs
+
+
 S = TypeVar("S", bound=BaseModel)
 
 
@@ -244,7 +261,7 @@ class ResourceKind(ABC, Generic[S]):
 
     def take_blobs(self, state: S) -> dict[str, bytes]:
         """File contents the probe sent along, removed from the state (sha256 → bytes)."""
-        return {}
+        return state.take_blobs() if isinstance(state, CarriesBlobs) else {}
 
     def take_large(self, state: S) -> list[LargeContent]:
         """Files the probe hashed whose content the host streams in (too large to travel

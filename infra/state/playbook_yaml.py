@@ -66,6 +66,14 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+def removal_task(path: str) -> dict[str, Any]:
+    """The task that removes the guest's file or directory `path`."""
+    return {
+        "name": unsafe(f"remove {path}"),
+        "ansible.builtin.file": {"path": unsafe(path), "state": "absent"},
+    }
+
+
 def _stays_str_untagged_only(value: str) -> bool:
     """True for a value `!unsafe` would not keep a string: ansible-core resolves a tagged
     scalar's type as if it were plain, so `!unsafe '0755'` is the int 493 and `!unsafe 'yes'`

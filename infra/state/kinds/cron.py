@@ -8,14 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import (
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-)
+from infra.state import base
 from infra.state.playbook_yaml import unsafe, unsafe_each
 
 SPOOL = "/var/spool/cron/crontabs/"
@@ -63,7 +56,7 @@ def _parse_file(path: str, text: str) -> list[CronEntry]:
     return out
 
 
-class Cron(ResourceKind[CronState]):
+class Cron(base.ResourceKind[CronState]):
     """The cron kind."""
 
     name = "cron"
@@ -92,15 +85,15 @@ class Cron(ResourceKind[CronState]):
                 buf.append(line)
         return CronState(entries=entries)
 
-    def diff(self, before: CronState, after: CronState, ctx: DiffContext) -> list[Change]:
+    def diff(self, before: CronState, after: CronState, ctx: base.DiffContext) -> list[base.Change]:
         b = {e.model_dump_json(): e for e in before.entries}
         a = {e.model_dump_json(): e for e in after.entries}
         changes = []
         # Each entry is keyed by itself: a changed line is one removed and one added.
-        differ = changed_keys(b, a)
+        differ = base.changed_keys(b, a)
         for key in (k for k in differ if k not in b):
             e = a[key]
-            ch = Change(
+            ch = base.Change(
                 kind=self.name,
                 key=f"{e.file}: {e.schedule} {e.job}",
                 action="added",
@@ -114,7 +107,7 @@ class Cron(ResourceKind[CronState]):
         for key in (k for k in differ if k not in a):
             e = b[key]
             changes.append(
-                Change(
+                base.Change(
                     kind=self.name,
                     key=f"{e.file}: {e.schedule} {e.job}",
                     action="removed",
@@ -124,10 +117,10 @@ class Cron(ResourceKind[CronState]):
             )
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # Files, users, schedules and jobs are the guest's: tagged !unsafe. The entry's marker
         # name (a hash of the change) and special_time (from SPECIAL) are fluid's own.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         for c in (c for c in changes if c.exported):
             e = CronEntry.model_validate(c.after or c.before)
             if c.action == "removed":

@@ -20,21 +20,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr
 
 from infra.errors import FluidError, GuestDataRefused
-from infra.state import noise, owned_metadata
-from infra.state.base import (
-    STAGING,
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-    unified_diff,
-)
+from infra.state import base, noise, owned_metadata
 from infra.state.blobs import SHA256, BlobTooLarge, LargeContent, secret_reason, valid_sha
-from infra.state.playbook_yaml import blob_name, unsafe
+from infra.state.playbook_yaml import blob_name, removal_task, unsafe
 
-PROBE_PATH = f"{STAGING}/files_probe.py"
+PROBE_PATH = f"{base.STAGING}/files_probe.py"
 # The hash index stays in the guest (a skipped tree on its disk) once sent, per probe version.
 INDEX_DIR = "/var/lib/fluid/index"
 # The journal's request directory is on the root filesystem it watches (and in a skipped tree);
@@ -83,11 +73,10 @@ class FileEntry(BaseModel):
         return {k: getattr(self, k) for k in COMPARED}
 
 
-class FilesState(BaseModel):
+class FilesState(base.CarriesBlobs):
     """Every entry of the root filesystem outside the skipped trees."""
 
     entries: dict[str, FileEntry]
-    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
     _large: dict[str, LargeContent] = PrivateAttr(default_factory=dict)
 
     def hash_index(self) -> dict[str, list[Any]]:
@@ -157,7 +146,7 @@ def _large(path: str, sha: str | None, size: object) -> LargeContent:
     return LargeContent(path=path, sha256=sha, size=size)
 
 
-def _small_blob(ctx: DiffContext, sha: str | None) -> bytes | None:
+def _small_blob(ctx: base.DiffContext, sha: str | None) -> bytes | None:
     """A blob of at most TEXT_DIFF_MAX bytes, to diff as text (None: not stored, or larger)."""
     try:
         return ctx.blobs.get(sha, limit=TEXT_DIFF_MAX)
@@ -184,7 +173,7 @@ def _mode(m: int) -> str:
     return f"{m:04o}"
 
 
-class Files(ResourceKind[FilesState]):
+class Files(base.ResourceKind[FilesState]):
     """The files kind."""
 
     name = "files"
@@ -332,14 +321,9 @@ class Files(ResourceKind[FilesState]):
                 f"the files probe's answer is malformed (at {_shown(path)}): "
                 f"{type(err).__name__}: {_shown(str(err))}"
             ) from err
-        state = FilesState(entries=entries)
-        state._blobs = blobs
+        state = FilesState(entries=entries).carrying(blobs)
         state._large = large
         return state
-
-    def take_blobs(self, state: FilesState) -> dict[str, bytes]:
-        blobs, state._blobs = state._blobs, {}
-        return blobs
 
     def take_large(self, state: FilesState) -> list[LargeContent]:
         large, state._large = state._large, {}
@@ -347,7 +331,9 @@ class Files(ResourceKind[FilesState]):
 
     # --- diff ----------------------------------------------------------------------------
 
-    def diff(self, before: FilesState, after: FilesState, ctx: DiffContext) -> list[Change]:
+    def diff(
+        self, before: FilesState, after: FilesState, ctx: base.DiffContext
+    ) -> list[base.Change]:
         ignore = tuple(ctx.ignore)
         owned, metadata_kept = owned_metadata.globs()
         packages_before, packages = ctx.before.state("packages"), ctx.after.state("packages")
@@ -357,10 +343,10 @@ class Files(ResourceKind[FilesState]):
         old_users, new_users = ctx.before.state("users").users, ctx.after.state("users").users
         homes = {u.home for n, u in new_users.items() if n not in old_users and u.home != "/"}
         made = _package_made_dirs(before, after, scripted)
-        changes: list[Change] = []
+        changes: list[base.Change] = []
         # deepdiff per directory first, then within the directories that differ (base.py).
         parent = lambda p: p.rpartition("/")[0]  # noqa: E731
-        for path in changed_keys(before.entries, after.entries, FileEntry.compared, parent):
+        for path in base.changed_keys(before.entries, after.entries, FileEntry.compared, parent):
             if noise.is_noise(path, ignore):
                 continue
             b, a = before.entries.get(path), after.entries.get(path)
@@ -390,10 +376,10 @@ class Files(ResourceKind[FilesState]):
         return changes
 
     def _change(
-        self, path: str, b: FileEntry | None, a: FileEntry | None, ctx: DiffContext
-    ) -> Change:
+        self, path: str, b: FileEntry | None, a: FileEntry | None, ctx: base.DiffContext
+    ) -> base.Change:
         action = "added" if b is None else "removed" if a is None else "modified"
-        ch = Change(
+        ch = base.Change(
             kind=self.name,
             key=path,
             action=action,
@@ -444,17 +430,17 @@ class Files(ResourceKind[FilesState]):
                 if new is None or not _is_text(new) or (old is not None and not _is_text(old)):
                     ch.binary = True
                 elif old is not None and old != new:
-                    ch.text_diff = unified_diff(path, old if b else None, new)
+                    ch.text_diff = base.unified_diff(path, old if b else None, new)
             if ch.binary:
                 ch.details.append(f"binary content, {_bytes(size or 0)}")
         return ch
 
     # --- export --------------------------------------------------------------------------
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # Paths, link targets, owners and groups are the guest's: tagged !unsafe. Modes,
         # states and files/ names (a validated sha256) are fluid's and stay plain.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         services = ctx.services_with_config()
         exported = [c for c in changes if c.exported]
         # After every kind's tasks: the path may be one another kind's task creates.
@@ -470,14 +456,14 @@ class Files(ResourceKind[FilesState]):
         for c in creates:
             a = c.after
             path = unsafe(c.key)
-            base = {"owner": unsafe(a["owner"]), "group": unsafe(a["group"])}
+            ownership = {"owner": unsafe(a["owner"]), "group": unsafe(a["group"])}
             if a["type"] == "directory":
                 task = {
                     "ansible.builtin.file": {
                         "path": path,
                         "state": "directory",
                         "mode": _mode(a["mode"]),
-                        **base,
+                        **ownership,
                     }
                 }
             elif a["type"] == "symlink":
@@ -488,7 +474,7 @@ class Files(ResourceKind[FilesState]):
                         "state": "link",
                         "force": True,
                         "follow": False,
-                        **base,
+                        **ownership,
                     }
                 }
             elif a["type"] == "file" and (
@@ -503,11 +489,13 @@ class Files(ResourceKind[FilesState]):
                         "src": name,
                         "dest": path,
                         "mode": _mode(a["mode"]),
-                        **base,
+                        **ownership,
                     }
                 }
             elif a["type"] == "file":
-                task = {"ansible.builtin.file": {"path": path, "mode": _mode(a["mode"]), **base}}
+                task = {
+                    "ansible.builtin.file": {"path": path, "mode": _mode(a["mode"]), **ownership}
+                }
             else:
                 continue
             verb = "create" if c.action == "added" else "update"
@@ -531,12 +519,7 @@ class Files(ResourceKind[FilesState]):
         for c in sorted(
             (c for c in exported if c.action == "removed"), key=lambda c: c.key, reverse=True
         ):
-            bundle.tasks.append(
-                {
-                    "name": unsafe(f"remove {c.key}"),
-                    "ansible.builtin.file": {"path": unsafe(c.key), "state": "absent"},
-                }
-            )
+            bundle.tasks.append(removal_task(c.key))
         return bundle
 
 

@@ -13,14 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import (
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    unified_diff,
-)
+from infra.state import base
 from infra.state.kinds.packages import SECTION
 from infra.state.playbook_yaml import unsafe
 
@@ -66,7 +59,7 @@ def _text(lines: list[str] | None) -> bytes | None:
     return None if lines is None else ("\n".join(lines) + "\n").encode()
 
 
-class Hosts(ResourceKind[HostsState]):
+class Hosts(base.ResourceKind[HostsState]):
     """The hosts kind: /etc/hosts lines and the /etc/hostname value the agent changed."""
 
     name = "hosts"
@@ -101,17 +94,19 @@ class Hosts(ResourceKind[HostsState]):
 
         return HostsState(hosts=lines(HOSTS), hostname=lines(HOSTNAME))
 
-    def diff(self, before: HostsState, after: HostsState, ctx: DiffContext) -> list[Change]:
+    def diff(
+        self, before: HostsState, after: HostsState, ctx: base.DiffContext
+    ) -> list[base.Change]:
         names = {IMAGE_HOSTNAME} | {
             c.sandbox_id for c in (ctx.before, ctx.after) if c.sandbox_id is not None
         }
-        changes: list[Change] = []
+        changes: list[base.Change] = []
         old, old_own = _split(before.hosts, names)
         new, new_own = _split(after.hosts, names)
         added, removed = sorted(new - old), sorted(old - new)
         if added or removed:
             changes.append(
-                Change(
+                base.Change(
                     kind=self.name,
                     key=HOSTS,
                     action="modified",
@@ -121,7 +116,7 @@ class Hosts(ResourceKind[HostsState]):
                 )
             )
         if old_own != new_own:
-            ch = Change(
+            ch = base.Change(
                 kind=self.name,
                 key=f"{HOSTS}: the machine's own name",
                 action="modified",
@@ -139,7 +134,7 @@ class Hosts(ResourceKind[HostsState]):
         old_name = _hostname(before.hostname, names)
         new_name = _hostname(after.hostname, names)
         if old_name != new_name:
-            ch = Change(
+            ch = base.Change(
                 kind=self.name,
                 key=HOSTNAME,
                 action="modified",
@@ -157,9 +152,9 @@ class Hosts(ResourceKind[HostsState]):
             changes.append(ch)
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # Lines and names are the guest's: tagged !unsafe. Paths and states are fluid's.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         for c in (c for c in changes if c.exported):
             if c.key == HOSTS:
                 for state, key in (("absent", "removed"), ("present", "added")):
@@ -193,4 +188,4 @@ def _hostname(lines: list[str] | None, names: set[str]) -> str | None:
 
 
 def _unified(path: str, old: list[str] | None, new: list[str] | None) -> str:
-    return unified_diff(path, _text(old), _text(new))
+    return base.unified_diff(path, _text(old), _text(new))

@@ -13,17 +13,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import (
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-)
+from infra.state import base
 from infra.state.playbook_yaml import unsafe_each
 
 SECTION = "@@fluid-section "
+
+# Why a package change is brought by another rather than exported, by action.
+AS_DEPENDENCY = {
+    "added": "installed as a dependency",
+    "removed": "removed as an unused dependency",
+    "modified": "upgraded as a dependency",
+}
 
 
 class PackagesState(BaseModel):
@@ -100,7 +100,7 @@ ALTERNATIVES_LINKS = "/etc/alternatives"
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
-class Packages(ResourceKind[PackagesState]):
+class Packages(base.ResourceKind[PackagesState]):
     """The packages kind (dpkg/apt)."""
 
     name = "packages"
@@ -164,48 +164,36 @@ class Packages(ResourceKind[PackagesState]):
             },
         )
 
-    def diff(self, before: PackagesState, after: PackagesState, ctx: DiffContext) -> list[Change]:
+    def diff(
+        self, before: PackagesState, after: PackagesState, ctx: base.DiffContext
+    ) -> list[base.Change]:
         changes = []
         manual_after, manual_before = set(after.manual), set(before.manual)
-        for name in changed_keys(before.installed, after.installed):
+        for name in base.changed_keys(before.installed, after.installed):
             b, a = before.installed.get(name), after.installed.get(name)
-            if b is None:
-                ch = Change(
-                    kind=self.name,
-                    key=name,
-                    action="added",
-                    after={"version": a},
-                    details=[f"installed {a}"],
-                )
-                if name not in manual_after:
-                    ch.brought_by("installed as a dependency")
-            elif a is None:
-                ch = Change(
-                    kind=self.name,
-                    key=name,
-                    action="removed",
-                    before={"version": b},
-                    details=[f"removed {b}"],
-                )
-                if name not in manual_before:
-                    ch.brought_by("removed as an unused dependency")
-            else:
-                ch = Change(
-                    kind=self.name,
-                    key=name,
-                    action="modified",
-                    before={"version": b},
-                    after={"version": a},
-                    details=[f"version {b} → {a}"],
-                )
-                if name not in manual_after:
-                    ch.brought_by("upgraded as a dependency")
+            action = "added" if b is None else "removed" if a is None else "modified"
+            detail = {
+                "added": f"installed {a}",
+                "removed": f"removed {b}",
+                "modified": f"version {b} → {a}",
+            }[action]
+            ch = base.Change(
+                kind=self.name,
+                key=name,
+                action=action,
+                before=None if b is None else {"version": b},
+                after=None if a is None else {"version": a},
+                details=[detail],
+            )
+            # A package nobody marked manual came along with one that was asked for.
+            if name not in (manual_before if action == "removed" else manual_after):
+                ch.brought_by(AS_DEPENDENCY[action])
             changes.append(ch)
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # Package names and versions are the guest's (dpkg's answer): each tagged !unsafe.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         install = [c.key for c in changes if c.exported and c.action == "added"]
         upgrade = [
             f"{c.key}={c.after['version']}"

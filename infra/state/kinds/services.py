@@ -7,15 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.state.base import (
-    STAGING,
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-)
+from infra.state import base
 from infra.state.kinds.packages import SECTION, split_sections
 from infra.state.playbook_yaml import unsafe
 
@@ -32,8 +24,8 @@ UNIT_TREES = (
     "/etc/systemd/system-preset /run/systemd/system-preset /usr/lib/systemd/system-preset "
     "/lib/systemd/system-preset"
 )
-BASE_LISTING = f"{STAGING}/unit-trees.before"
-CHANGED_UNITS = f"{STAGING}/units.changed"
+BASE_LISTING = f"{base.STAGING}/unit-trees.before"
+CHANGED_UNITS = f"{base.STAGING}/units.changed"
 # Passes `find`'s listing of the unit trees through and writes to CHANGED_UNITS the units named
 # by each line that is new or gone since the previous listing (`path TAB link-target ...`):
 # what the path and its link target are, link to or drop in for, and an instance's template.
@@ -77,7 +69,7 @@ class ServicesState(BaseModel):
     units: dict[str, Unit]
 
 
-class Services(ResourceKind[ServicesState]):
+class Services(base.ResourceKind[ServicesState]):
     """The services kind (systemd)."""
 
     name = "services"
@@ -159,9 +151,11 @@ class Services(ResourceKind[ServicesState]):
                 units[parts[0]].active = parts[2]
         return ServicesState(units=units)
 
-    def diff(self, before: ServicesState, after: ServicesState, ctx: DiffContext) -> list[Change]:
+    def diff(
+        self, before: ServicesState, after: ServicesState, ctx: base.DiffContext
+    ) -> list[base.Change]:
         changes = []
-        for name in changed_keys(before.units, after.units, _decided):
+        for name in base.changed_keys(before.units, after.units, _decided):
             if name in IGNORED_UNITS:
                 continue
             b, a = before.units.get(name), after.units.get(name)
@@ -177,7 +171,7 @@ class Services(ResourceKind[ServicesState]):
             if (bd or {}).get("active") != ad["active"]:
                 details.append(f"{(bd or {}).get('active', 'inactive')} → {ad['active']}")
             changes.append(
-                Change(
+                base.Change(
                     kind=self.name,
                     key=name,
                     action="added" if bd is None else "modified",
@@ -188,8 +182,8 @@ class Services(ResourceKind[ServicesState]):
             )
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
-        bundle = TaskBundle()
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
+        bundle = base.TaskBundle()
         for i, c in enumerate(c for c in changes if c.exported):
             args: dict[str, Any] = {"name": unsafe(c.key)}  # the guest's unit name
             if i == 0:

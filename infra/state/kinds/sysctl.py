@@ -6,19 +6,10 @@ import base64
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel
 
-from infra.state.base import (
-    CONTENT_NOT_KEPT,
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-    unified_diff,
-)
-from infra.state.playbook_yaml import blob_name, unsafe
+from infra.state import base
+from infra.state.playbook_yaml import blob_name, removal_task, unsafe
 
 # The handler that loads the files: fluid's name, plain in the playbook.
 APPLY = "apply sysctl settings"
@@ -32,9 +23,8 @@ class SysctlFile(BaseModel):
     settings: dict[str, str]
 
 
-class SysctlState(BaseModel):
+class SysctlState(base.CarriesBlobs):
     files: dict[str, SysctlFile]
-    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
 
 def _settings(text: str) -> dict[str, str]:
@@ -47,7 +37,7 @@ def _settings(text: str) -> dict[str, str]:
     return out
 
 
-class Sysctl(ResourceKind[SysctlState]):
+class Sysctl(base.ResourceKind[SysctlState]):
     """The sysctl kind."""
 
     name = "sysctl"
@@ -82,17 +72,13 @@ class Sysctl(ResourceKind[SysctlState]):
                 sha256=sha,
                 settings=_settings(data.decode(errors="replace")),
             )
-        state = SysctlState(files=files)
-        state._blobs = blobs
-        return state
+        return SysctlState(files=files).carrying(blobs)
 
-    def take_blobs(self, state: SysctlState) -> dict[str, bytes]:
-        blobs, state._blobs = state._blobs, {}
-        return blobs
-
-    def diff(self, before: SysctlState, after: SysctlState, ctx: DiffContext) -> list[Change]:
+    def diff(
+        self, before: SysctlState, after: SysctlState, ctx: base.DiffContext
+    ) -> list[base.Change]:
         changes = []
-        for path in changed_keys(before.files, after.files):
+        for path in base.changed_keys(before.files, after.files):
             b, a = before.files.get(path), after.files.get(path)
             action = "added" if b is None else "removed" if a is None else "modified"
             bs, as_ = (b.settings if b else {}), (a.settings if a else {})
@@ -101,7 +87,7 @@ class Sysctl(ResourceKind[SysctlState]):
                 for k in sorted(set(bs) | set(as_))
                 if bs.get(k) != as_.get(k)
             ]
-            ch = Change(
+            ch = base.Change(
                 kind=self.name,
                 key=path,
                 action=action,
@@ -112,25 +98,20 @@ class Sysctl(ResourceKind[SysctlState]):
             old = ctx.blob(b.sha256) if b else b""
             new = ctx.blob(a.sha256) if a else b""
             if new is None:
-                ch.exported, ch.note = False, CONTENT_NOT_KEPT
+                ch.exported, ch.note = False, base.CONTENT_NOT_KEPT
             if old is not None and new is not None:
-                ch.text_diff = unified_diff(path, old if b else None, new if a else None)
+                ch.text_diff = base.unified_diff(path, old if b else None, new if a else None)
             changes.append(ch)
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # File names, owners and groups are the guest's: tagged !unsafe. The contents (keys and
         # values) travel as bytes in files/, never through YAML.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         for c in (c for c in changes if c.exported):
             path = unsafe(c.key)
             if c.action == "removed":
-                bundle.tasks.append(
-                    {
-                        "name": unsafe(f"remove {c.key}"),
-                        "ansible.builtin.file": {"path": path, "state": "absent"},
-                    }
-                )
+                bundle.tasks.append(removal_task(c.key))
                 continue
             a = c.after
             src = blob_name(a["sha256"])

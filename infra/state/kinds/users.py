@@ -9,20 +9,11 @@ import base64
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel
 
-from infra.state.base import (
-    CONTENT_NOT_KEPT,
-    Change,
-    DiffContext,
-    ExportContext,
-    ResourceKind,
-    TaskBundle,
-    changed_keys,
-    unified_diff,
-)
+from infra.state import base
 from infra.state.kinds.packages import split_sections
-from infra.state.playbook_yaml import blob_name, unsafe, unsafe_each
+from infra.state.playbook_yaml import blob_name, removal_task, unsafe, unsafe_each
 
 
 class User(BaseModel):
@@ -48,11 +39,10 @@ class Secret(BaseModel):
     sha256: str
 
 
-class UsersState(BaseModel):
+class UsersState(base.CarriesBlobs):
     users: dict[str, User]
     groups: dict[str, Group]
     files: dict[str, Secret]
-    _blobs: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
 
 PROBE = r"""
@@ -70,7 +60,7 @@ done
 """
 
 
-class Users(ResourceKind[UsersState]):
+class Users(base.ResourceKind[UsersState]):
     """The users kind: accounts, groups, authorized keys and sudo rules."""
 
     name = "users"
@@ -150,23 +140,19 @@ class Users(ResourceKind[UsersState]):
                 sha = hashlib.sha256(data).hexdigest()
                 blobs[sha] = data
                 files[p[0]] = Secret(owner=p[1], group=p[2], mode=int(p[3], 8), sha256=sha)
-        state = UsersState(users=users, groups=groups, files=files)
-        state._blobs = blobs
-        return state
+        return UsersState(users=users, groups=groups, files=files).carrying(blobs)
 
-    def take_blobs(self, state: UsersState) -> dict[str, bytes]:
-        blobs, state._blobs = state._blobs, {}
-        return blobs
-
-    def diff(self, before: UsersState, after: UsersState, ctx: DiffContext) -> list[Change]:
-        changes: list[Change] = []
+    def diff(
+        self, before: UsersState, after: UsersState, ctx: base.DiffContext
+    ) -> list[base.Change]:
+        changes: list[base.Change] = []
         packages_before, packages = ctx.before.state("packages"), ctx.after.state("packages")
         files_before, files = ctx.before.state("files").entries, ctx.after.state("files").entries
         for kind, b_map, a_map in (
             ("group", before.groups, after.groups),
             ("user", before.users, after.users),
         ):
-            for name in changed_keys(b_map, a_map):
+            for name in base.changed_keys(b_map, a_map):
                 b, a = b_map.get(name), a_map.get(name)
                 ch = _change(self.name, f"{kind} {name}", b, a)
                 if kind == "user" and isinstance(a, User):
@@ -186,7 +172,7 @@ class Users(ResourceKind[UsersState]):
                 if kind == "user" and a is not None and a.password == "set":
                     ch.note = "a password is set in the sandbox; it is not exported"
                 changes.append(ch)
-        for path in changed_keys(before.files, after.files):
+        for path in base.changed_keys(before.files, after.files):
             b, a = before.files.get(path), after.files.get(path)
             ch = _change(self.name, path, b, a)
             if a is not None and path.startswith("/etc/sudoers.d/"):
@@ -194,15 +180,15 @@ class Users(ResourceKind[UsersState]):
             new = ctx.blob(a.sha256) if a else None
             old = ctx.blob(b.sha256) if b else b""
             if a is not None and new is None:
-                ch.exported, ch.note = False, CONTENT_NOT_KEPT
+                ch.exported, ch.note = False, base.CONTENT_NOT_KEPT
             if new is not None and old is not None:
-                ch.text_diff = unified_diff(path, old if b else None, new)
+                ch.text_diff = base.unified_diff(path, old if b else None, new)
             changes.append(ch)
         return changes
 
-    def export(self, changes: list[Change], ctx: ExportContext) -> TaskBundle:
+    def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
         # Names, groups, homes, shells, comments and paths are the guest's: tagged !unsafe.
-        bundle = TaskBundle()
+        bundle = base.TaskBundle()
         done = [c for c in changes if c.exported]
         for c in (c for c in done if c.key.startswith("group ")):
             name = unsafe(c.key.removeprefix("group "))
@@ -238,12 +224,7 @@ class Users(ResourceKind[UsersState]):
         for c in (c for c in done if c.key.startswith("/")):
             path = unsafe(c.key)
             if c.action == "removed":
-                bundle.tasks.append(
-                    {
-                        "name": unsafe(f"remove {c.key}"),
-                        "ansible.builtin.file": {"path": path, "state": "absent"},
-                    }
-                )
+                bundle.tasks.append(removal_task(c.key))
                 continue
             a = c.after
             owner = {"owner": unsafe(a["owner"]), "group": unsafe(a["group"])}
@@ -321,7 +302,7 @@ def _group_details(name: str, b: Group | None, a: Group) -> list[str]:
     return lines
 
 
-def _change(kind: str, key: str, b: BaseModel | None, a: BaseModel | None) -> Change:
+def _change(kind: str, key: str, b: BaseModel | None, a: BaseModel | None) -> base.Change:
     bd, ad = (b.model_dump() if b else None), (a.model_dump() if a else None)
     details = []
     if bd and ad:
@@ -329,4 +310,4 @@ def _change(kind: str, key: str, b: BaseModel | None, a: BaseModel | None) -> Ch
         if bd.get("sha256") != ad.get("sha256") and "sha256" in ad:
             details.append("content changed")
     action = "added" if b is None else "removed" if a is None else "modified"
-    return Change(kind=kind, key=key, action=action, before=bd, after=ad, details=details)
+    return base.Change(kind=kind, key=key, action=action, before=bd, after=ad, details=details)
