@@ -3,8 +3,8 @@ wait for SSH, connect with a fresh certificate, run a recorded command, power it
 
 Sandboxes (linked clones with a TTL, warm-started when they can) and production VMs
 (standalone copies that never expire) differ in how their disks are made and how long they
-live; everything after the disk is this module. A `Machine` says which VM, and which of
-fluid's exceptions a caller sees when it is not ready or not running.
+live; everything after the disk is this module. A `Machine` says which VM; its `Kind`
+says how messages name it and which of fluid's exceptions its callers see.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol, TypedDict
 
 import libvirt
 
@@ -34,20 +35,89 @@ HOSTKEY_LINE = re.compile(r"fluid-hostkey: (ssh-ed25519 [A-Za-z0-9+/=]+)")
 CLOUD_INIT_KEY = re.compile(r"^(ssh-ed25519 [A-Za-z0-9+/=]+)", re.MULTILINE)
 
 
+class VMRecord(Protocol):
+    """What the store records of any fluid VM (SandboxRecord and ProductionRecord both)."""
+
+    domain_name: str
+    ssh_port: int
+    host_key: str | None
+    console_log: str
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of fluid VM: how messages name it, and the errors its callers see."""
+
+    noun: str  # "sandbox", "production VM"
+    command: str  # its CLI noun, for hints: "fluid sandbox"
+    errors: tuple[type[FluidError], type[FluidError], type[FluidError]]
+
+    @property
+    def missing(self) -> type[FluidError]:
+        """Raised when a VM of this kind has no domain (or no record)."""
+        return self.errors[0]
+
+    @property
+    def not_ready(self) -> type[FluidError]:
+        """Raised when a VM of this kind does not boot to SSH."""
+        return self.errors[1]
+
+    @property
+    def not_running(self) -> type[FluidError]:
+        """Raised when a VM of this kind is not running (or never finished booting)."""
+        return self.errors[2]
+
+
+class RunOptions(TypedDict, total=False):
+    """How a recorded command runs: `run`'s keyword arguments, shared by every VM kind."""
+
+    timeout: float  # seconds; CommandTimeout past it (partial output in its `.result`)
+    output_cap: int  # bytes kept of each stream (head and tail)
+    actor: str | None  # who ran it, for the records; fluid's default actor when None
+    valid_since: datetime | None  # backdates the certificate for a guest whose clock is behind
+
+
 @dataclass(frozen=True)
 class Machine:
     """One fluid VM as the lifecycle sees it."""
 
-    label: str  # how messages name it: "sandbox ab12cd34", "production VM web"
+    kind: Kind
+    name: str
     instance_id: str  # the guest's fluid.sandbox id: its principal and its commands' records
     domain_name: str
     ssh_port: int
     host_key: str | None
     console_log: Path
-    not_ready: type[FluidError]
-    not_running: type[FluidError]
-    start_hint: str  # the command that starts it again, for "is not running" errors
     production: str | None = None  # a production VM's name (its commands' audit records)
+
+    @classmethod
+    def of(
+        cls,
+        rec: VMRecord,
+        kind: Kind,
+        *,
+        name: str,
+        instance_id: str,
+        production: str | None = None,
+    ) -> Machine:
+        """The machine a store record describes."""
+        return cls(
+            kind=kind,
+            name=name,
+            instance_id=instance_id,
+            domain_name=rec.domain_name,
+            ssh_port=rec.ssh_port,
+            # Pinned once learned: a restarted guest keeps its key, and cloud-init prints it
+            # only at the first boot.
+            host_key=rec.host_key,
+            console_log=Path(rec.console_log),
+            production=production,
+        )
+
+    @property
+    def label(self) -> str:
+        """How messages name it: "sandbox ab12cd34", "production VM web"."""
+        return f"{self.kind.noun} {self.name}"
 
 
 def principal(instance_id: str) -> str:
@@ -198,7 +268,7 @@ def wait_for_ssh(
     console = machine.console_log
     while time.monotonic() < deadline:
         if not dom.isActive():
-            raise machine.not_ready(
+            raise machine.kind.not_ready(
                 f"{machine.label} stopped while booting; console:\n{console_tail(console)}"
             )
         host_key = host_key or host_key_from_console(console)
@@ -209,7 +279,7 @@ def wait_for_ssh(
             if ssh.ping("127.0.0.1", machine.ssh_port, creds, host_key):
                 return host_key
         time.sleep(0.5)
-    raise machine.not_ready(
+    raise machine.kind.not_ready(
         f"{machine.label} did not answer SSH on 127.0.0.1:{machine.ssh_port} within "
         f"{timeout or settings.ready_timeout_s:.0f} s (FLUID_READY_TIMEOUT_S); "
         f"console tail:\n{console_tail(console)}"
@@ -231,7 +301,7 @@ def boot(
     try:
         dom.create()
     except libvirt.libvirtError as e:
-        raise machine.not_ready(
+        raise machine.kind.not_ready(
             f"libvirt could not start {machine.label}: {e.get_error_message()}{hint}"
         ) from e
     say(f"{machine.label}: VM started on 127.0.0.1:{machine.ssh_port}, waiting for SSH")
@@ -249,8 +319,9 @@ def guest(
     `valid_since` backdates the certificate for a guest whose clock is behind (see ssh_ca).
     """
     if not machine.host_key:
-        raise machine.not_running(
-            f"{machine.label} never finished booting; destroy it and create it again"
+        raise machine.kind.not_running(
+            f"{machine.label} never finished booting; "
+            f"`{machine.kind.command} destroy {machine.name}` and create it again"
         )
     creds = authority(settings).issue(
         principal(machine.instance_id),
@@ -262,8 +333,9 @@ def guest(
     except SSHError as e:
         with connection(settings) as conn:
             if domain_state(lookup(conn, machine.domain_name)) != "running":
-                raise machine.not_running(
-                    f"{machine.label} is not running; `{machine.start_hint}` it"
+                raise machine.kind.not_running(
+                    f"{machine.label} is not running; "
+                    f"`{machine.kind.command} start {machine.name}` it"
                 ) from e
         raise
 
@@ -272,10 +344,10 @@ def run(
     machine: Machine,
     command: str,
     *,
-    timeout: float,
-    output_cap: int,
-    actor: str | None,
     settings: FluidSettings,
+    timeout: float = 300.0,
+    output_cap: int = 30_000,
+    actor: str | None = None,
     valid_since: datetime | None = None,
 ) -> ssh.CommandResult:
     """Run a shell command as root in the VM and record it, also when it times out."""
@@ -329,3 +401,31 @@ def power_off(machine: Machine, dom: libvirt.virDomain | None, settings: FluidSe
     except (FluidError, OSError):
         pass
     dom.destroy()
+
+
+def state(domain_name: str, settings: FluidSettings) -> str:
+    """A VM's state now: running, paused, shut off, or missing."""
+    with connection(settings) as conn:
+        return domain_state(lookup(conn, domain_name))
+
+
+def start(
+    machine: Machine, settings: FluidSettings, say: Progress, *, hint: str = ""
+) -> str | None:
+    """Start a stopped VM and wait for SSH: its host key, or None when it was running."""
+    with connection(settings) as conn:
+        dom = lookup(conn, machine.domain_name)
+        if dom is None:
+            raise machine.kind.missing(
+                f"{machine.label} has no libvirt domain {machine.domain_name} any more; "
+                f"`{machine.kind.command} destroy {machine.name}` and create it again"
+            )
+        if dom.isActive():
+            return None
+        return boot(machine, dom, settings, say, hint=hint)
+
+
+def stop(machine: Machine, settings: FluidSettings) -> None:
+    """Power a VM off after flushing its disk; its disk and records stay."""
+    with connection(settings) as conn:
+        power_off(machine, lookup(conn, machine.domain_name), settings)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Unpack
 
 import libvirt
 from pydantic import BaseModel
@@ -101,21 +101,17 @@ def principal(name: str) -> str:
     return lifecycle.principal(instance_id(name))
 
 
+PRODUCTION = lifecycle.Kind(
+    "production VM",
+    "fluid production",
+    (ProductionNotFound, ProductionNotReady, ProductionNotRunning),
+)
+
+
 def machine(rec: ProductionRecord) -> lifecycle.Machine:
     """A production VM as the VM lifecycle sees it."""
-    return lifecycle.Machine(
-        label=f"production VM {rec.name}",
-        instance_id=instance_id(rec.name),
-        domain_name=rec.domain_name,
-        ssh_port=rec.ssh_port,
-        # Pinned once learned: a restarted guest keeps its key, and cloud-init prints it
-        # only at the first boot.
-        host_key=rec.host_key,
-        console_log=Path(rec.console_log),
-        not_ready=ProductionNotReady,
-        not_running=ProductionNotRunning,
-        start_hint=f"fluid production start {rec.name}",
-        production=rec.name,
+    return lifecycle.Machine.of(
+        rec, PRODUCTION, name=rec.name, instance_id=instance_id(rec.name), production=rec.name
     )
 
 
@@ -146,11 +142,11 @@ def _record(name: str, settings: FluidSettings) -> ProductionRecord:
     return rec
 
 
-def _view(rec: ProductionRecord, dom: libvirt.virDomain | None) -> ProductionVM:
+def _view(rec: ProductionRecord, state: str) -> ProductionVM:
     return ProductionVM(
         name=rec.name,
         domain_name=rec.domain_name,
-        state=domain_state(dom),  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
         image=rec.image,
         image_version=rec.image_version,
         ssh_port=rec.ssh_port,
@@ -229,7 +225,7 @@ def create(
         except BaseException:
             _teardown(conn, name, settings)
             raise
-        return _view(rec, dom)
+        return _view(rec, domain_state(dom))
 
 
 def _refuse_existing(conn: libvirt.virConnect, name: str, settings: FluidSettings) -> None:
@@ -344,8 +340,7 @@ def get(name: str, settings: FluidSettings | None = None) -> ProductionVM:
     """One production VM with its live state."""
     settings = settings or get_settings()
     rec = _record(name, settings)
-    with connection(settings) as conn:
-        return _view(rec, lookup(conn, rec.domain_name))
+    return _view(rec, lifecycle.state(rec.domain_name, settings))
 
 
 def list_production(settings: FluidSettings | None = None) -> ProductionListing:
@@ -359,7 +354,7 @@ def list_production(settings: FluidSettings | None = None) -> ProductionListing:
         doms = {d.name(): d for d, _m in domains.fluid_domains(conn, "production")}
         known = {r.domain_name for r in records}
         return ProductionListing(
-            vms=[_view(r, doms.get(r.domain_name)) for r in records],
+            vms=[_view(r, domain_state(doms.get(r.domain_name))) for r in records],
             orphan_domains=sorted(n for n in doms if n not in known),
             orphan_records=sorted(r.name for r in records if r.domain_name not in doms),
         )
@@ -371,36 +366,25 @@ def start(
     """Start a stopped production VM (e.g. after a host reboot) and wait for SSH."""
     settings = settings or get_settings()
     rec = _record(name, settings)
-    with connection(settings) as conn:
-        dom = lookup(conn, rec.domain_name)
-        if dom is None:
-            raise ProductionNotFound(
-                f"production VM {name} has no libvirt domain {rec.domain_name} any more; "
-                f"`fluid production destroy {name}` and create it again"
-            )
-        if not dom.isActive():
-            host_key = lifecycle.boot(
-                machine(rec),
-                dom,
-                settings,
-                progress or _say,
-                hint=f" (is 127.0.0.1:{rec.ssh_port} taken by another process?)",
-            )
-            if rec.host_key is None:
-                rec.host_key = host_key
-                with store.session(settings) as s:
-                    s.merge(rec)
-        return _view(rec, dom)
+    host_key = lifecycle.start(
+        machine(rec),
+        settings,
+        progress or _say,
+        hint=f" (is 127.0.0.1:{rec.ssh_port} taken by another process?)",
+    )
+    if host_key is not None and rec.host_key is None:
+        rec.host_key = host_key
+        with store.session(settings) as s:
+            s.merge(rec)
+    return _view(rec, lifecycle.state(rec.domain_name, settings))
 
 
 def stop(name: str, settings: FluidSettings | None = None) -> ProductionVM:
     """Power a production VM off after flushing its disk (its disk and record stay)."""
     settings = settings or get_settings()
     rec = _record(name, settings)
-    with connection(settings) as conn:
-        dom = lookup(conn, rec.domain_name)
-        lifecycle.power_off(machine(rec), dom, settings)
-        return _view(rec, dom)
+    lifecycle.stop(machine(rec), settings)
+    return _view(rec, lifecycle.state(rec.domain_name, settings))
 
 
 def guest(name: str, settings: FluidSettings | None = None) -> ssh.GuestConnection:
@@ -413,21 +397,10 @@ def run(
     name: str,
     command: str,
     *,
-    timeout: float = 300.0,
-    output_cap: int = 30_000,
-    actor: str | None = None,
     settings: FluidSettings | None = None,
+    **options: Unpack[lifecycle.RunOptions],
 ) -> ssh.CommandResult:
-    """Run a shell command as root in production VM `name` and record it (as `prod-NAME`).
-
-    CommandTimeout past `timeout` (the partial output is in its `.result`).
-    """
+    """Run a shell command as root in production VM `name` and record it (as `prod-NAME`);
+    CommandTimeout past `timeout` (the partial output is in its `.result`)."""
     settings = settings or get_settings()
-    return lifecycle.run(
-        machine(_record(name, settings)),
-        command,
-        timeout=timeout,
-        output_cap=output_cap,
-        actor=actor,
-        settings=settings,
-    )
+    return lifecycle.run(machine(_record(name, settings)), command, settings=settings, **options)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Unpack
 
 import libvirt
 from pydantic import BaseModel
@@ -74,24 +74,20 @@ def _say(_msg: str) -> None:
     pass
 
 
+# How the VM lifecycle names a sandbox, and its errors: missing, not ready, not running.
+SANDBOX = lifecycle.Kind(
+    "sandbox", "fluid sandbox", (SandboxNotFound, SandboxNotReady, SandboxNotRunning)
+)
+
+
 def machine(rec: SandboxRecord) -> lifecycle.Machine:
     """A sandbox as the VM lifecycle sees it."""
-    return lifecycle.Machine(
-        label=f"sandbox {rec.id}",
-        instance_id=rec.id,
-        domain_name=rec.domain_name,
-        ssh_port=rec.ssh_port,
-        host_key=rec.host_key,
-        console_log=Path(rec.console_log),
-        not_ready=SandboxNotReady,
-        not_running=SandboxNotRunning,
-        start_hint=f"fluid sandbox start {rec.id}",
-    )
+    return lifecycle.Machine.of(rec, SANDBOX, name=rec.id, instance_id=rec.id)
 
 
-def _view(rec: SandboxRecord, dom: libvirt.virDomain | None) -> Sandbox:
+def _view(rec: SandboxRecord, state: str) -> Sandbox:
     return Sandbox(
-        state=domain_state(dom),
+        state=state,
         boot=rec.boot or "cold",
         **rec.model_dump(include=set(Sandbox.model_fields) - {"state", "boot"}),
     )
@@ -149,7 +145,7 @@ def create(
             if taken is not None:
                 say(f"sandbox {taken.id}: taken from the spares (started ahead, warm)")
                 spares.refill_in_background(settings)
-                return _view(taken, lookup(conn, taken.domain_name))
+                return _view(taken, domain_state(lookup(conn, taken.domain_name)))
         # QEMU opens images and disks by path: its group may enter these, nobody else
         # (guests' disks and console logs); the build cache is root's alone.
         for d in (settings.images_dir, settings.disks_dir, settings.logs_dir):
@@ -184,7 +180,7 @@ def create(
             raise
         if refill:
             spares.refill_in_background(settings)
-        return _view(rec, lookup(conn, rec.domain_name))
+        return _view(rec, domain_state(lookup(conn, rec.domain_name)))
 
 
 def _provision(
@@ -354,15 +350,14 @@ def extend(sandbox_id: str, until: datetime, settings: FluidSettings | None = No
             if meta is not None:
                 meta.expires_at = rec.expires_at
                 domains.write_metadata(dom, meta)
-        return _view(rec, dom)
+        return _view(rec, domain_state(dom))
 
 
 def get(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """One sandbox with its live state."""
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    with connection(settings) as conn:
-        return _view(rec, lookup(conn, rec.domain_name))
+    return _view(rec, lifecycle.state(rec.domain_name, settings))
 
 
 def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
@@ -382,7 +377,11 @@ def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
         )
         return SandboxListing(
             # Spares are no one's yet: `fluid pool list` shows them.
-            sandboxes=[_view(r, doms.get(r.domain_name)) for r in records if not r.spare_state],
+            sandboxes=[
+                _view(r, domain_state(doms.get(r.domain_name)))
+                for r in records
+                if not r.spare_state
+            ],
             orphan_domains=sorted(n for n in doms if ids[n] not in known),
             orphan_records=sorted(r.id for r in records if r.domain_name not in doms),
             orphan_disks=[d for d in disks if d not in known],
@@ -393,23 +392,16 @@ def start(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """Start a stopped sandbox and wait for SSH."""
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    with connection(settings) as conn:
-        dom = lookup(conn, rec.domain_name)
-        if dom is None:
-            raise SandboxNotFound(f"sandbox {sandbox_id} has no VM; destroy it and create anew")
-        if not dom.isActive():
-            lifecycle.boot(machine(rec), dom, settings, _say)
-        return _view(rec, dom)
+    lifecycle.start(machine(rec), settings, _say)
+    return _view(rec, lifecycle.state(rec.domain_name, settings))
 
 
 def stop(sandbox_id: str, settings: FluidSettings | None = None) -> Sandbox:
     """Power a sandbox off (its disk and checkpoints stay)."""
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    with connection(settings) as conn:
-        dom = lookup(conn, rec.domain_name)
-        lifecycle.power_off(machine(rec), dom, settings)
-        return _view(rec, dom)
+    lifecycle.stop(machine(rec), settings)
+    return _view(rec, lifecycle.state(rec.domain_name, settings))
 
 
 def guest(
@@ -431,24 +423,14 @@ def run(
     sandbox_id: str,
     command: str,
     *,
-    timeout: float = 300.0,
-    output_cap: int = 30_000,
-    actor: str | None = None,
-    valid_since: datetime | None = None,
     settings: FluidSettings | None = None,
+    **options: Unpack[lifecycle.RunOptions],
 ) -> ssh.CommandResult:
-    """Run a shell command in the sandbox as root and record it; CommandTimeout past `timeout`."""
+    """Run a shell command in the sandbox as root and record it; CommandTimeout past `timeout`
+    (300 s unless given; see `lifecycle.RunOptions`)."""
     settings = settings or get_settings()
     rec = record(validate_name(sandbox_id, "sandbox id"), settings)
-    return lifecycle.run(
-        machine(rec),
-        command,
-        timeout=timeout,
-        output_cap=output_cap,
-        actor=actor,
-        settings=settings,
-        valid_since=valid_since,
-    )
+    return lifecycle.run(machine(rec), command, settings=settings, **options)
 
 
 def commands(sandbox_id: str, settings: FluidSettings | None = None) -> list[CommandRecord]:

@@ -11,10 +11,9 @@ from datetime import UTC, datetime, timedelta
 from bench.memory import qemu_memory_mib
 from bench.results import BenchError, Results, log
 from bench.sandbox.context import A_CLONE, Bench
-from infra.errors import SandboxNotReady, SandboxNotRunning
 from infra.host import domains, ports
 from infra.host.libvirt_host import connect, domain_type, remove_domain
-from infra.machines import lifecycle
+from infra.machines import lifecycle, sandboxes
 from infra.transport.ssh_ca import authority
 
 CLONE_READY_TIMEOUT_S = 300.0
@@ -110,15 +109,13 @@ class VirtCloneBench:
             dom.create()
             lifecycle.wait_for_ssh(
                 lifecycle.Machine(
-                    label=f"virt-clone {clone}",
+                    kind=sandboxes.SANDBOX,
+                    name=clone,
                     instance_id=self.instance,
                     domain_name=clone,
                     ssh_port=self.port,
                     host_key=None,
                     console_log=self.console,
-                    not_ready=SandboxNotReady,
-                    not_running=SandboxNotRunning,
-                    start_hint=f"virsh start {clone}",
                 ),
                 dom,
                 s,
