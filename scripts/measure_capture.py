@@ -7,7 +7,7 @@ fluid's modules are loaded and an SSH connection made first; then the peak resid
 reset (`/proc/self/clear_refs` 5 resets VmHWM), so VmHWM afterwards is the capture's own peak
 and `growth` (VmHWM minus VmRSS just before) what the capture added. With --path, `stored`
 says whether that file's content reached the blob store. Used by scripts/bench_change.py and
-tests/test_large_files.py, so both measure the same way.
+tests/infra/state/test_large_files.py, so both measure the same way.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("fluid-home")
     os.environ["FLUID_HOME"] = str(home)
     # No spares started behind the tests' backs (they hold slots and count as domains);
-    # tests/test_spares.py turns them on where it means to.
+    # tests/infra/machines/test_spares.py turns them on where it means to.
     os.environ["FLUID_SPARE_SANDBOXES"] = "0"
     # The session's own Prefect server, so a developer's server on 4200 is never touched.
     os.environ["FLUID_PREFECT_PORT"] = str(free_port())
@@ -322,7 +322,8 @@ def production_vm(
     prefect_stack: control_plane.ControlPlane, golden_image: images.ImageManifest
 ) -> Iterator[dict]:
     """One production VM for the session, made by `fluid production create NAME --json` (which
-    also saves its ProductionTarget block). tests/test_production.py destroys it at its end."""
+    also saves its ProductionTarget block). tests/infra/machines/test_production.py destroys it
+    at its end."""
     try:
         yield fluid_json("production", "create", PRODUCTION_NAME)
     finally:

@@ -5,7 +5,9 @@ no VM, no Prefect).
   CA, the database, change capture and export, guardrails, agents, audit. It owns everything that
   touches the host or a guest, and knows nothing of orchestration: it imports the standard
   library, third-party libraries other than Prefect, and infra/ itself; never prefect, tasks,
-  flows, blocks or cli (not even lazily inside a function).
+  flows, blocks or cli (not even lazily inside a function). Inside it, the packages stand on
+  one another (INFRA_FORBIDDEN): host, transport and guardrails stand alone; records, machines,
+  state and ansible never import agents or guardrails; machines never import ansible.
 - orchestration/ is the Prefect plumbing: the local server, worker and deployments, the client,
   the per-host sandbox slots. It may import prefect and infra/; never tasks, flows, blocks or
   cli.
@@ -28,6 +30,9 @@ asks for it to be made public (with a docstring) or moved where it belongs. Attr
 `self`, of instances and of pydantic models cannot be resolved statically and are not checked;
 nor are third-party libraries' private names (infra/guardrails/bashlex_fix.py patches one of
 bashlex's on purpose).
+
+No modules import one another round a circle, lazily or not; and tests/ mirrors the product's
+folders (tests/infra/machines/ specifies infra/machines/, and so on).
 """
 
 from __future__ import annotations
@@ -49,6 +54,28 @@ FORBIDDEN = {
     "blocks": frozenset({"orchestration", "tasks", "flows", "cli"}),
     "tasks": frozenset({"flows", "cli"}),
     "flows": frozenset({"cli"}),
+}
+# Inside infra/: package -> the infra packages it must never import. Lower packages (host,
+# transport, guardrails) stand alone; nothing but agents uses guardrails or agents.
+INFRA_FORBIDDEN = {
+    "infra.host": frozenset(
+        {"infra.transport", "infra.machines", "infra.state", "infra.ansible"}
+        | {"infra.agents", "infra.guardrails"}
+    ),
+    "infra.transport": frozenset(
+        {"infra.machines", "infra.records", "infra.state", "infra.ansible"}
+        | {"infra.agents", "infra.guardrails"}
+    ),
+    "infra.guardrails": frozenset(
+        {"infra.host", "infra.transport", "infra.machines", "infra.records", "infra.state"}
+        | {"infra.ansible", "infra.agents"}
+    ),
+    "infra.records": frozenset({"infra.machines", "infra.agents", "infra.guardrails"}),
+    "infra.machines": frozenset({"infra.ansible", "infra.agents", "infra.guardrails"}),
+    "infra.state": frozenset(
+        {"infra.records", "infra.ansible", "infra.agents", "infra.guardrails"}
+    ),
+    "infra.ansible": frozenset({"infra.agents", "infra.guardrails"}),
 }
 # What the command (cli/) imports only lazily, and only in the modules of the commands that
 # need Prefect; every other cli module never imports it.
@@ -464,3 +491,42 @@ def test_no_import_circles() -> None:
 def test_the_circle_check_finds_a_circle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert import_circles(graph) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("package", sorted(INFRA_FORBIDDEN))
+def test_each_infra_package_imports_only_what_it_stands_on(package: str) -> None:
+    problems = []
+    folder = Path(*package.split("."))
+    for path in product_files():
+        rel = path.relative_to(ROOT)
+        if rel.parts[: len(folder.parts)] == folder.parts:
+            problems += forbidden_imports(path.read_text(), str(rel), INFRA_FORBIDDEN[package])
+    assert not problems, _report(
+        problems,
+        f"{folder}/ must import nothing from {', '.join(sorted(INFRA_FORBIDDEN[package]))}",
+    )
+
+
+def test_the_import_rule_catches_a_dotted_package() -> None:
+    source = "from infra.machines import sandboxes\nimport infra.machinesx\n"
+    found = forbidden_imports(source, "infra/host/x.py", frozenset({"infra.machines"}))
+    assert found == ["infra/host/x.py:1: imports infra.machines.sandboxes"]
+
+
+def test_the_tests_mirror_the_product_layout() -> None:
+    """Each folder of tests/ is named for the product folder whose behaviour it specifies."""
+    tests = ROOT / "tests"
+    strays = [
+        str(d.relative_to(ROOT))
+        for d in sorted(tests.rglob("*"))
+        if d.is_dir()
+        and d.name != "__pycache__"
+        and "__pycache__" not in d.parts
+        and not (ROOT / d.relative_to(tests)).is_dir()
+    ]
+    assert not strays, _report(strays, "tests/ folders mirror product folders")
+    assert {p.parent.relative_to(tests).as_posix() for p in tests.rglob("test_*.py")} >= {
+        "infra/machines",
+        "infra/state",
+        "flows",
+    }

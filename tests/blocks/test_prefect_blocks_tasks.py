@@ -18,8 +18,9 @@ from blocks import ProductionTarget  # noqa: E402
 from infra.errors import SandboxNotFound  # noqa: E402
 from infra.settings import FluidSettings  # noqa: E402
 from tasks.sandbox import destroy_sandbox  # noqa: E402
+from tests.repo import ROOT  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = ROOT
 BLOCK_SLUGS = ("production-target",)
 
 

@@ -29,6 +29,7 @@ from infra.records import audit, runs, store
 from infra.settings import FluidSettings
 from infra.transport.command_output import CommandResult
 from tests.conftest import fluid, fresh_postgres_database
+from tests.repo import ROOT
 
 
 def _fresh(tmp_path: Path) -> FluidSettings:
@@ -444,7 +445,7 @@ def _race(homes: list[Path], db_url: str, writers: int = 4, each: int = 25) -> N
             subprocess.Popen(
                 [sys.executable, "-c", _WRITER, f"w{w}", str(each)],
                 env=env,
-                cwd=Path(__file__).parent.parent,
+                cwd=ROOT,
                 stderr=subprocess.PIPE,
             )
         )
@@ -594,7 +595,7 @@ def test_fluid_audit_does_not_import_prefect(cli_home):
     r = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
         check=True,
     )
     assert r.stdout.decode().splitlines()[-1] == "False"

@@ -36,6 +36,7 @@ from infra.settings import FluidSettings
 from orchestration import control_plane
 from tests.chat_server import Assistant, ChatServer, Request
 from tests.conftest import FLUID, fluid, leftovers
+from tests.repo import ROOT
 
 T = TypeVar("T")
 RUN_ID_LINE = "run id: "
@@ -458,7 +459,7 @@ def test_a_reviewer_approves_in_the_prefect_ui(
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script, UI_TASK, production, json.dumps("t-llm")],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

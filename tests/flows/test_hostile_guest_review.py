@@ -37,7 +37,13 @@ from infra.state.diff import compare, markdown, terminal
 from infra.state.export import digest
 from orchestration import control_plane
 from tests.conftest import FLUID, fluid
-from tests.test_agent_task import RUN_ID_LINE, on_production, read_run, wait_final, wait_waiting
+from tests.flows.test_agent_task import (
+    RUN_ID_LINE,
+    on_production,
+    read_run,
+    wait_final,
+    wait_waiting,
+)
 
 pytestmark = pytest.mark.vm
 

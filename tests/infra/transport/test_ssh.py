@@ -31,10 +31,11 @@ from infra.errors import (
 from infra.transport.command_output import CUT_MARKER, CommandResult
 from infra.transport.ssh import GuestConnection, openssh_command, ping
 from infra.transport.ssh_ca import CertificateAuthority, SessionCredentials
+from tests.repo import ROOT
 
 SSHD = Path("/usr/sbin/sshd")
 PRINCIPAL = "sandbox-test"
-REPO = Path(__file__).resolve().parent.parent
+REPO = ROOT
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from tests.chat_server import (
     chat_server_fixture,  # noqa: F401 - provides the chat_server fixture
 )
 from tests.conftest import free_port
-from tests.test_agent_tools import TOOL_NAMES as SPECIFIED_TOOLS
+from tests.infra.agents.test_agent_tools import TOOL_NAMES as SPECIFIED_TOOLS
 
 TOOL_NAMES = set(SPECIFIED_TOOLS)
 DIR = "/root/llm-test"

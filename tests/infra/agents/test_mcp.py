@@ -26,10 +26,11 @@ from infra.machines import sandboxes
 from infra.records import audit
 from infra.settings import FluidSettings
 from tests.conftest import FLUID, fluid
+from tests.repo import ROOT
 
 T = TypeVar("T")
 TOOLS = {"run_command", "read_file", "write_file", "list_dir", "checkpoint", "restore", "finish"}
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 
 
 def server_env() -> dict[str, str]:

@@ -16,8 +16,7 @@ from infra.records import store
 from infra.settings import FluidSettings
 from infra.state import capture
 from infra.state.base import kinds
-
-from .conftest import fluid_json, leftovers
+from tests.conftest import fluid_json, leftovers
 
 pytestmark = pytest.mark.vm
 

@@ -14,8 +14,7 @@ from infra.host import domains, images
 from infra.host.libvirt_host import connect, lookup
 from infra.machines import sandbox_records, sandboxes, warm_slots
 from infra.settings import FluidSettings
-
-from .conftest import leftovers
+from tests.conftest import leftovers
 
 pytestmark = pytest.mark.vm
 
