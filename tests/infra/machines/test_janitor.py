@@ -45,7 +45,7 @@ def _define(
         name=name,
         metadata=domains.FluidMetadata(
             kind=kind or "sandbox",
-            id=name.removeprefix(sandboxes.DOMAIN_PREFIX),
+            id=name.removeprefix(sandbox_records.DOMAIN_PREFIX),
             created_at=datetime.now(UTC) - timedelta(hours=1),
             store=store_id or settings.store_id,
         ),
