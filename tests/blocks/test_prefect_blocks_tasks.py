@@ -9,10 +9,14 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 
 import subprocess  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from uuid import UUID  # noqa: E402
 
 import pytest  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.client.schemas.objects import TaskRun  # noqa: E402
+from prefect.exceptions import ObjectNotFound  # noqa: E402
 
 from blocks import ProductionTarget  # noqa: E402
 from infra.errors import SandboxNotFound  # noqa: E402
@@ -74,6 +78,18 @@ def test_destroying_a_missing_sandbox_fails_with_sandbox_not_found(
     assert "no-such-sandbox" in (state.message or "")
     assert isinstance(state.result(raise_on_failure=False), SandboxNotFound)
     # A missing sandbox is not transient: the task must not have waited out its retries.
+    assert _task_run(state.state_details.task_run_id).run_count == 1
+
+
+def _task_run(task_run_id: UUID, timeout_s: float = 30.0) -> TaskRun:
+    """The server's record of a task run. Prefect 3 sends task runs to the server as events,
+    written asynchronously, so the record may lag the task's end by a moment."""
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        task_run = client.read_task_run(state.state_details.task_run_id)
-    assert task_run.run_count == 1
+        while True:
+            try:
+                return client.read_task_run(task_run_id)
+            except ObjectNotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
