@@ -22,6 +22,7 @@ from typing import Protocol, TypedDict
 import libvirt
 
 from infra.errors import CommandTimeout, FluidError, SSHError
+from infra.escaping import term_text
 from infra.host import domains, firewall, images
 from infra.host.libvirt_host import connection, domain_state, domain_type, lookup
 from infra.records import audit, store
@@ -225,13 +226,24 @@ runcmd:
     return iso
 
 
+CONSOLE_TAIL_BYTES = 64 * 1024
+
+
 def console_tail(path: Path, lines: int = 25) -> str:
-    """The last lines of a VM's serial console, for error messages."""
+    """The last lines of a VM's serial console, for error messages.
+
+    The guest writes its console: only its last 64 KiB are read, and controls are shown, not
+    sent, so a lying guest can neither flood the host nor drive the terminal of whoever reads
+    the error.
+    """
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - CONSOLE_TAIL_BYTES))
+            text = f.read(CONSOLE_TAIL_BYTES).decode(errors="replace")
     except OSError:
         return "(no console output)"
-    return "\n".join(text.replace("\r", "").splitlines()[-lines:]) or "(console is empty)"
+    tail = "\n".join(text.replace("\r", "").splitlines()[-lines:])
+    return term_text(tail) or "(console is empty)"
 
 
 def host_key_from_console(path: Path) -> str | None:
