@@ -126,3 +126,15 @@ class GuestAgentError(FluidError):
 
 class WarmStartFailed(FluidError):
     """A sandbox could not be restored from a warm slot (fluid then boots it cold)."""
+
+
+class HostNotFound(FluidError):
+    """No host with that id is registered."""
+
+
+class HostUnavailable(FluidError):
+    """No registered host can take the work (down, draining, offline or full)."""
+
+
+class WrongHost(FluidError):
+    """Work placed on one host started on another."""

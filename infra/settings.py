@@ -22,6 +22,12 @@ class FluidSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLUID_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Database, CA key, config.")
+    host_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="This hypervisor host's id among fluid's hosts; else a stable one kept in "
+        "FLUID_HOME/host-id (not the hostname, which containers share).",
+    )
     # Disks must live where QEMU's unprivileged user can traverse; a home directory is not.
     storage_dir: Path = Field(default=Path("/var/lib/fluid"), description="Images, disks, logs.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite by default.")

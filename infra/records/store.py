@@ -33,6 +33,9 @@ class SandboxRecord(SQLModel, table=True):
     __tablename__ = "sandboxes"
 
     id: str = Field(primary_key=True)
+    # The hypervisor host the VM lives on (infra/host/identity.py); None on records made before
+    # fluid knew hosts, which count as every host's (one host was all there was).
+    host_id: str | None = Field(default=None, index=True)
     domain_name: str = Field(index=True)
     image: str
     image_version: str
@@ -97,6 +100,7 @@ class AgentRunRecord(SQLModel, table=True):
     flow_run_id: str = Field(primary_key=True)
     task: str
     production: str
+    host_id: str | None = Field(default=None, index=True)
     sandbox_id: str | None = None
     status: str = "running"
     attempts: int = 0
@@ -145,6 +149,7 @@ class ProductionRecord(SQLModel, table=True):
     __tablename__ = "production_vms"
 
     name: str = Field(primary_key=True)
+    host_id: str | None = Field(default=None, index=True)
     domain_name: str = Field(index=True)
     image: str
     image_version: str
@@ -152,6 +157,22 @@ class ProductionRecord(SQLModel, table=True):
     host_key: str | None = None
     disk_path: str
     console_log: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class HostRecord(SQLModel, table=True):
+    """One hypervisor host of the cluster: its work queue, state and capacity."""
+
+    __tablename__ = "hosts"
+
+    id: str = Field(primary_key=True)
+    work_queue: str
+    state: str = "ready"  # ready | draining | down
+    max_sandboxes: int = 8
+    labels: str = Field(default="{}", sa_type=Text)  # JSON object of str -> str
+    domain_type: str | None = None  # kvm | qemu, as the host last found it
+    last_heartbeat: datetime | None = None
+    state_message: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
 
