@@ -138,3 +138,7 @@ class HostUnavailable(FluidError):
 
 class WrongHost(FluidError):
     """Work placed on one host started on another."""
+
+
+class OnAnotherHost(FluidError):
+    """The sandbox or VM lives on another fluid host; only that host can reach it."""

@@ -28,6 +28,14 @@ class FluidMetadata(BaseModel):
     # Which fluid database holds this VM's record (FluidSettings.store_id): a janitor reaps
     # only the orphans of its own database, never those of another FLUID_HOME on this host.
     store: str | None = None
+    # Which fluid host made it (infra/host/identity.py): hosts that share one libvirt (the
+    # cluster demo's) and one database still reap only their own.
+    host: str | None = None
+
+    def is_of(self, store: str, host: str) -> bool:
+        """Whether this VM belongs to database `store` and host `host` (an older VM, with no
+        host recorded, to every host of its database)."""
+        return self.store == store and self.host in (None, host)
 
 
 class DomainSpec(BaseModel):

@@ -15,6 +15,7 @@ from sqlmodel import select
 from infra.errors import NoFreePort
 from infra.host import domains
 from infra.records import store
+from infra.records.hosts import on_this_host
 from infra.settings import FluidSettings
 
 
@@ -53,9 +54,13 @@ def allocation_lock(lock_dir: Path) -> Iterator[None]:
 
 
 def reserved(conn: libvirt.virConnect, settings: FluidSettings) -> set[int]:
-    """Ports of every fluid VM, running or not, so a stopped one keeps its port."""
+    """Ports of every fluid VM of this host, running or not, so a stopped one keeps its port.
+
+    Another host's ports are its own business: its forwards are on its own 127.0.0.1.
+    """
+    model = store.SandboxRecord
     with store.session(settings) as s:
-        taken = {r.ssh_port for r in s.exec(select(store.SandboxRecord)).all()}
+        taken = {r.ssh_port for r in s.exec(select(model).where(on_this_host(model, settings)))}
     for dom, _meta in domains.fluid_domains(conn):
         taken.update(domains.forwarded_ports(dom))
     return taken

@@ -17,10 +17,12 @@ from pydantic import BaseModel
 from sqlmodel import select
 
 from infra.host import domains, images
+from infra.host.identity import host_id
 from infra.host.libvirt_host import connect, remove_domain
 from infra.machines import sandbox_records, warm_slots
 from infra.machines.owners import Owner
 from infra.records import store
+from infra.records.hosts import on_this_host
 from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings, get_settings
 from infra.state import capture as captures
@@ -63,11 +65,15 @@ def sweep(
     """Remove every sandbox no one will come back for; `run_phase` tells a run's phase."""
     settings = settings or get_settings()
     now = datetime.now(UTC)
+    me = host_id(settings)
     report = JanitorReport()
     conn = connect(settings)
     try:
         with store.session(settings) as s:
-            records = list(s.exec(select(SandboxRecord)))
+            # Only this host's: another host's sandboxes, processes and VMs are not visible here,
+            # so their owners would look dead and their VMs missing.
+            mine = select(SandboxRecord).where(on_this_host(SandboxRecord, settings))
+            records = list(s.exec(mine))
         # One pass over libvirt: each domain's metadata is an API call of its own.
         metas = {meta.id: meta for _dom, meta in domains.fluid_domains(conn, "sandbox")}
 
@@ -115,15 +121,15 @@ def sweep(
 
         known = {r.id for r in records}
         for sid, meta in metas.items():
-            if meta.store != settings.store_id:
-                continue  # another database's sandbox (or one from before fluid recorded it)
+            if not meta.is_of(settings.store_id, me):
+                continue  # another database's or host's sandbox (or one from before either)
             if sid not in known and (now - _aware(meta.created_at)).total_seconds() > grace_s:
                 reap(sid, "a VM without a record")
 
         # A slot preparation whose process died leaves its one-off boot running.
         for dom, meta in domains.fluid_domains(conn, "pool"):
             age = (now - _aware(meta.created_at)).total_seconds()
-            if meta.store != settings.store_id or age <= grace_s:
+            if not meta.is_of(settings.store_id, me) or age <= grace_s:
                 continue
             if warm_slots.being_prepared(meta.id, settings):
                 continue
@@ -148,6 +154,7 @@ def sweep(
         conn.close()
     try:
         with store.session(settings) as s:
+            # Every host's sandboxes: the blob store may be shared, and their blobs are in use.
             kept = {r.id for r in s.exec(select(SandboxRecord))}
         versions = {(m.name, m.version) for m in images.list_images(settings)}
         report.pruned = captures.prune(kept, versions, grace_s=grace_s, settings=settings)

@@ -33,11 +33,13 @@ from infra.errors import (
     ProductionNotRunning,
 )
 from infra.host import domains, firewall, images, ports
+from infra.host.identity import host_id
 from infra.host.libvirt_host import connection, domain_state, lookup, remove_domain
 from infra.host.permissions import qemu_dir
 from infra.machines import lifecycle
 from infra.names import validate_name
 from infra.records import store
+from infra.records.hosts import on_this_host
 from infra.records.store import ProductionRecord
 from infra.settings import FluidSettings, get_settings
 from infra.transport import ssh, ssh_ca
@@ -170,7 +172,8 @@ def _traces(conn: libvirt.virConnect, name: str, settings: FluidSettings) -> lis
 
 def _record_ports(settings: FluidSettings) -> set[int]:
     with store.session(settings) as s:
-        return {r.ssh_port for r in s.exec(select(ProductionRecord)).all()}
+        mine = select(ProductionRecord).where(on_this_host(ProductionRecord, settings))
+        return {r.ssh_port for r in s.exec(mine).all()}
 
 
 def create(
@@ -197,6 +200,7 @@ def create(
         qemu_dir(storage_dir(settings), settings.storage_dir)
         rec = ProductionRecord(
             name=name,
+            host_id=host_id(settings),
             domain_name=domain_name(name),
             image=manifest.name,
             image_version=manifest.version,
@@ -248,7 +252,12 @@ def _spec(
         name=rec.domain_name,
         instance_id=instance_id(rec.name),
         metadata=domains.FluidMetadata(
-            kind="production", id=rec.name, expires_at=None, created_at=rec.created_at
+            kind="production",
+            id=rec.name,
+            expires_at=None,
+            created_at=rec.created_at,
+            store=settings.store_id,
+            host=rec.host_id,
         ),
         manifest=manifest,
         disk=paths.disk,

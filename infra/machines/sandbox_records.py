@@ -12,8 +12,9 @@ import shutil
 import libvirt
 from sqlmodel import delete
 
-from infra.errors import SandboxNotFound
+from infra.errors import OnAnotherHost, SandboxNotFound
 from infra.host import domains
+from infra.host.identity import host_id
 from infra.host.libvirt_host import lookup, remove_domain
 from infra.records import store
 from infra.records.store import CheckpointRecord, SandboxRecord
@@ -28,11 +29,17 @@ def domain_name(sandbox_id: str) -> str:
 
 
 def record(sandbox_id: str, settings: FluidSettings) -> SandboxRecord:
-    """A sandbox's database record; SandboxNotFound when there is none."""
+    """A sandbox's database record; SandboxNotFound when there is none, OnAnotherHost when it
+    lives on another host (its SSH forward is on that host's 127.0.0.1, not this one's)."""
     with store.session(settings) as s:
         rec = s.get(SandboxRecord, sandbox_id)
     if rec is None:
         raise SandboxNotFound(f"no sandbox {sandbox_id!r}; `fluid sandbox list` shows them")
+    if rec.host_id not in (None, host_id(settings)):
+        raise OnAnotherHost(
+            f"sandbox {sandbox_id!r} lives on host {rec.host_id!r}; run this there "
+            f"(this is host {host_id(settings)!r})"
+        )
     return rec
 
 
@@ -54,6 +61,7 @@ def domain_metadata(rec: SandboxRecord, settings: FluidSettings) -> domains.Flui
         expires_at=rec.expires_at,
         created_at=rec.created_at,
         store=settings.store_id,
+        host=rec.host_id,
     )
 
 
@@ -65,7 +73,7 @@ def _domain_of(conn: libvirt.virConnect, sandbox_id: str, settings: FluidSetting
         return rec.domain_name
     if lookup(conn, domain_name(sandbox_id)) is None:
         for dom, meta in domains.fluid_domains(conn, "sandbox"):
-            if meta.id == sandbox_id and meta.store == settings.store_id:
+            if meta.id == sandbox_id and meta.is_of(settings.store_id, host_id(settings)):
                 return dom.name()
     return domain_name(sandbox_id)
 

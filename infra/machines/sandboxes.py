@@ -22,6 +22,7 @@ from infra.errors import (
     WarmStartFailed,
 )
 from infra.host import domains, firewall, images, ports
+from infra.host.identity import host_id
 from infra.host.libvirt_host import connection, domain_state, lookup, remove_domain
 from infra.host.permissions import private_dir, qemu_dir
 from infra.machines import lifecycle, spares, warm_slots
@@ -35,6 +36,7 @@ from infra.machines.sandbox_records import (
 )
 from infra.names import validate_name
 from infra.records import store
+from infra.records.hosts import on_this_host
 from infra.records.store import CommandRecord, SandboxRecord
 from infra.settings import FluidSettings, get_settings
 from infra.transport import ssh
@@ -156,6 +158,7 @@ def create(
         console = settings.logs_dir / f"{sandbox_id}.console.log"
         rec = SandboxRecord(
             id=sandbox_id,
+            host_id=host_id(settings),
             domain_name=domain_name(sandbox_id),
             image=manifest.name,
             image_version=manifest.version,
@@ -365,7 +368,13 @@ def list_sandboxes(settings: FluidSettings | None = None) -> SandboxListing:
     settings = settings or get_settings()
     with connection(settings) as conn:
         with store.session(settings) as s:
-            records = list(s.exec(select(SandboxRecord).order_by(SandboxRecord.created_at)))
+            records = list(
+                s.exec(
+                    select(SandboxRecord)
+                    .where(on_this_host(SandboxRecord, settings))
+                    .order_by(SandboxRecord.created_at)
+                )
+            )
         found = domains.fluid_domains(conn, "sandbox")
         doms = {d.name(): d for d, _m in found}
         ids = {d.name(): m.id for d, m in found}

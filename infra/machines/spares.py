@@ -33,6 +33,7 @@ from infra.host.permissions import qemu_dir
 from infra.machines import sandbox_records, warm_slots
 from infra.machines.owners import Owner
 from infra.records import store
+from infra.records.hosts import on_this_host
 from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings, environment, get_settings
 from infra.transport import guest_agent
@@ -61,9 +62,11 @@ def wanted(settings: FluidSettings) -> int:
 def list_spares(
     settings: FluidSettings | None = None, *, state: str | None = None
 ) -> list[SandboxRecord]:
-    """Every spare of this database (or those in `state`), oldest first."""
+    """Every spare of this host (or those in `state`), oldest first."""
     settings = settings or get_settings()
-    query = select(SandboxRecord).where(col(SandboxRecord.spare_state).is_not(None))
+    query = select(SandboxRecord).where(
+        col(SandboxRecord.spare_state).is_not(None), on_this_host(SandboxRecord, settings)
+    )
     if state is not None:
         query = query.where(col(SandboxRecord.spare_state) == state)
     with store.session(settings) as s:

@@ -39,9 +39,11 @@ from sqlmodel import select
 from infra.errors import GuestAgentError, WarmStartFailed
 from infra.host import domains, firewall, images, ports
 from infra.host.file_locks import FileLock
+from infra.host.identity import host_id
 from infra.host.libvirt_host import connect, domain_type, remove_domain
 from infra.host.permissions import qemu_dir
 from infra.records import store
+from infra.records.hosts import on_this_host
 from infra.settings import FluidSettings, get_settings
 from infra.transport import guest_agent
 from infra.transport.ssh_ca import authority
@@ -139,6 +141,7 @@ def slot_key(manifest: images.ImageManifest, ca_public_line: str, settings: Flui
     parts = (
         SLOT_FORMAT,
         settings.store_id,
+        host_id(settings),
         manifest.directory,
         manifest.sha256,
         ca_public_line,
@@ -174,7 +177,11 @@ def _in_use(conn: libvirt.virConnect, settings: FluidSettings) -> dict[str, str]
     """Slots a sandbox holds (slot → sandbox id), and slots whose domain runs anyway."""
     with store.session(settings) as s:
         held = {
-            r.slot: r.id for r in s.exec(select(store.SandboxRecord)).all() if r.slot is not None
+            r.slot: r.id
+            for r in s.exec(
+                select(store.SandboxRecord).where(on_this_host(store.SandboxRecord, settings))
+            ).all()
+            if r.slot is not None
         }
     for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
         if dom.name().startswith(DOMAIN_PREFIX):
@@ -269,7 +276,11 @@ def boot(
     spec = domains.DomainSpec(
         name=slot.domain_name,
         metadata=domains.FluidMetadata(
-            kind="pool", id=slot.name, created_at=datetime.now(UTC), store=settings.store_id
+            kind="pool",
+            id=slot.name,
+            created_at=datetime.now(UTC),
+            store=settings.store_id,
+            host=host_id(settings),
         ),
         domain_type=domain_type(settings),
         memory_mib=settings.memory_mib,

@@ -19,6 +19,7 @@ from sqlmodel import select
 
 from infra.ansible.playbook_runs import PlaybookRun
 from infra.errors import FluidError
+from infra.host.identity import host_id
 from infra.host.permissions import private_dir
 from infra.records import audit, store
 from infra.records.store import AgentRunRecord, ApplyRecord, DecisionRecord, utcnow
@@ -40,7 +41,12 @@ def start(
     with store.session(settings or get_settings()) as s:
         rec = s.get(AgentRunRecord, flow_run_id)
         if rec is None:
-            rec = AgentRunRecord(flow_run_id=flow_run_id, task=task, production=production)
+            rec = AgentRunRecord(
+                flow_run_id=flow_run_id,
+                task=task,
+                production=production,
+                host_id=host_id(settings),
+            )
             s.add(rec)
         return rec
 

@@ -1,0 +1,126 @@
+"""Two hosts on one store leave each other alone: A's janitor, spares, ports and listings see
+only A's records (and those from before fluid knew hosts), and a command on A for B's sandbox
+says where it lives instead of reaching for a forward that is not on A's loopback.
+
+No VMs: host B's sandboxes are records only (B's libvirt is another machine's), and host A
+speaks to libvirt's built-in test driver, which holds no fluid domain.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from infra.errors import OnAnotherHost
+from infra.host import ports
+from infra.host.libvirt_host import connection
+from infra.machines import janitor, sandbox_records, sandboxes, spares
+from infra.records import runs, store
+from infra.records.store import SandboxRecord
+from infra.settings import FluidSettings
+
+
+def settings_of(host: str, tmp_path: Path) -> FluidSettings:
+    """Host `host`'s settings: its own home and storage, the one shared database."""
+    return FluidSettings(
+        host_id=host,
+        home=tmp_path / host / "home",
+        storage_dir=tmp_path / host / "storage",
+        database_url=f"sqlite:///{tmp_path / 'shared.db'}",
+        libvirt_uri="test:///default",
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> tuple[FluidSettings, FluidSettings]:
+    return settings_of("host-a", tmp_path), settings_of("host-b", tmp_path)
+
+
+def add_sandbox(
+    sid: str,
+    host: str | None,
+    *,
+    port: int,
+    expired: bool = False,
+    spare: str | None = None,
+    owner_pid: int | None = None,
+    settings: FluidSettings,
+) -> None:
+    now = datetime.now(UTC)
+    with store.session(settings) as s:
+        s.add(
+            SandboxRecord(
+                id=sid,
+                host_id=host,
+                domain_name=sandbox_records.domain_name(sid),
+                image="debian-12",
+                image_version="v1",
+                network="nat",
+                ssh_port=port,
+                disk_path=f"/nonexistent/{sid}.qcow2",
+                console_log=f"/nonexistent/{sid}.log",
+                created_at=now - timedelta(hours=1),
+                expires_at=now - timedelta(minutes=1) if expired else now + timedelta(hours=1),
+                owner_run="00000000-0000-0000-0000-000000000001" if owner_pid else None,
+                owner_pid=owner_pid,
+                owner_pid_start=1 if owner_pid else None,
+                spare_state=spare,
+            )
+        )
+
+
+def ids(records: list[SandboxRecord]) -> set[str]:
+    return {r.id for r in records}
+
+
+def test_a_janitor_reaps_only_its_own_hosts_sandboxes(cluster) -> None:
+    a, b = cluster
+    add_sandbox("aaaa0001", "host-a", port=22301, expired=True, settings=a)
+    # B's: expired, owned by a process A cannot see, and with no VM on A's libvirt.
+    add_sandbox("bbbb0001", "host-b", port=22401, expired=True, settings=b)
+    add_sandbox("bbbb0002", "host-b", port=22402, owner_pid=999_999_999, settings=b)
+    add_sandbox("bbbb0003", "host-b", port=22403, settings=b)
+
+    report = janitor.sweep(lambda _run: "active", grace_s=0, settings=a)
+
+    assert {r.sandbox_id for r in report.reaped} == {"aaaa0001"}
+    assert report.errors == []
+    with store.session(b) as s:
+        left = {r.id for r in s.exec(select(SandboxRecord))}
+    assert left == {"bbbb0001", "bbbb0002", "bbbb0003"}
+
+
+def test_spares_ports_and_listings_are_per_host(cluster) -> None:
+    a, b = cluster
+    add_sandbox("aaaa0002", "host-a", port=22311, spare=spares.WAITING, settings=a)
+    add_sandbox("bbbb0004", "host-b", port=22411, spare=spares.WAITING, settings=b)
+    add_sandbox("bbbb0005", "host-b", port=22412, settings=b)
+    # A record from before fluid knew hosts counts as every host's.
+    add_sandbox("0ld00001", None, port=22500, settings=a)
+
+    assert ids(spares.list_spares(a)) == {"aaaa0002"}
+    assert ids(spares.list_spares(b)) == {"bbbb0004"}
+    with connection(a) as conn:
+        assert ports.reserved(conn, a) == {22311, 22500}
+    listed = {sb.id for sb in sandboxes.list_sandboxes(a).sandboxes}
+    assert listed == {"0ld00001"}  # aaaa0002 is a spare: `fluid pool list` shows it
+
+
+def test_a_command_for_another_hosts_sandbox_names_that_host(cluster) -> None:
+    a, b = cluster
+    add_sandbox("bbbb0006", "host-b", port=22421, settings=b)
+
+    with pytest.raises(OnAnotherHost, match="lives on host 'host-b'.*this is host 'host-a'"):
+        sandboxes.get("bbbb0006", a)
+    assert sandbox_records.record("bbbb0006", b).host_id == "host-b"
+
+
+def test_a_run_records_the_host_it_started_on(cluster) -> None:
+    a, b = cluster
+
+    runs.start("00000000-0000-0000-0000-0000000000aa", "task", "prod", a)
+
+    assert runs.get("00000000-0000-0000-0000-0000000000aa", b).host_id == "host-a"
