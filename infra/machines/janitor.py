@@ -93,6 +93,9 @@ def sweep(
 
         for rec in records:
             age = (now - _aware(rec.created_at)).total_seconds()
+            if rec.lost:
+                reap(rec.id, f"lost while this host was down ({rec.lost})", rec)
+                continue
             if _aware(rec.expires_at) < now:
                 reap(rec.id, f"past its TTL (expired {rec.expires_at:%Y-%m-%d %H:%M} UTC)", rec)
                 continue

@@ -18,7 +18,13 @@ from sqlmodel import col, select
 from infra.errors import HostNotFound
 from infra.host.identity import check, host_id
 from infra.records import store
-from infra.records.store import HostRecord, utcnow
+from infra.records.store import (
+    FINAL_RUN_STATUSES,
+    AgentRunRecord,
+    HostRecord,
+    SandboxRecord,
+    utcnow,
+)
 from infra.settings import FluidSettings, get_settings
 
 HostState = Literal["ready", "draining", "down"]
@@ -124,6 +130,46 @@ def heartbeat(host: str, settings: FluidSettings | None = None) -> None:
         if rec is not None:
             rec.last_heartbeat = utcnow()
             s.add(rec)
+
+
+class HostDown(BaseModel):
+    """What marking a host down touched: its sandboxes (now lost) and its unfinished runs."""
+
+    host: str
+    was: HostState
+    lost_sandboxes: list[str] = Field(default_factory=list)
+    open_runs: list[str] = Field(default_factory=list)
+
+
+def mark_down(host: str, message: str, settings: FluidSettings | None = None) -> HostDown:
+    """Mark `host` down and its sandboxes lost; the runs it had not finished, for the caller to
+    end (their flow runs are Prefect's). Only `host`'s own rows are touched."""
+    settings = settings or get_settings()
+    with store.session(settings) as s:
+        rec = s.get(HostRecord, host)
+        if rec is None:
+            raise HostNotFound(f"no host {host!r} is registered; `fluid host list` shows them")
+        down = HostDown(host=host, was=rec.state)  # type: ignore[arg-type]
+        rec.state, rec.state_message = "down", message
+        s.add(rec)
+        for box in s.exec(
+            select(SandboxRecord).where(
+                col(SandboxRecord.host_id) == host, col(SandboxRecord.lost).is_(None)
+            )
+        ):
+            box.lost = message
+            s.add(box)
+            down.lost_sandboxes.append(box.id)
+        down.open_runs = [
+            r.flow_run_id
+            for r in s.exec(
+                select(AgentRunRecord).where(
+                    col(AgentRunRecord.host_id) == host,
+                    col(AgentRunRecord.status).not_in(FINAL_RUN_STATUSES),
+                )
+            )
+        ]
+    return down
 
 
 def on_this_host(model: Any, settings: FluidSettings | None = None) -> Any:

@@ -22,10 +22,15 @@ from infra.errors import FluidError
 from infra.host.identity import host_id
 from infra.host.permissions import private_dir
 from infra.records import audit, store
-from infra.records.store import AgentRunRecord, ApplyRecord, DecisionRecord, utcnow
+from infra.records.store import (
+    FINAL_RUN_STATUSES,
+    AgentRunRecord,
+    ApplyRecord,
+    DecisionRecord,
+    utcnow,
+)
 from infra.settings import FluidSettings, get_settings
 
-FINAL = {"applied", "rejected", "timed-out", "refused", "failed", "no-change", "apply-failed"}
 # The sealed copy of a proposed playbook: readable by its owner, writable by nobody.
 SEALED_FILE, SEALED_DIR = 0o400, 0o500
 
@@ -57,7 +62,7 @@ def update(flow_run_id: str, settings: FluidSettings | None = None, **fields: ob
         rec = s.get(AgentRunRecord, flow_run_id)
         if rec is None:
             return
-        if rec.status in FINAL and "status" in fields:
+        if rec.status in FINAL_RUN_STATUSES and "status" in fields:
             fields.pop("status")
         for k, v in fields.items():
             setattr(rec, k, v)
@@ -71,7 +76,7 @@ def finish(
     """Record how the run ended; the first final status stays."""
     with store.session(settings or get_settings()) as s:
         rec = s.get(AgentRunRecord, flow_run_id)
-        if rec is None or rec.status in FINAL:
+        if rec is None or rec.status in FINAL_RUN_STATUSES:
             return
         rec.status, rec.message, rec.updated_at = status, message[:2000], utcnow()
         s.add(rec)
@@ -176,7 +181,9 @@ def get(flow_run_id: str, settings: FluidSettings | None = None) -> AgentRunReco
 def open_runs(settings: FluidSettings | None = None) -> list[AgentRunRecord]:
     """The runs whose record has no final status yet."""
     with store.session(settings or get_settings()) as s:
-        return list(s.exec(select(AgentRunRecord).where(AgentRunRecord.status.not_in(FINAL))))
+        return list(
+            s.exec(select(AgentRunRecord).where(AgentRunRecord.status.not_in(FINAL_RUN_STATUSES)))
+        )
 
 
 def decisions(flow_run_id: str, settings: FluidSettings | None = None) -> list[DecisionRecord]:

@@ -61,6 +61,9 @@ class SandboxRecord(SQLModel, table=True):
     # A spare, started ahead of need and not yet anyone's: "starting", then "waiting" (see
     # infra/machines/spares.py). None for every other sandbox.
     spare_state: str | None = None
+    # Set when the sandbox's host was found dead (records/hosts.py mark_down): the VM may be
+    # gone with its host; the host's own janitor removes what is left when it returns.
+    lost: str | None = None
 
 
 class CheckpointRecord(SQLModel, table=True):
@@ -90,6 +93,12 @@ class CommandRecord(SQLModel, table=True):
     started_at: datetime
     ended_at: datetime
     actor: str = "user"
+
+
+# The statuses a run's record ends in (infra/records/runs.py sets them).
+FINAL_RUN_STATUSES = frozenset(
+    {"applied", "rejected", "timed-out", "refused", "failed", "no-change", "apply-failed"}
+)
 
 
 class AgentRunRecord(SQLModel, table=True):

@@ -18,7 +18,7 @@ from infra.errors import OnAnotherHost
 from infra.host import ports
 from infra.host.libvirt_host import connection
 from infra.machines import janitor, sandbox_records, sandboxes, spares
-from infra.records import runs, store
+from infra.records import hosts, runs, store
 from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings
 
@@ -124,3 +124,30 @@ def test_a_run_records_the_host_it_started_on(cluster) -> None:
     runs.start("00000000-0000-0000-0000-0000000000aa", "task", "prod", a)
 
     assert runs.get("00000000-0000-0000-0000-0000000000aa", b).host_id == "host-a"
+
+
+def test_a_host_marked_down_loses_only_its_own_sandboxes_and_names_its_open_runs(cluster) -> None:
+    a, b = cluster
+    hosts.add("host-a", settings=a)
+    hosts.add("host-b", settings=b)
+    add_sandbox("aaaa0010", "host-a", port=22331, settings=a)
+    add_sandbox("bbbb0010", "host-b", port=22431, settings=b)
+    runs.start("00000000-0000-0000-0000-0000000000b1", "task", "prod", b)
+    runs.start("00000000-0000-0000-0000-0000000000b2", "task", "prod", b)
+    runs.finish("00000000-0000-0000-0000-0000000000b2", "applied", "done", b)
+    runs.start("00000000-0000-0000-0000-0000000000a1", "task", "prod", a)
+
+    down = hosts.mark_down("host-b", "its worker stopped polling", a)
+
+    assert down.was == "ready"
+    assert down.lost_sandboxes == ["bbbb0010"]
+    assert down.open_runs == ["00000000-0000-0000-0000-0000000000b1"]
+    assert hosts.get("host-b", a).state == "down"
+    assert hosts.get("host-a", a).state == "ready"
+    assert sandbox_records.record("aaaa0010", a).lost is None
+    # A's janitor still leaves B's lost sandbox alone; B's own janitor, back, removes it.
+    assert "bbbb0010" not in {r.sandbox_id for r in janitor.sweep(None, settings=a).reaped}
+    reaped = janitor.sweep(None, settings=b).reaped
+    assert [(r.sandbox_id, r.reason) for r in reaped] == [
+        ("bbbb0010", "lost while this host was down (its worker stopped polling)")
+    ]
