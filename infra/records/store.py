@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 from infra.host.permissions import PRIVATE_FILE, private_dir
+from infra.records import schema
 from infra.settings import FluidSettings, get_settings
 
 
@@ -230,23 +231,8 @@ def _cached_engine(url: str) -> Engine:
         event.listen(engine, "connect", sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
-    _add_missing_columns(engine)
+    schema.apply(engine, SQLModel.metadata)
     return engine
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Add columns newer fluid versions introduced (all nullable) to an existing database."""
-    from sqlalchemy import inspect, text
-
-    insp = inspect(engine)
-    with engine.begin() as conn:
-        for table in SQLModel.metadata.sorted_tables:
-            have = {c["name"] for c in insp.get_columns(table.name)}
-            for col in table.columns:
-                if col.name not in have and col.nullable:
-                    ddl = col.type.compile(engine.dialect)
-                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
 
 
 # (home, database URL) pairs whose modes this process has put right already.
