@@ -165,7 +165,7 @@ class ProductionTarget(Block):
         return cls(
             hosts=[
                 ProductionHost(
-                    name=vm.name, address="127.0.0.1", port=vm.ssh_port, host_key=vm.host_key
+                    name=vm.name, address=vm.address, port=vm.ssh_port, host_key=vm.host_key
                 )
             ],
             user="root",

@@ -62,7 +62,7 @@ def cmd_production_create(args: argparse.Namespace) -> int:
     emit_line(
         args,
         vm.model_dump(mode="json") | {"block": block},
-        f"{vm.name} ready: ssh port {vm.ssh_port} (fluid production exec {vm.name} -- CMD)"
+        f"{vm.name} ready: ssh {vm.address}:{vm.ssh_port} (fluid production exec {vm.name} -- CMD)"
         + (f"; Prefect block {block}" if block else ""),
     )
     if block_error is not None:
@@ -93,13 +93,13 @@ def cmd_production_list(args: argparse.Namespace) -> int:
 
     def human() -> None:
         print_table(
-            "{:<20} {:<9} {:>5}  {:<16} {}",
-            ("NAME", "STATE", "PORT", "IMAGE", "CREATED"),
+            "{:<20} {:<9} {:<21}  {:<16} {}",
+            ("NAME", "STATE", "SSH", "IMAGE", "CREATED"),
             (
                 (
                     vm.name,
                     vm.state,
-                    vm.ssh_port,
+                    f"{vm.address}:{vm.ssh_port}",
                     vm.image + " " + vm.image_version,
                     f"{vm.created_at:%Y-%m-%d %H:%M}",
                 )

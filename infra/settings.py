@@ -100,12 +100,26 @@ class FluidSettings(BaseSettings):
         "faster on slow guests); linear is Ansible's own, one Python per task.",
     )
     port_range: tuple[int, int] = (22200, 22999)
+    production_address: str = Field(
+        default="127.0.0.1",
+        description="The address of this host that production VMs' SSH forwards listen on and "
+        "are recorded under, so other fluid hosts can apply to them. Sandboxes always listen "
+        "on 127.0.0.1 only.",
+    )
     mirror: str = "http://deb.debian.org/debian"
     suite: str = "bookworm"
     prefect_port: int = Field(
         default=4200, description="Port of the local Prefect server fluid starts on 127.0.0.1."
     )
     work_pool: str = Field(default="fluid", description="The process work pool fluid deploys to.")
+
+    @field_validator("production_address")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError as e:
+            raise ValueError(f"FLUID_PRODUCTION_ADDRESS: {value!r} is not an IP address") from e
 
     @field_validator("egress_allow")
     @classmethod

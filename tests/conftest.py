@@ -35,6 +35,7 @@ FLUID = str(Path(sys.executable).with_name("fluid"))
 # Unique per session: a production VM outlives a killed session (it has no TTL), and the next
 # session, or another developer's on the same host, must not collide with it.
 PRODUCTION_NAME = f"t-prod-{os.urandom(3).hex()}"
+PRODUCTION_ADDRESS = "127.0.0.2"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,6 +46,9 @@ def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # No spares started behind the tests' backs (they hold slots and count as domains);
     # tests/infra/machines/test_spares.py turns them on where it means to.
     os.environ["FLUID_SPARE_SANDBOXES"] = "0"
+    # Production VMs listen where other hosts would reach them: another loopback address than
+    # sandboxes' 127.0.0.1, so the tests show nothing assumes 127.0.0.1 for production.
+    os.environ["FLUID_PRODUCTION_ADDRESS"] = PRODUCTION_ADDRESS
     # The session's own Prefect server, so a developer's server on 4200 is never touched.
     os.environ["FLUID_PREFECT_PORT"] = str(free_port())
     os.environ.pop("PREFECT_API_URL", None)

@@ -51,6 +51,8 @@ class DomainSpec(BaseModel):
     console_log: Path
     ssh_port: int
     network: Literal["nat", "isolated"]
+    # Where the SSH forward listens: 127.0.0.1 but for a production VM other hosts reach.
+    listen: str = "127.0.0.1"
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str | None = None
@@ -80,8 +82,8 @@ def _metadata_xml(m: FluidMetadata) -> str:
     return f'<instance xmlns="{METADATA_NS}">{fields}</instance>'
 
 
-def _netdev(ssh_port: int, network: str) -> str:
-    netdev = f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+def _netdev(ssh_port: int, network: str, listen: str = "127.0.0.1") -> str:
+    netdev = f"user,id=n0,hostfwd=tcp:{listen}:{ssh_port}-:22"
     if network == "isolated":
         # restrict=on: no route out, no host services; only the forward comes in.
         netdev += ",restrict=on"
@@ -90,7 +92,7 @@ def _netdev(ssh_port: int, network: str) -> str:
 
 def render(spec: DomainSpec) -> str:
     """The domain XML: direct kernel boot, SLIRP NIC with SSH on a 127.0.0.1 forward."""
-    netdev = _netdev(spec.ssh_port, spec.network)
+    netdev = _netdev(spec.ssh_port, spec.network, spec.listen)
     boot = (
         f"<kernel>{escape(str(spec.kernel))}</kernel><initrd>{escape(str(spec.initrd))}</initrd>"
         f"<cmdline>{escape(spec.cmdline or '')}</cmdline>"
@@ -212,11 +214,11 @@ def read_metadata(dom: libvirt.virDomain) -> FluidMetadata | None:
         return None
 
 
-HOSTFWD_PORT = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-")
+HOSTFWD_PORT = re.compile(r"hostfwd=tcp:[0-9.]+:(\d+)-")
 
 
 def forwarded_ports(dom: libvirt.virDomain) -> set[int]:
-    """The 127.0.0.1 ports a fluid VM forwards to its SSH (none once it is gone)."""
+    """The ports a fluid VM forwards to its SSH (none once it is gone)."""
     try:
         xml = dom.XMLDesc(0)
     except libvirt.libvirtError:  # a transient domain (a warm slot being saved) just vanished

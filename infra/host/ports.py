@@ -19,24 +19,28 @@ from infra.records.hosts import on_this_host
 from infra.settings import FluidSettings
 
 
-def is_free(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:`port` and it can be bound."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def is_free(port: int, address: str = "127.0.0.1") -> bool:
+    """True when nothing listens on `address`:`port` and it can be bound."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((address, port))
         except OSError:
             return False
     return True
 
 
-def pick(port_range: tuple[int, int], reserved: Iterable[int] = ()) -> int:
-    """A free port in the inclusive range, not in `reserved`; NoFreePort when none is left."""
+def pick(
+    port_range: tuple[int, int], reserved: Iterable[int] = (), address: str = "127.0.0.1"
+) -> int:
+    """A free port on `address` in the inclusive range, not in `reserved`; NoFreePort when none
+    is left."""
     low, high = port_range
     taken = set(reserved)
     candidates = [p for p in range(low, high + 1) if p not in taken]
     random.shuffle(candidates)
     for port in candidates:
-        if is_free(port):
+        if is_free(port, address):
             return port
     raise NoFreePort(
         f"no free 127.0.0.1 port in {low}-{high} ({len(taken)} reserved by fluid's VMs); "

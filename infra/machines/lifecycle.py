@@ -90,6 +90,7 @@ class Machine:
     host_key: str | None
     console_log: Path
     production: str | None = None  # a production VM's name (its commands' audit records)
+    address: str = "127.0.0.1"  # where its SSH forward listens
 
     @classmethod
     def of(
@@ -100,6 +101,7 @@ class Machine:
         name: str,
         instance_id: str,
         production: str | None = None,
+        address: str = "127.0.0.1",
     ) -> Machine:
         """The machine a store record describes."""
         return cls(
@@ -113,6 +115,7 @@ class Machine:
             host_key=rec.host_key,
             console_log=Path(rec.console_log),
             production=production,
+            address=address,
         )
 
     @property
@@ -156,6 +159,7 @@ def domain_spec(
     initrd: Path | None,
     seed: Path | None,
     disk_cache: str | None = None,
+    listen: str = "127.0.0.1",
 ) -> domains.DomainSpec:
     """The domain of a fluid VM booting from `disk` (and `kernel`, when the image has one)."""
     extra = {"disk_cache": disk_cache} if disk_cache else {}
@@ -170,6 +174,7 @@ def domain_spec(
         console_log=console_log,
         ssh_port=ssh_port,
         network=network,
+        listen=listen,
         kernel=kernel,
         initrd=initrd,
         cmdline=domains.kernel_cmdline(manifest.cmdline or "", instance_id, ca.public_key_line())
@@ -288,11 +293,11 @@ def wait_for_ssh(
             creds = ca.issue(
                 principal(machine.instance_id), timedelta(minutes=settings.cert_ttl_minutes)
             )
-            if ssh.ping("127.0.0.1", machine.ssh_port, creds, host_key):
+            if ssh.ping(machine.address, machine.ssh_port, creds, host_key):
                 return host_key
         time.sleep(0.5)
     raise machine.kind.not_ready(
-        f"{machine.label} did not answer SSH on 127.0.0.1:{machine.ssh_port} within "
+        f"{machine.label} did not answer SSH on {machine.address}:{machine.ssh_port} within "
         f"{timeout or settings.ready_timeout_s:.0f} s (FLUID_READY_TIMEOUT_S); "
         f"console tail:\n{console_tail(console)}"
     )
@@ -316,7 +321,7 @@ def boot(
         raise machine.kind.not_ready(
             f"libvirt could not start {machine.label}: {e.get_error_message()}{hint}"
         ) from e
-    say(f"{machine.label}: VM started on 127.0.0.1:{machine.ssh_port}, waiting for SSH")
+    say(f"{machine.label}: VM started on {machine.address}:{machine.ssh_port}, waiting for SSH")
     return wait_for_ssh(machine, dom, settings, timeout=timeout)
 
 
@@ -341,7 +346,7 @@ def guest(
         valid_since=valid_since,
     )
     try:
-        return ssh.GuestConnection("127.0.0.1", machine.ssh_port, creds, machine.host_key)
+        return ssh.GuestConnection(machine.address, machine.ssh_port, creds, machine.host_key)
     except SSHError as e:
         with connection(settings) as conn:
             if domain_state(lookup(conn, machine.domain_name)) != "running":

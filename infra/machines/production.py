@@ -57,6 +57,7 @@ class ProductionVM(BaseModel):
     state: Literal["running", "paused", "shut off", "missing"]
     image: str
     image_version: str
+    address: str  # where its SSH forward listens: other fluid hosts apply to it there
     ssh_port: int
     host_key: str | None
     principal: str
@@ -113,7 +114,12 @@ PRODUCTION = lifecycle.Kind(
 def machine(rec: ProductionRecord) -> lifecycle.Machine:
     """A production VM as the VM lifecycle sees it."""
     return lifecycle.Machine.of(
-        rec, PRODUCTION, name=rec.name, instance_id=instance_id(rec.name), production=rec.name
+        rec,
+        PRODUCTION,
+        name=rec.name,
+        instance_id=instance_id(rec.name),
+        production=rec.name,
+        address=rec.address or "127.0.0.1",
     )
 
 
@@ -151,6 +157,7 @@ def _view(rec: ProductionRecord, state: str) -> ProductionVM:
         state=state,  # type: ignore[arg-type]
         image=rec.image,
         image_version=rec.image_version,
+        address=rec.address or "127.0.0.1",
         ssh_port=rec.ssh_port,
         host_key=rec.host_key,
         principal=principal(rec.name),
@@ -204,6 +211,7 @@ def create(
             domain_name=domain_name(name),
             image=manifest.name,
             image_version=manifest.version,
+            address=settings.production_address,
             ssh_port=0,
             disk_path=str(paths.disk),
             console_log=str(paths.console),
@@ -215,6 +223,7 @@ def create(
             rec.ssh_port = ports.pick(
                 settings.port_range,
                 ports.reserved(conn, settings) | _record_ports(settings),
+                address=settings.production_address,
             )
             try:
                 with store.session(settings) as s:
@@ -263,6 +272,7 @@ def _spec(
         disk=paths.disk,
         console_log=paths.console,
         ssh_port=rec.ssh_port,
+        listen=rec.address or "127.0.0.1",
         network=settings.network,
         ca=ca,
         settings=settings,

@@ -163,6 +163,8 @@ class ProductionRecord(SQLModel, table=True):
     domain_name: str = Field(index=True)
     image: str
     image_version: str
+    # Where its SSH forward listens (FLUID_PRODUCTION_ADDRESS); None: 127.0.0.1.
+    address: str | None = None
     ssh_port: int
     host_key: str | None = None
     disk_path: str

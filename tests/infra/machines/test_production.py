@@ -11,13 +11,13 @@ import pytest
 from blocks import ProductionTarget
 from infra.ansible.playbook_runs import run_playbook
 from infra.errors import InvalidName
-from infra.host import domains
+from infra.host import domains, ports
 from infra.host.libvirt_host import connect, lookup
 from infra.machines import production
 from infra.records import store
 from infra.settings import FluidSettings
+from tests.conftest import PRODUCTION_ADDRESS, fluid, fluid_json
 from tests.conftest import PRODUCTION_NAME as NAME
-from tests.conftest import fluid, fluid_json
 
 
 def leftovers(name: str, settings: FluidSettings) -> list[str]:
@@ -59,6 +59,11 @@ def test_an_unknown_image_is_refused_and_nothing_is_left(golden_image, settings)
 def test_create_makes_a_full_copy_with_fluid_identity(prod, settings):
     assert prod["name"] == NAME and prod["state"] == "running"
     assert isinstance(prod["ssh_port"], int)
+    # Recorded (and so in its ProductionTarget block) where other hosts reach it, and listening
+    # there only.
+    assert prod["address"] == PRODUCTION_ADDRESS
+    assert not ports.is_free(prod["ssh_port"], PRODUCTION_ADDRESS)
+    assert ports.is_free(prod["ssh_port"], "127.0.0.1")
     assert prod["principal"] == f"fluid-prod-{NAME}"
     assert prod["host_key"].startswith("ssh-ed25519 ")
     assert prod["block"] == f"production-target/{NAME}"
@@ -119,7 +124,9 @@ def test_the_saved_block_runs_a_real_playbook(prod, prefect_stack, settings, tmp
     assert saved.certificate_principal == f"fluid-prod-{NAME}"
 
     hosts = saved.ansible_hosts(tmp_path / "creds", settings)
-    assert [(h.address, h.port, h.user) for h in hosts] == [("127.0.0.1", prod["ssh_port"], "root")]
+    assert [(h.address, h.port, h.user) for h in hosts] == [
+        (PRODUCTION_ADDRESS, prod["ssh_port"], "root")
+    ]
     for f in (tmp_path / "creds").rglob("*"):
         if f.is_file():
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
