@@ -3,22 +3,38 @@ captures, blobs and hash indexes nothing references.
 
 Deployed to run every 10 minutes. A run suspended for approval that times out runs no code
 of its own, so this is also where such a run's sandbox goes and its timeout is recorded.
+
+It is also the cluster janitor, on whichever host it runs: a host whose worker Prefect reports
+offline is marked down, its unfinished runs end Crashed with a message naming the host, and its
+sandboxes are marked lost (its own janitor removes them when it returns). Other hosts' records
+are never touched otherwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkQueueFilter,
+    WorkQueueFilterName,
+)
+from prefect.client.schemas.objects import TERMINAL_STATES
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
 from infra.machines import janitor as sweeper
 from infra.machines.janitor import JanitorReport, RunPhase
-from infra.records import runs
+from infra.records import hosts, runs
+from infra.records.hosts import HostDown
 from infra.settings import get_settings
+from orchestration import liveness
 
 PAUSE_EXPIRED = "paused and never resumed"
 
@@ -59,6 +75,58 @@ def _settle_records(client: SyncPrefectClient) -> list[str]:
     return settled
 
 
+def _end_runs_of(client: SyncPrefectClient, down: HostDown, message: str) -> list[str]:
+    """End every unfinished flow run placed on a host that is down; their ids."""
+    queue = hosts.work_queue(down.host)
+    placed = client.read_flow_runs(
+        work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[queue])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(not_any_=list(TERMINAL_STATES))  # type: ignore[arg-type]
+            )
+        ),
+    )
+    ended = sorted({str(fr.id) for fr in placed} | set(down.open_runs))
+    for run_id in ended:
+        # Forced: a Running run's process is gone with its host, a Suspended one has none.
+        client.set_flow_run_state(UUID(run_id), Crashed(message=message), force=True)
+        runs.finish(run_id, "failed", message)
+    return ended
+
+
+def watch_hosts(client: SyncPrefectClient, say: Callable[[str], None]) -> list[HostDown]:
+    """Mark down the hosts whose worker is offline, ending their runs; mark ready again a
+    host that was down and whose worker is back. What was marked down."""
+    settings = get_settings()
+    live = liveness.workers(settings)
+    marked = []
+    for host in hosts.list_hosts(settings):
+        worker = live.get(host.id)
+        if worker is not None and worker.last_heartbeat is not None:
+            hosts.heartbeat(host.id, worker.last_heartbeat, settings)
+        if worker is not None and worker.online:
+            if host.state == "down":
+                hosts.set_state(host.id, "ready", "its worker is back", settings)
+                say(f"host {host.id} is back: its worker sends heartbeats again")
+            continue
+        if host.state == "down":
+            continue
+        seen = (
+            f"last heard from at {worker.last_heartbeat:%Y-%m-%d %H:%M:%S} UTC"
+            if worker is not None and worker.last_heartbeat is not None
+            else "never heard from"
+        )
+        message = f"host {host.id} is down: its worker ({liveness.worker_name(host.id)}) was {seen}"
+        down = hosts.mark_down(host.id, message, settings)
+        ended = _end_runs_of(client, down, message)
+        say(
+            f"{message}; ended {len(ended)} run(s), marked {len(down.lost_sandboxes)} "
+            "sandbox(es) lost"
+        )
+        marked.append(down)
+    return marked
+
+
 @flow(name="janitor")
 def janitor(grace_s: int = sweeper.DEFAULT_GRACE_S) -> JanitorReport:
     """One sweep; orphans must be `grace_s` seconds old (a sandbox being made is not one)."""
@@ -80,6 +148,7 @@ def janitor(grace_s: int = sweeper.DEFAULT_GRACE_S) -> JanitorReport:
                 )
         for run_id in _settle_records(client):
             logger.info("recorded the end of run %s", run_id)
+        watch_hosts(client, logger.warning)
     for e in report.errors:
         logger.error(e)
     if report.reaped:

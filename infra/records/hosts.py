@@ -123,12 +123,12 @@ def set_state(
         return Host.of(rec)
 
 
-def heartbeat(host: str, settings: FluidSettings | None = None) -> None:
-    """Record that `host` is alive now (its worker or janitor is running)."""
+def heartbeat(host: str, at: datetime | None = None, settings: FluidSettings | None = None) -> None:
+    """Record when `host` was last heard from (its worker's heartbeat; default: now)."""
     with store.session(settings) as s:
         rec = s.get(HostRecord, host)
         if rec is not None:
-            rec.last_heartbeat = utcnow()
+            rec.last_heartbeat = at or utcnow()
             s.add(rec)
 
 

@@ -1,0 +1,87 @@
+"""The janitor as cluster janitor: a host whose worker Prefect reports offline is marked down,
+its runs end with a state message naming it, its sandboxes are marked lost, and nothing of
+another host is touched. Real Prefect server; the dead host's sandbox is a record only."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.janitor import watch_hosts
+from infra.records import hosts, runs, store
+from infra.records.store import SandboxRecord
+from infra.settings import FluidSettings
+from orchestration import liveness
+
+
+@pytest.fixture
+def dead_host(prefect_stack, settings: FluidSettings) -> str:
+    """A registered host whose worker never answers (another machine, switched off)."""
+    host = f"t-dead-{os.urandom(3).hex()}"
+    hosts.add(host, settings=settings)
+    return host
+
+
+def test_a_host_whose_worker_is_offline_is_marked_down_and_its_runs_end(
+    dead_host: str, settings: FluidSettings
+) -> None:
+    there = settings.model_copy(update={"host_id": dead_host})
+    now = datetime.now(UTC)
+    with store.session(settings) as s:
+        s.add(
+            SandboxRecord(
+                id=os.urandom(4).hex(),
+                host_id=dead_host,
+                domain_name="fluid-sbx-elsewhere",
+                image="debian-12",
+                image_version="v1",
+                network="nat",
+                ssh_port=22999,
+                disk_path="/elsewhere.qcow2",
+                console_log="/elsewhere.log",
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("agent-task/agent-task")
+        placed = client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"task": "t", "production": "p", "agent": "x"},
+            work_queue_name=hosts.work_queue(dead_host),
+        )
+        runs.start(str(placed.id), "t", "p", there)
+        said: list[str] = []
+
+        down = watch_hosts(client, said.append)
+
+        assert [d.host for d in down] == [dead_host]
+        fr = client.read_flow_run(placed.id)
+    assert fr.state is not None and fr.state.is_crashed()
+    expected = f"host {dead_host} is down: its worker (fluid-{dead_host}) was never heard from"
+    assert fr.state.message == expected
+    assert hosts.get(dead_host, settings).state == "down"
+    assert runs.get(str(placed.id), settings).status == "failed"
+    assert down[0].lost_sandboxes and all(
+        sandbox_lost(sid, settings) == expected for sid in down[0].lost_sandboxes
+    )
+    assert said == [f"{expected}; ended 1 run(s), marked 1 sandbox(es) lost"]
+    # This host's worker is alive: it stays ready.
+    me = hosts.get(settings_host(settings), settings)
+    assert me.state == "ready" and liveness.workers(settings)[me.id].online
+
+
+def sandbox_lost(sandbox_id: str, settings: FluidSettings) -> str | None:
+    with store.session(settings) as s:
+        rec = s.get(SandboxRecord, sandbox_id)
+    assert rec is not None
+    return rec.lost
+
+
+def settings_host(settings: FluidSettings) -> str:
+    from infra.host.identity import host_id
+
+    return host_id(settings)
