@@ -23,6 +23,17 @@ class ImageInUse(FluidError):
     """An image version cannot be deleted while disks still rest on it."""
 
 
+class ImageCorrupt(FluidError):
+    """A copy of an image part does not match the digest the cluster's catalog (or its
+    manifest) records; the copy is refused and never used."""
+
+    def __init__(self, message: str, *, part: str, expected: str, actual: str | None) -> None:
+        super().__init__(message)
+        self.part = part
+        self.expected = expected
+        self.actual = actual
+
+
 class LibvirtUnavailable(FluidError):
     """libvirtd cannot be reached."""
 

@@ -1,6 +1,10 @@
 """Golden images: immutable, versioned qcow2 disks with their own kernel, built or imported.
 
 Layout: <storage>/images/<name>/<version>/{disk.qcow2, vmlinuz, initrd.img, manifest.json}.
+A version built or imported here is numbered (v1, v2, …: this host's own count); one copied
+from another host (infra/host/image_sync.py) is named by its content address, the global
+version a published image has on every host. A version directory holding a QUARANTINED file
+failed verification and is never listed or resolved.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +41,16 @@ GUEST_PACKAGES = (
     "procps,less,cron,qemu-guest-agent"
 )
 DIRECT_BOOT_CMDLINE = "root=LABEL=rootfs rw console=ttyS0 quiet"
+# Beside the parts of a version that failed verification: its reason. Such a copy is not used.
+QUARANTINE_MARK = "QUARANTINED"
+
+
+class ImagePart(BaseModel):
+    """One file of an image version (disk, kernel or initrd) and its content's digest."""
+
+    file: str
+    size_bytes: int
+    sha256: str
 
 
 class ImageManifest(BaseModel):
@@ -58,6 +73,10 @@ class ImageManifest(BaseModel):
     build_seconds: float = 0.0
     inputs_hash: str | None = None
     packages: list[str] = []
+    # Set when the version is published to the cluster's catalog (infra/host/image_sync.py):
+    # its global version (a content address) and each part's digest.
+    content_version: str | None = None
+    parts: list[ImagePart] = []
     directory: Path | None = None
 
     @property
@@ -72,6 +91,15 @@ class ImageManifest(BaseModel):
     @property
     def initrd_path(self) -> Path | None:
         return self.directory / self.initrd if self.initrd and self.directory else None
+
+    @property
+    def part_files(self) -> list[str]:
+        """The names of the files the image is made of: its disk, and its kernel and initrd."""
+        return [f for f in (self.disk, self.kernel, self.initrd) if f]
+
+    def answers_to(self, version: str) -> bool:
+        """Whether `version` names this image version: its own, or its global version."""
+        return version in (self.version, self.content_version)
 
 
 def _print(msg: str) -> None:
@@ -90,7 +118,8 @@ def _inputs_hash(settings: FluidSettings) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, in hex."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -102,7 +131,8 @@ def _versions_dir(name: str, settings: FluidSettings) -> Path:
     return settings.images_dir / name
 
 
-def _load(directory: Path) -> ImageManifest | None:
+def load_manifest(directory: Path) -> ImageManifest | None:
+    """The manifest of the version in `directory` (quarantined or not); None if it has none."""
     try:
         m = ImageManifest.model_validate_json((directory / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -110,20 +140,33 @@ def _load(directory: Path) -> ImageManifest | None:
     return m.model_copy(update={"directory": directory})
 
 
+def _usable(directory: Path) -> ImageManifest | None:
+    # Work trees (".v3.building-…", ".<version>.syncing-…") are hidden and never complete.
+    if directory.name.startswith(".") or not directory.is_dir():
+        return None
+    if (directory / QUARANTINE_MARK).exists():
+        return None
+    return load_manifest(directory)
+
+
 def list_images(settings: FluidSettings | None = None) -> list[ImageManifest]:
-    """Every complete image version, oldest first within a name."""
+    """Every complete image version that is not quarantined, oldest first within a name."""
     settings = settings or get_settings()
     out: list[ImageManifest] = []
     if not settings.images_dir.is_dir():
         return out
     for name_dir in sorted(p for p in settings.images_dir.iterdir() if p.is_dir()):
-        versions = [m for d in name_dir.iterdir() if d.is_dir() and (m := _load(d))]
-        out.extend(sorted(versions, key=_version_number))
+        versions = [m for d in name_dir.iterdir() if (m := _usable(d))]
+        out.extend(sorted(versions, key=_age))
     return out
 
 
-def _version_number(m: ImageManifest) -> int:
-    return int(m.version.removeprefix("v"))
+def _age(m: ImageManifest) -> tuple[datetime, int]:
+    # By when it was built: this host's numbered versions and copies named by their content
+    # address interleave; a number breaks ties between this host's own.
+    number = m.version.removeprefix("v")
+    built = m.built_at if m.built_at.tzinfo else m.built_at.replace(tzinfo=UTC)
+    return built, int(number) if number.isdigit() else -1
 
 
 def resolve(
@@ -134,7 +177,7 @@ def resolve(
     validate_name(name, "image name")
     versions = [m for m in list_images(settings) if m.name == name]
     if version is not None:
-        versions = [m for m in versions if m.version == version]
+        versions = [m for m in versions if m.answers_to(version)]
     if not versions:
         known = sorted({m.name for m in list_images(settings)}) or ["none yet"]
         raise ImageNotFound(
@@ -336,7 +379,7 @@ def _build_into(
         name=name,
         version=version,
         source="debootstrap",
-        sha256=_sha256(disk),
+        sha256=file_sha256(disk),
         size_bytes=disk.stat().st_size,
         kernel="vmlinuz",
         initrd="initrd.img",
@@ -348,14 +391,26 @@ def _build_into(
         inputs_hash=inputs,
         packages=packages,
     )
-    _write_manifest(work, manifest)
+    write_manifest(work, manifest)
     return manifest
 
 
-def _write_manifest(directory: Path, manifest: ImageManifest) -> None:
+def write_manifest(directory: Path, manifest: ImageManifest) -> None:
+    """Write `manifest` as `directory`'s manifest.json (read-only), replacing any atomically."""
     path = directory / "manifest.json"
-    path.write_text(manifest.model_dump_json(indent=2, exclude={"directory"}) + "\n")
-    path.chmod(0o444)
+    # Per process: two publishing the same version at once must not write one file.
+    tmp = directory / f".manifest.json.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.write_text(manifest.model_dump_json(indent=2, exclude={"directory"}) + "\n")
+    tmp.chmod(0o444)
+    tmp.replace(path)
+
+
+def quarantine(manifest: ImageManifest, reason: str) -> None:
+    """Mark a version unusable: it is no longer listed or resolved (its files stay, for
+    inspection and for the disks that may rest on it)."""
+    assert manifest.directory is not None
+    (manifest.directory / QUARANTINE_MARK).write_text(reason + "\n")
 
 
 def import_image(
@@ -388,13 +443,13 @@ def import_image(
             name=name,
             version=version,
             source="import",
-            sha256=_sha256(disk),
+            sha256=file_sha256(disk),
             size_bytes=disk.stat().st_size,
             cloud_init=True,
             built_at=datetime.now(UTC),
             build_seconds=round(time.monotonic() - start, 1),
         )
-        _write_manifest(work, manifest)
+        write_manifest(work, manifest)
     return manifest.model_copy(update={"directory": final})
 
 
@@ -449,9 +504,10 @@ def _delete_locked(manifest: ImageManifest, settings: FluidSettings) -> None:
 
 
 def _prune_locked(name: str, settings: FluidSettings, say: Progress) -> None:
-    """Remove older versions of `name` that no disk rests on any more."""
+    """Remove older versions of `name` that no disk rests on any more; a published version
+    stays (other hosts copy it from here, and the cluster's inventory says this host has it)."""
     versions = [m for m in list_images(settings) if m.name == name]
     for m in versions[:-1]:
-        if not dependents(m, settings):
+        if m.content_version is None and not dependents(m, settings):
             _delete_locked(m, settings)
             say(f"removed unused image {m.name} {m.version}")

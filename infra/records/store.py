@@ -188,6 +188,44 @@ class HostRecord(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class ImageRecord(SQLModel, table=True):
+    """One image version published to the cluster's catalog (infra/records/image_catalog.py):
+    named by its content address, the same on every host."""
+
+    __tablename__ = "images"
+
+    name: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)  # global version: a digest of its parts' digests
+    origin_version: str  # what the publishing host calls it (v3)
+    published_by: str = Field(index=True)
+    published_at: datetime = Field(default_factory=utcnow)
+    # The publisher's manifest (JSON): how the image boots, which each copy's manifest repeats.
+    manifest: str = Field(sa_type=Text)
+
+
+class ImagePartRecord(SQLModel, table=True):
+    """One file of a published image version, with the digest every copy is checked against."""
+
+    __tablename__ = "image_parts"
+
+    name: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    file: str = Field(primary_key=True)
+    size_bytes: int
+    sha256: str = Field(index=True)
+
+
+class ImageCopyRecord(SQLModel, table=True):
+    """A host holds a verified copy of a published image version (the cluster's inventory)."""
+
+    __tablename__ = "image_copies"
+
+    host_id: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    verified_at: datetime = Field(default_factory=utcnow)
+
+
 class AuditRecord(SQLModel, table=True):
     """One entry of the hash-chained audit trail (written only by infra.records.audit.append)."""
 

@@ -33,7 +33,7 @@ def test_a_build_removes_what_a_killed_build_left_half_made(golden_image, settin
 def test_the_manifest_describes_the_image(golden_image):
     m = json.loads((golden_image.directory / "manifest.json").read_text())
     assert m["name"] == "debian-12" and m["source"] == "debootstrap"
-    assert m["sha256"] == images._sha256(golden_image.disk_path)
+    assert m["sha256"] == images.file_sha256(golden_image.disk_path)
     assert m["kernel_version"] and m["built_at"]
     pkgs = {p.split("=")[0] for p in m["packages"]}
     assert {"openssh-server", "python3", "sudo", "tmux", "apt", "systemd"} <= pkgs
