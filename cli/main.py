@@ -10,6 +10,7 @@ from cli import (
     attach,
     audit,
     change,
+    host,
     image,
     janitor,
     mcp,
@@ -18,6 +19,7 @@ from cli import (
     run,
     sandbox,
     server,
+    worker,
 )
 from cli.output import error
 from infra.errors import CommandTimeout, FluidError
@@ -25,7 +27,21 @@ from infra.errors import CommandTimeout, FluidError
 DESCRIPTION = "The `fluid` command line."
 
 # In the order `fluid --help` lists them.
-NOUNS = (image, pool, sandbox, mcp, attach, production, change, run, server, audit, janitor)
+NOUNS = (
+    image,
+    pool,
+    sandbox,
+    mcp,
+    attach,
+    production,
+    change,
+    run,
+    server,
+    host,
+    worker,
+    audit,
+    janitor,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

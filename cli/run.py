@@ -78,6 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from infra.escaping import term_line
 
     agent = agent_from_args(args)
+    if args.host:
+        from infra.host.identity import check
+
+        check(args.host)  # a malformed id fails before the control plane starts
     auto = args.auto_approve or os.environ.get("FLUID_AUTO_APPROVE", "") not in ("", "0")
     own_server = bool(os.environ.get("PREFECT_API_URL"))
     use_prefect()
@@ -101,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["guardrails"] = args.guardrails
     if args.accept_exclusions:
         params["accept_exclusions"] = args.accept_exclusions
-    fr = client.submit(params)
+    fr = client.submit(params, host=args.host)
     print(f"run id: {fr.id}", flush=True)
     print(f"UI: {_run_url(fr.id)}", flush=True)
 
@@ -232,6 +236,9 @@ def register(top: argparse._SubParsersAction) -> None:
     sp.add_argument("--guardrails", help="Guardrails block name (default: fluid's defaults)")
     sp.add_argument("--production", required=True, help="ProductionTarget block name")
     sp.add_argument("--image", default=None)
+    sp.add_argument(
+        "--host", default=None, help="run on this host (`fluid host list`); default: placed"
+    )
     sp.add_argument("--timeout", type=int, default=None, help="approval timeout in seconds")
     sp.add_argument(
         "--auto-approve",

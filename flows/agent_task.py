@@ -47,9 +47,11 @@ from flows.approval import (
     summary,
 )
 from infra.agents import AgentSpec
-from infra.errors import SandboxNotFound
+from infra.errors import SandboxNotFound, WrongHost
+from infra.host.identity import host_id
 from infra.machines import sandboxes
 from infra.machines.owners import Owner
+from infra.records.hosts import work_queue
 from infra.records.runs import PlaybookChanged, RunRecorder
 from infra.settings import get_settings
 from orchestration.limits import sandbox_slots
@@ -130,6 +132,7 @@ def agent_task(
     sandbox_ttl_minutes: Annotated[int, Field(ge=10)] = 120,
     guardrails: str | None = None,
     accept_exclusions: list[str] | None = None,
+    host: str | None = None,
 ) -> State:
     """Do `task` in a sandbox with `agent`; apply the proven change to `production` once approved.
 
@@ -140,7 +143,18 @@ def agent_task(
     `auto_approve` skips the human (the approval is stored as automatic). Ends Completed when
     applied (or nothing changed), Cancelled when rejected or not approved in time, Failed
     otherwise. The sandbox is destroyed however the run ends.
+    `host` is the host the run was placed on (orchestration/placement.py); started on any
+    other, the run fails at once, before any VM or record exists.
     """
+    # A suspended run resumes on the work queue it was submitted to, so on its own host's
+    # worker; this check also catches a run moved to another queue by hand.
+    here = host_id()
+    if host is not None and host != here:
+        raise WrongHost(
+            f"this run was placed on host {host!r} but started on host {here!r}: only "
+            f"{host}'s worker (queue {work_queue(host)}) may run it; check that no other "
+            "worker polls that queue, or submit the run again"
+        )
     logger = get_run_logger()
     run_id = str(flow_run.get_id())
     record = RunRecorder.start(run_id, task, production)

@@ -1,7 +1,8 @@
 """The client side of fluid's flows: submit an agent task, follow it, approve or reject it.
 
-Used by `fluid run`, `fluid approve` and `fluid reject`; everything goes through the Prefect
-API (call orchestration.control_plane.use_prefect() before importing this module).
+Used by `fluid run`, `fluid approve` and `fluid reject`; a run is placed on a host first
+(orchestration/placement.py). Everything goes through the Prefect API (call
+orchestration.control_plane.use_prefect() before importing this module).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from infra.escaping import term_text
 from infra.records import runs
 from infra.settings import get_settings
 from infra.state.base import ChangeSet
+from orchestration import placement
 
 DEPLOYMENT = "agent-task/agent-task"
 PAUSE_EXPIRED = "paused and never resumed"
@@ -61,10 +63,22 @@ class WaitingProposal(BaseModel):
 PAUSE_KEY = re.compile(r"^attempt-(\d+)-([0-9a-f]{64})$")
 
 
-def submit(parameters: dict[str, Any]) -> FlowRun:
-    """Start an agent-task run from its deployment; returns at once."""
+def submit(
+    parameters: dict[str, Any], host: str | None = None, labels: dict[str, str] | None = None
+) -> FlowRun:
+    """Place an agent-task run on a host (`host` pins it) and start it on that host's work
+    queue from its deployment; returns at once. HostUnavailable when no host can take it."""
+    placed = placement.place(pinned=host, labels=labels)
     try:
-        return run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)
+        # The run carries its host, and checks it at start (flows/agent_task.py). Suspended
+        # for approval, it resumes on the queue it was submitted to: the same host's worker,
+        # where its cached steps' results and its sandbox are.
+        return run_deployment(
+            DEPLOYMENT,
+            parameters={**parameters, "host": placed.id},
+            work_queue_name=placed.work_queue,
+            timeout=0,
+        )
     except ObjectNotFound as e:
         raise FluidError(
             f"no deployment {DEPLOYMENT} on this Prefect server; run `prefect --no-prompt "

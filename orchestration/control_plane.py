@@ -1,4 +1,4 @@
-"""fluid's local Prefect: one API server, one process worker and fluid's deployments.
+"""fluid's local Prefect: one API server, a process worker per host and fluid's deployments.
 
 Started on demand by `fluid run` (and `make demo`) when PREFECT_API_URL is not set, and left
 running so the UI stays open and suspended runs can be resumed. The API requires an
@@ -6,6 +6,12 @@ authentication string that only fluid knows (a 0600 file under FLUID_HOME): noth
 sandbox can reach or authenticate to it, so an agent cannot approve its own change. The
 server's home (FLUID_HOME/prefect: its database, results, logs) is root's alone (0700), and
 the server makes its files 0600 (umask 077).
+
+Each hypervisor host runs one worker (`fluid worker start`), on its own work queue in fluid's
+pool (`host-<id>`, infra/records/hosts.py) and on the pool's shared queue ("default", where
+prefect.yaml's scheduled janitor and golden-image runs go): agent-task runs are placed on a
+host's own queue (orchestration/placement.py), so only that host's worker takes them. One host
+alone gets its worker and queue from `ensure_running`, with no set-up.
 
 This module starts processes and speaks HTTP; it does not import Prefect.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -22,19 +29,27 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
 from infra.errors import FluidError
+from infra.host.identity import check, host_id
 from infra.host.permissions import PRIVATE_FILE, private_dir, write_private
 from infra.settings import FluidSettings, get_settings
 
 Progress = Callable[[str], None]
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).with_name("prefect")
+# prefect.yaml's queue, which every host's worker also polls: the scheduled runs that are no
+# one host's (janitor, golden image). Agent-task runs go to a host's own queue instead.
+SHARED_QUEUE = "default"
+# How far the Prefect server's clock may lag this host's when judging a fresh poll.
+POLL_CLOCK_SKEW = timedelta(seconds=5)
 
 
 class ControlPlaneError(FluidError):
@@ -54,10 +69,10 @@ class ControlPlane(BaseModel):
 
     def client_env(self) -> dict[str, str]:
         """Environment variables that point a Prefect client at this API."""
-        return {
-            "PREFECT_API_URL": self.api_url,
-            "PREFECT_API_AUTH_STRING": self.auth_string.get_secret_value(),
-        }
+        env = {"PREFECT_API_URL": self.api_url}
+        if self.auth_string.get_secret_value():
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string.get_secret_value()
+        return env
 
 
 def _quiet(_msg: str) -> None:
@@ -83,6 +98,19 @@ def local(settings: FluidSettings | None = None) -> ControlPlane:
     return ControlPlane(api_url=f"{base}/api", ui_url=base, auth_string=auth_string(settings))
 
 
+def from_environment() -> ControlPlane | None:
+    """The Prefect API named by PREFECT_API_URL (a server you run, e.g. one for many hosts),
+    with PREFECT_API_AUTH_STRING; None when it is not set (fluid's local server then)."""
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        return None
+    return ControlPlane(
+        api_url=api.rstrip("/"),
+        ui_url=os.environ.get("PREFECT_UI_URL") or api.rstrip("/").removesuffix("/api"),
+        auth_string=SecretStr(os.environ.get("PREFECT_API_AUTH_STRING", "")),
+    )
+
+
 def _base_env(settings: FluidSettings) -> dict[str, str]:
     env = dict(os.environ)
     for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_PROFILES_PATH"):
@@ -102,19 +130,28 @@ def _base_env(settings: FluidSettings) -> dict[str, str]:
     return env
 
 
-def _get(url: str, auth: SecretStr | None = None, timeout: float = 3.0) -> int:
-    """HTTP status of a GET, or 0 when nothing answers."""
-    req = urllib.request.Request(url)
-    if auth is not None:
+def _get(url: str, auth: SecretStr | None = None, timeout: float = 3.0, body: object = None) -> int:
+    """HTTP status of a GET (a POST of `body` as JSON when given), or 0 when nothing answers."""
+    return _call(url, auth, timeout, body)[0]
+
+
+def _call(
+    url: str, auth: SecretStr | None = None, timeout: float = 3.0, body: object = None
+) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if auth is not None and auth.get_secret_value():
         token = base64.b64encode(auth.get_secret_value().encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status
+            return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, b""
     except (urllib.error.URLError, OSError):
-        return 0
+        return 0, b""
 
 
 def _running(pid: int) -> bool:
@@ -253,23 +290,122 @@ def deploy(settings: FluidSettings, say: Progress = _quiet, force: bool = False)
     write_private(stamp, _deployments_digest().encode())
 
 
-def start_worker(settings: FluidSettings, say: Progress = _quiet) -> int:
-    """Start a process worker on fluid's pool unless one is running; its pid."""
+def worker_files(settings: FluidSettings, host: str) -> tuple[Path, Path]:
+    """The pid file and log of `host`'s worker, under FLUID_HOME/prefect."""
     d = settings.prefect_dir
-    pid = _pid_alive(d / "worker.pid")
+    return d / f"worker-{check(host)}.pid", d / f"worker-{host}.log"
+
+
+def _legacy_worker(settings: FluidSettings) -> Path:
+    # The pid file of a worker started before hosts: it polls every queue of the pool.
+    return settings.prefect_dir / "worker.pid"
+
+
+def ensure_queue(cp: ControlPlane, settings: FluidSettings, queue: str) -> None:
+    """Create work queue `queue` in fluid's pool unless it exists."""
+    url = _queue_url(cp, settings, queue)
+    if _get(url, cp.auth_string) == 200:
+        return
+    code = _get(
+        url.rsplit("/", 1)[0],
+        cp.auth_string,
+        body={"name": queue, "description": "runs placed on this fluid host; its worker polls it"},
+    )
+    if code in (200, 201, 409):  # 409: another process made it first
+        return
+    if code == 404:
+        raise ControlPlaneError(
+            f"no work pool {settings.work_pool!r} on the Prefect server at {cp.api_url}: run "
+            f"`fluid server start` there, or `prefect work-pool create {settings.work_pool} "
+            "--type process`"
+        )
+    raise ControlPlaneError(
+        f"could not create the work queue {queue!r} in pool {settings.work_pool!r} on "
+        f"{cp.api_url} (HTTP {code or 'no answer'})"
+    )
+
+
+def _queue_url(cp: ControlPlane, settings: FluidSettings, queue: str) -> str:
+    pool = urllib.parse.quote(settings.work_pool, safe="")
+    return f"{cp.api_url}/work_pools/{pool}/queues/{urllib.parse.quote(queue, safe='')}"
+
+
+def last_polled(cp: ControlPlane, settings: FluidSettings, queue: str) -> datetime | None:
+    """When a worker last polled `queue` of fluid's pool; None: never, or no such queue."""
+    code, body = _call(_queue_url(cp, settings, queue), cp.auth_string)
+    if code != 200:
+        return None
+    polled = json.loads(body).get("last_polled")
+    return datetime.fromisoformat(polled) if polled else None
+
+
+def _wait_polling(
+    cp: ControlPlane, settings: FluidSettings, queue: str, pid_file: Path, log: Path
+) -> None:
+    # Placement counts a host whose queue was not polled lately as offline: a run submitted
+    # the moment its worker was started must find it polling.
+    started = datetime.now(UTC) - POLL_CLOCK_SKEW
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        polled = last_polled(cp, settings, queue)
+        if polled is not None and polled >= started:
+            return
+        if _pid_alive(pid_file) is None:
+            break
+        time.sleep(0.5)
+    raise ControlPlaneError(
+        f"the Prefect worker did not start polling its queue {queue!r}; its log ({log}) ends "
+        f"with:\n{_log_tail(log)}"
+    )
+
+
+def register_host(settings: FluidSettings, host: str) -> None:
+    """Record `host` in the hosts table (with what it runs VMs on) and that it is alive now."""
+    from infra.host.libvirt_host import domain_type
+    from infra.records import hosts
+
+    # Only this host's own hardware can be read here; a host started for another id (a
+    # simulated host on this machine) shares it.
+    hosts.add(host, domain_type=domain_type(settings), settings=settings)
+    hosts.heartbeat(host, settings)
+
+
+def start_worker(
+    settings: FluidSettings,
+    say: Progress = _quiet,
+    host: str | None = None,
+    cp: ControlPlane | None = None,
+) -> int:
+    """Start `host`'s (default: this host's) process worker unless it is running; its pid.
+
+    It registers the host, makes its work queue and polls only that queue and the shared one,
+    with FLUID_HOST_ID set so its flow runs know which host they are on; returns once the
+    worker polls. `cp` is the API it works for (default: the local server).
+    """
+    from infra.records.hosts import work_queue
+
+    host = check(host or host_id(settings))
+    cp = cp or local(settings)
+    pid_file, log = worker_files(settings, host)
+    register_host(settings, host)
+    ensure_queue(cp, settings, work_queue(host))
+    # A worker on every queue would take other hosts' runs.
+    _stop(_legacy_worker(settings), "worker on every queue (started before hosts)", say)
+    pid = _pid_alive(pid_file)
     if pid is not None:
         return pid
-    say(f"starting a Prefect worker on pool {settings.work_pool}")
+    say(f"starting the Prefect worker of host {host} on pool {settings.work_pool}")
     env = (
         _base_env(settings)
-        | local(settings).client_env()
+        | cp.client_env()
         | {
+            "FLUID_HOST_ID": host,
             # Pick up new runs within 2 s instead of 10 s.
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PREFECT_WORKER_PREFETCH_SECONDS": "2",
         }
     )
-    return _spawn(
+    pid = _spawn(
         [
             str(PREFECT),
             "worker",
@@ -278,24 +414,33 @@ def start_worker(settings: FluidSettings, say: Progress = _quiet) -> int:
             settings.work_pool,
             "--type",
             "process",
+            "--work-queue",
+            work_queue(host),
+            "--work-queue",
+            SHARED_QUEUE,
+            "--name",
+            f"fluid-{host}",
             "--install-policy",
             "never",
         ],
         env,
-        d / "worker.log",
-        d / "worker.pid",
+        log,
+        pid_file,
     )
+    _wait_polling(cp, settings, work_queue(host), pid_file, log)
+    return pid
 
 
 def ensure_running(
     settings: FluidSettings | None = None, progress: Progress | None = None
 ) -> ControlPlane:
-    """Server, work pool, deployments and worker, each started only if missing."""
+    """Server, work pool, deployments and this host's worker (registered, on its own queue),
+    each started only if missing."""
     settings = settings or get_settings()
     say = progress or _quiet
     cp = start_server(settings, say)
     deploy(settings, say)
-    start_worker(settings, say)
+    start_worker(settings, say, cp=cp)
     return cp
 
 
@@ -318,29 +463,50 @@ def _stop(pid_file: Path, name: str, say: Progress) -> bool:
     raise ControlPlaneError(f"the Prefect {name} (pid {pid}) did not stop")
 
 
-def stop_worker(settings: FluidSettings | None = None, progress: Progress | None = None) -> bool:
-    """Stop the local worker; True when one was running."""
+def stop_worker(
+    settings: FluidSettings | None = None,
+    progress: Progress | None = None,
+    host: str | None = None,
+) -> bool:
+    """Stop `host`'s (default: this host's) worker; True when one was running."""
     settings = settings or get_settings()
-    return _stop(settings.prefect_dir / "worker.pid", "worker", progress or _quiet)
+    say = progress or _quiet
+    pid_file, _log = worker_files(settings, host or host_id(settings))
+    stopped = _stop(pid_file, "worker", say)
+    return _stop(_legacy_worker(settings), "worker", say) or stopped
+
+
+def local_workers(settings: FluidSettings) -> dict[str, int | None]:
+    """The pid (None: not running) of each host's worker started from this FLUID_HOME."""
+    return {
+        f.name.removeprefix("worker-").removesuffix(".pid"): _pid_alive(f)
+        for f in sorted(settings.prefect_dir.glob("worker-*.pid"))
+    }
 
 
 def stop(settings: FluidSettings | None = None, progress: Progress | None = None) -> None:
-    """Stop the local worker and server (runs waiting for approval stay suspended)."""
+    """Stop the local workers and server (runs waiting for approval stay suspended)."""
     settings = settings or get_settings()
     say = progress or _quiet
+    for host in local_workers(settings):
+        stop_worker(settings, say, host)
     stop_worker(settings, say)
     _stop(settings.prefect_dir / "server.pid", "server", say)
 
 
 def status(settings: FluidSettings | None = None) -> dict[str, object]:
-    """Whether the local server and worker are up, and where."""
+    """Whether the local server and this host's worker are up, and where."""
     settings = settings or get_settings()
     cp = local(settings)
+    me = host_id(settings)
+    pid_file, _log = worker_files(settings, me)
     return {
         "api_url": cp.api_url,
         "ui_url": cp.ui_url,
         "server": _get(f"{cp.api_url}/health") == 200,
-        "worker_pid": _pid_alive(settings.prefect_dir / "worker.pid"),
+        "host": me,
+        "worker_pid": _pid_alive(pid_file) or _pid_alive(_legacy_worker(settings)),
+        "workers": local_workers(settings),
     }
 
 

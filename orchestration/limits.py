@@ -1,9 +1,11 @@
 """Sandboxes per host: a Prefect global concurrency limit that agent-task runs hold.
 
-Each host that runs flows has its own limit, `fluid-sandboxes-<short hostname>` (one Prefect
-server may serve workers on several hosts), of FLUID_MAX_SANDBOXES slots as the flow process
-sees it (the worker's environment). Every run creates or resizes it before taking slots, so
-the limit exists with the host's value whenever a flow runs, however the run was started.
+Each host that runs flows has its own limit, `fluid-sandboxes-<host id>` (one Prefect server
+serves the workers of several hosts; the id is FLUID_HOST_ID or the one kept in FLUID_HOME,
+infra/host/identity.py, not the hostname, which containers and clones share), of
+FLUID_MAX_SANDBOXES slots as the flow process sees it (the worker's environment). Every run
+creates or resizes it before taking slots, so the limit exists with the host's value whenever
+a flow runs, however the run was started.
 
 Slots are held under a lease the run renews from a thread (Prefect's `concurrency`). A run
 whose process dies stops renewing; its lease expires after LEASE_S and the server frees the
@@ -14,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +34,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from infra.errors import FluidError
+from infra.host.identity import host_id
 from infra.settings import FluidSettings, get_settings
 
 # A run's own sandbox plus, while it proves its playbook, the replay sandbox. Taken together
@@ -49,10 +50,9 @@ class SandboxLimitError(FluidError):
     """This host's sandbox limit could not be set or its slots could not be taken."""
 
 
-def host_name() -> str:
-    """This host's short name, as it appears in its limit's name."""
-    short = socket.gethostname().split(".")[0].lower()
-    return re.sub(r"[^a-z0-9_-]", "-", short) or "host"
+def host_name(settings: FluidSettings | None = None) -> str:
+    """This host's id, as it appears in its limit's name."""
+    return host_id(settings)
 
 
 def limit_name(host: str | None = None) -> str:
@@ -72,7 +72,7 @@ def read_limit(name: str | None = None) -> GlobalConcurrencyLimitResponse | None
 def ensure_limit(settings: FluidSettings | None = None) -> GlobalConcurrencyLimitResponse:
     """Create this host's limit, or resize it, to FLUID_MAX_SANDBOXES; the limit as stored."""
     settings = settings or get_settings()
-    name, size = limit_name(), settings.max_sandboxes
+    name, size = limit_name(host_name(settings)), settings.max_sandboxes
     try:
         with get_client(sync_client=True) as client:
             try:
@@ -105,7 +105,7 @@ def sandbox_slots(
 ) -> Iterator[GlobalConcurrencyLimitResponse]:
     """Hold SLOTS_PER_RUN slots of this host's limit for the body; wait, saying so, when full."""
     limit = ensure_limit(settings)
-    host = host_name()
+    host = host_name(settings)
     got = threading.Event()
     waited: list[float] = []
 

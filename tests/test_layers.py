@@ -80,7 +80,8 @@ INFRA_FORBIDDEN = {
 # What the command (cli/) imports only lazily, and only in the modules of the commands that
 # need Prefect; every other cli module never imports it.
 PREFECT_LAYERS = frozenset(
-    {"prefect", "flows", "tasks", "blocks", "orchestration.client", "orchestration.limits"}
+    {"prefect", "flows", "tasks", "blocks"}
+    | {"orchestration.client", "orchestration.limits", "orchestration.placement"}
 )
 PREFECT_COMMANDS = frozenset({"cli/run.py", "cli/janitor.py", "cli/production.py"})
 

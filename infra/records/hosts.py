@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import or_
+from sqlalchemy import func, or_
 from sqlmodel import col, select
 
 from infra.errors import HostNotFound
@@ -106,6 +106,25 @@ def list_hosts(settings: FluidSettings | None = None) -> list[Host]:
     """Every registered host, by id."""
     with store.session(settings) as s:
         return [Host.of(r) for r in s.exec(select(HostRecord).order_by(col(HostRecord.id)))]
+
+
+def sandbox_counts(settings: FluidSettings | None = None) -> dict[str, int]:
+    """Sandboxes on each host now, by host id (those marked lost are gone with their host).
+
+    Records from before fluid knew hosts count for this host: one host was all there was.
+    """
+    settings = settings or get_settings()
+    me = host_id(settings)
+    counts: dict[str, int] = {}
+    with store.session(settings) as s:
+        rows = s.exec(
+            select(SandboxRecord.host_id, func.count())
+            .where(col(SandboxRecord.lost).is_(None))
+            .group_by(col(SandboxRecord.host_id))
+        )
+        for host, n in rows:
+            counts[host or me] = counts.get(host or me, 0) + n
+    return counts
 
 
 def set_state(

@@ -30,6 +30,7 @@ from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from sqlmodel import select
 
+from infra.host.identity import host_id
 from infra.machines import sandbox_records, sandboxes
 from infra.records import runs, store
 from infra.settings import FluidSettings
@@ -352,7 +353,8 @@ def test_the_janitor_reaps_the_sandbox_of_a_killed_worker(
     sid = wait_for(agent_started, 600, "the agent to start working")
     owner_pid = sandbox_records.record(sid, settings).owner_pid
     assert owner_pid
-    worker_pid = int((settings.prefect_dir / "worker.pid").read_text())
+    pid_file, _log = control_plane.worker_files(settings, host_id(settings))
+    worker_pid = int(pid_file.read_text())
     try:
         os.killpg(worker_pid, signal.SIGKILL)
         os.kill(owner_pid, signal.SIGKILL)
