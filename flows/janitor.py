@@ -34,7 +34,7 @@ from infra.machines.janitor import JanitorReport, RunPhase
 from infra.records import hosts, runs
 from infra.records.hosts import HostDown
 from infra.settings import get_settings
-from orchestration import liveness
+from orchestration import control_plane, liveness
 
 PAUSE_EXPIRED = "paused and never resumed"
 
@@ -116,7 +116,8 @@ def watch_hosts(client: SyncPrefectClient, say: Callable[[str], None]) -> list[H
             if worker is not None and worker.last_heartbeat is not None
             else "never heard from"
         )
-        message = f"host {host.id} is down: its worker ({liveness.worker_name(host.id)}) was {seen}"
+        name = control_plane.worker_name(host.id)
+        message = f"host {host.id} is down: its worker ({name}) was {seen}"
         down = hosts.mark_down(host.id, message, settings)
         ended = _end_runs_of(client, down, message)
         say(

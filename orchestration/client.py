@@ -68,7 +68,7 @@ def submit(
 ) -> FlowRun:
     """Place an agent-task run on a host (`host` pins it) and start it on that host's work
     queue from its deployment; returns at once. HostUnavailable when no host can take it."""
-    placed = placement.place(pinned=host, labels=labels)
+    placed = placement.place(pinned=host, labels=labels, image=parameters.get("image"))
     try:
         # The run carries its host, and checks it at start (flows/agent_task.py). Suspended
         # for approval, it resumes on the queue it was submitted to: the same host's worker,

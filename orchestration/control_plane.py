@@ -48,6 +48,10 @@ PREFECT = Path(sys.executable).with_name("prefect")
 # prefect.yaml's queue, which every host's worker also polls: the scheduled runs that are no
 # one host's (janitor, golden image). Agent-task runs go to a host's own queue instead.
 SHARED_QUEUE = "default"
+WORKER_PREFIX = "fluid-"
+# Seconds between a fluid worker's heartbeats (Prefect's default is 30). Prefect reports a
+# worker OFFLINE after three missed ones; placement and the cluster janitor go by that.
+WORKER_HEARTBEAT_S = 10
 # How far the Prefect server's clock may lag this host's when judging a fresh poll.
 POLL_CLOCK_SKEW = timedelta(seconds=5)
 
@@ -290,6 +294,11 @@ def deploy(settings: FluidSettings, say: Progress = _quiet, force: bool = False)
     write_private(stamp, _deployments_digest().encode())
 
 
+def worker_name(host: str) -> str:
+    """The name of `host`'s Prefect worker (orchestration/liveness.py finds hosts by it)."""
+    return WORKER_PREFIX + check(host)
+
+
 def worker_files(settings: FluidSettings, host: str) -> tuple[Path, Path]:
     """The pid file and log of `host`'s worker, under FLUID_HOME/prefect."""
     d = settings.prefect_dir
@@ -366,8 +375,11 @@ def register_host(settings: FluidSettings, host: str) -> None:
 
     # Only this host's own hardware can be read here; a host started for another id (a
     # simulated host on this machine) shares it.
-    hosts.add(host, domain_type=domain_type(settings), settings=settings)
-    hosts.heartbeat(host, settings)
+    registered = hosts.add(host, domain_type=domain_type(settings), settings=settings)
+    hosts.heartbeat(host, settings=settings)
+    if registered.state == "down":
+        # Back: placement may use it again (a drained host stays drained).
+        hosts.set_state(host, "ready", "its worker started again", settings)
 
 
 def start_worker(
@@ -400,6 +412,7 @@ def start_worker(
         | cp.client_env()
         | {
             "FLUID_HOST_ID": host,
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": str(WORKER_HEARTBEAT_S),
             # Pick up new runs within 2 s instead of 10 s.
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PREFECT_WORKER_PREFETCH_SECONDS": "2",
@@ -419,7 +432,7 @@ def start_worker(
             "--work-queue",
             SHARED_QUEUE,
             "--name",
-            f"fluid-{host}",
+            worker_name(host),
             "--install-policy",
             "never",
         ],

@@ -1,8 +1,8 @@
 """Which fluid hosts are alive, by Prefect's worker heartbeats.
 
 Each host's worker is named `fluid-<host id>` (orchestration/control_plane.py) and sends a
-heartbeat every WORKER_HEARTBEAT_S; Prefect reports a worker OFFLINE once three heartbeats
-are missed. Placement skips a host whose worker is offline, and the cluster janitor
+heartbeat every control_plane.WORKER_HEARTBEAT_S; Prefect reports a worker OFFLINE once three
+heartbeats are missed. Placement skips a host whose worker is offline, and the cluster janitor
 (flows/janitor.py) marks it down.
 """
 
@@ -16,11 +16,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
 from infra.settings import FluidSettings, get_settings
-
-# Seconds between a fluid worker's heartbeats (Prefect's default is 30): a dead host is
-# noticed within three of them.
-WORKER_HEARTBEAT_S = 10
-WORKER_PREFIX = "fluid-"
+from orchestration.control_plane import WORKER_PREFIX
 
 
 class WorkerLiveness(BaseModel):
@@ -29,11 +25,6 @@ class WorkerLiveness(BaseModel):
     host: str
     online: bool
     last_heartbeat: datetime | None = None
-
-
-def worker_name(host: str) -> str:
-    """The name of `host`'s Prefect worker."""
-    return WORKER_PREFIX + host
 
 
 def workers(settings: FluidSettings | None = None) -> dict[str, WorkerLiveness]:

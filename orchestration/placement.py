@@ -1,29 +1,41 @@
 """Placement: which host's work queue an agent-task run is submitted to.
 
 As OpenStack's filter scheduler and E2B's orchestrator do it: filter the registered hosts
-(ready, worker online, free capacity, the labels asked for), then weigh those left (most free
-capacity, a random pick among those within one sandbox of the best, so a burst of runs spreads
-instead of piling onto whichever host sorts first). `choose` is the pure decision; `place`
-gathers the facts it needs from fluid's store and the Prefect API.
+(ready, worker online by Prefect's worker heartbeats, holding the image by checksum, free
+capacity, the labels asked for), then weigh those left (most free capacity, a random pick among
+those within one sandbox of the best, so a burst of runs spreads instead of piling onto
+whichever host sorts first). A host's load is the larger of its sandboxes and the slots its
+placed, unfinished runs will hold, so runs submitted back to back see each other; runs beyond
+its room queue on it for sandbox slots. `choose` is
+the pure decision; `place` gathers the facts it needs from fluid's store and the Prefect API.
 """
 
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+    WorkQueueFilter,
+    WorkQueueFilterName,
+)
+from prefect.client.schemas.objects import TERMINAL_STATES
 from pydantic import BaseModel
 
 from infra.errors import HostNotFound, HostUnavailable
 from infra.host.identity import host_id
-from infra.records import hosts
+from infra.records import hosts, image_catalog
 from infra.records.hosts import Host
 from infra.settings import FluidSettings, get_settings
+from orchestration import liveness
+from orchestration.limits import SLOTS_PER_RUN
 
-# A worker polls its queue every few seconds (PREFECT_WORKER_QUERY_SECONDS); a queue not
-# polled for this long has no live worker (Prefect's own foreman uses the same 60 s).
-WORKER_SILENCE = timedelta(seconds=60)
 # Hosts whose free capacity is within this many sandboxes of the best count as equals.
 NEAR_EQUAL = 1
 
@@ -33,7 +45,16 @@ class HostFacts(BaseModel):
 
     worker_online: bool
     sandboxes: int  # in use now (records on the host not marked lost)
-    last_polled: datetime | None = None  # when its worker last asked its queue for work
+    last_heartbeat: datetime | None = None  # when its worker last sent Prefect a heartbeat
+    runs: int = 0  # agent-task runs placed on it and not finished
+    # Whether it holds the image asked for, verified by checksum; None: the image is in no
+    # cluster catalog (one host building its own), so nothing to check.
+    has_image: bool | None = None
+
+    @property
+    def load(self) -> int:
+        """Sandbox slots taken or promised: a placed run holds SLOTS_PER_RUN once it starts."""
+        return max(self.sandboxes, SLOTS_PER_RUN * self.runs)
 
 
 def why_not(host: Host, facts: HostFacts | None, labels: dict[str, str] | None) -> str | None:
@@ -42,7 +63,11 @@ def why_not(host: Host, facts: HostFacts | None, labels: dict[str, str] | None) 
         return f"{host.state}" + (f" ({host.state_message})" if host.state_message else "")
     if facts is None or not facts.worker_online:
         start = f"`fluid worker start --host {host.id}` on it"
-        return f"worker offline ({_polled(facts)}; start it with {start})"
+        return f"worker offline ({_heard(facts)}; start it with {start})"
+    if facts.has_image is False:
+        return "does not hold the image (sync it there: `fluid image sync NAME --from DIR`)"
+    # Full by sandboxes that exist, not by runs promised: runs placed on a host beyond its
+    # room queue there for sandbox slots (orchestration/limits.py), as on one host alone.
     if facts.sandboxes >= host.max_sandboxes:
         return f"full ({facts.sandboxes} of {host.max_sandboxes} sandboxes in use)"
     missing = {k: v for k, v in (labels or {}).items() if host.labels.get(k) != v}
@@ -52,11 +77,11 @@ def why_not(host: Host, facts: HostFacts | None, labels: dict[str, str] | None) 
     return None
 
 
-def _polled(facts: HostFacts | None) -> str:
-    if facts is None or facts.last_polled is None:
-        return "its queue was never polled"
-    ago = (datetime.now(UTC) - facts.last_polled).total_seconds()
-    return f"its queue was last polled {ago:.0f} s ago"
+def _heard(facts: HostFacts | None) -> str:
+    if facts is None or facts.last_heartbeat is None:
+        return "never heard from"
+    ago = (datetime.now(UTC) - facts.last_heartbeat).total_seconds()
+    return f"last heartbeat {ago:.0f} s ago"
 
 
 def choose(
@@ -93,35 +118,62 @@ def choose(
         raise HostUnavailable("no host can take the run:\n" + "\n".join(refused))
 
     def free(h: Host) -> int:
-        return h.max_sandboxes - facts[h.id].sandboxes
+        return h.max_sandboxes - facts[h.id].load
 
     best = max(free(h) for h in fit)
     equals = sorted((h for h in fit if free(h) >= best - NEAR_EQUAL), key=lambda h: h.id)
     return (rng or random.Random()).choice(equals)
 
 
-def queue_polls(settings: FluidSettings | None = None) -> dict[str, datetime | None]:
-    """When each work queue of fluid's pool was last polled by a worker (None: never, or the
-    queue is paused), by queue name."""
+def placed_runs(registered: list[Host], settings: FluidSettings | None = None) -> dict[str, int]:
+    """Unfinished flow runs in each host's work queue, by host id."""
     settings = settings or get_settings()
+    by_queue = {h.work_queue: h.id for h in registered}
+    counts = dict.fromkeys(by_queue.values(), 0)
     with get_client(sync_client=True) as client:
-        queues = client.read_work_queues(work_pool_name=settings.work_pool)
-    return {q.name: (None if q.is_paused else q.last_polled) for q in queues}
+        placed = client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[settings.work_pool])),
+            work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=list(by_queue))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(not_any_=list(TERMINAL_STATES))  # type: ignore[arg-type]
+                )
+            ),
+        )
+    for fr in placed:
+        if fr.work_queue_name in by_queue:
+            counts[by_queue[fr.work_queue_name]] += 1
+    return counts
 
 
-def gather(registered: list[Host], settings: FluidSettings | None = None) -> dict[str, HostFacts]:
-    """Each host's facts: whether its worker polled its queue lately, sandboxes in use."""
+def image_holders(image: str | None, settings: FluidSettings | None = None) -> set[str] | None:
+    """The hosts holding the newest published version of `image`, verified; None when it is
+    not published (each host builds its own)."""
     settings = settings or get_settings()
-    polls = queue_polls(settings)
+    entry = image_catalog.newest(image or settings.image, settings)
+    if entry is None:
+        return None
+    return set(image_catalog.holders(entry.name, entry.version, settings))
+
+
+def gather(
+    registered: list[Host], image: str | None = None, settings: FluidSettings | None = None
+) -> dict[str, HostFacts]:
+    """Each host's facts: its worker's liveness, its load, whether it holds the image."""
+    settings = settings or get_settings()
+    workers = liveness.workers(settings)
     counts = hosts.sandbox_counts(settings)
-    now = datetime.now(UTC)
+    runs = placed_runs(registered, settings)
+    holders = image_holders(image, settings)
     facts = {}
     for h in registered:
-        polled = polls.get(h.work_queue)
+        worker = workers.get(h.id)
         facts[h.id] = HostFacts(
-            worker_online=polled is not None and now - polled <= WORKER_SILENCE,
+            worker_online=worker is not None and worker.online,
             sandboxes=counts.get(h.id, 0),
-            last_polled=polled,
+            last_heartbeat=worker.last_heartbeat if worker else None,
+            runs=runs.get(h.id, 0),
+            has_image=None if holders is None else h.id in holders,
         )
     return facts
 
@@ -129,6 +181,7 @@ def gather(registered: list[Host], settings: FluidSettings | None = None) -> dic
 def place(
     pinned: str | None = None,
     labels: dict[str, str] | None = None,
+    image: str | None = None,
     settings: FluidSettings | None = None,
 ) -> Host:
     """The host a new run should go to, from the hosts table and the workers' queues.
@@ -139,4 +192,5 @@ def place(
     registered = hosts.list_hosts(settings)
     if not registered:
         registered = [hosts.add(host_id(settings), settings=settings)]
-    return choose(registered, gather(registered, settings), pinned=pinned, labels=labels)
+    facts = gather(registered, image, settings)
+    return choose(registered, facts, pinned=pinned, labels=labels)

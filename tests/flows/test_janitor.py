@@ -58,17 +58,16 @@ def test_a_host_whose_worker_is_offline_is_marked_down_and_its_runs_end(
 
         down = watch_hosts(client, said.append)
 
-        assert [d.host for d in down] == [dead_host]
+        assert dead_host in [d.host for d in down]
         fr = client.read_flow_run(placed.id)
     assert fr.state is not None and fr.state.is_crashed()
     expected = f"host {dead_host} is down: its worker (fluid-{dead_host}) was never heard from"
     assert fr.state.message == expected
     assert hosts.get(dead_host, settings).state == "down"
     assert runs.get(str(placed.id), settings).status == "failed"
-    assert down[0].lost_sandboxes and all(
-        sandbox_lost(sid, settings) == expected for sid in down[0].lost_sandboxes
-    )
-    assert said == [f"{expected}; ended 1 run(s), marked 1 sandbox(es) lost"]
+    [lost] = [d.lost_sandboxes for d in down if d.host == dead_host]
+    assert len(lost) == 1 and sandbox_lost(lost[0], settings) == expected
+    assert f"{expected}; ended 1 run(s), marked 1 sandbox(es) lost" in said
     # This host's worker is alive: it stays ready.
     me = hosts.get(settings_host(settings), settings)
     assert me.state == "ready" and liveness.workers(settings)[me.id].online

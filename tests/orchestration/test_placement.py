@@ -11,15 +11,11 @@ import random
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from infra.errors import HostNotFound, HostUnavailable
-from infra.records import hosts
 from infra.records.hosts import Host
-from infra.settings import get_settings
-from orchestration import placement
 from orchestration.placement import HostFacts, choose
 
 
@@ -33,13 +29,15 @@ def host(hid: str, *, max_sandboxes: int = 8, state: str = "ready", **labels: st
     )
 
 
-def online(sandboxes: int = 0) -> HostFacts:
-    return HostFacts(worker_online=True, sandboxes=sandboxes, last_polled=datetime.now(UTC))
+def online(sandboxes: int = 0, runs: int = 0) -> HostFacts:
+    return HostFacts(
+        worker_online=True, sandboxes=sandboxes, runs=runs, last_heartbeat=datetime.now(UTC)
+    )
 
 
-def offline(polled_ago_s: float | None = None) -> HostFacts:
-    polled = None if polled_ago_s is None else datetime.now(UTC) - timedelta(seconds=polled_ago_s)
-    return HostFacts(worker_online=False, sandboxes=0, last_polled=polled)
+def offline(heard_ago_s: float | None = None) -> HostFacts:
+    heard = None if heard_ago_s is None else datetime.now(UTC) - timedelta(seconds=heard_ago_s)
+    return HostFacts(worker_online=False, sandboxes=0, last_heartbeat=heard)
 
 
 def test_the_host_with_most_free_capacity_is_chosen():
@@ -71,7 +69,7 @@ def test_each_filtered_host_is_named_with_its_reason_when_none_fits():
     facts = {
         "drained": online(),
         "dead": online(),
-        "quiet": offline(polled_ago_s=300),
+        "quiet": offline(heard_ago_s=300),
         "never": offline(),
         "full": online(4),
         "elsewhere": online(),
@@ -83,8 +81,8 @@ def test_each_filtered_host_is_named_with_its_reason_when_none_fits():
     lines = dict(line.strip().split(": ", 1) for line in str(e.value).splitlines()[1:])
     assert lines["drained"].startswith("draining")
     assert lines["dead"].startswith("down")
-    assert "worker offline" in lines["quiet"] and "last polled 300 s ago" in lines["quiet"]
-    assert "worker offline" in lines["never"] and "never polled" in lines["never"]
+    assert "worker offline" in lines["quiet"] and "last heartbeat 300 s ago" in lines["quiet"]
+    assert "worker offline" in lines["never"] and "never heard from" in lines["never"]
     assert "fluid worker start --host never" in lines["never"]
     assert lines["full"] == "full (4 of 4 sandboxes in use)"
     assert lines["elsewhere"] == "labels do not match (wanted zone=a)"
@@ -139,35 +137,21 @@ def test_no_registered_host_says_to_start_a_worker():
         choose([], {})
 
 
-@pytest.fixture
-def own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("FLUID_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FLUID_DATABASE_URL", f"sqlite:///{tmp_path / 'fluid.db'}")
-    monkeypatch.setenv("FLUID_HOST_ID", "solo")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def test_runs_placed_but_not_started_count_against_their_host():
+    # a has more empty room, but two runs already wait to start there (two slots each).
+    facts = {"a": online(sandboxes=0, runs=2), "b": online(sandboxes=2)}
+
+    assert {choose([host("a"), host("b")], facts, rng=random.Random(s)).id for s in range(20)} == {
+        "b"
+    }
 
 
-def polled(monkeypatch: pytest.MonkeyPatch, ago_s: dict[str, float]) -> None:
-    """Stub what Prefect says: when each queue was last polled."""
-    now = datetime.now(UTC)
-    polls = {q: now - timedelta(seconds=s) for q, s in ago_s.items()}
-    monkeypatch.setattr(placement, "queue_polls", lambda settings=None: polls)
+def test_a_host_without_the_published_image_is_skipped():
+    facts = {"a": online(), "b": online()}
+    facts["a"].has_image = False
 
-
-def test_one_host_alone_needs_no_set_up_it_registers_itself_and_is_chosen(own_store, monkeypatch):
-    polled(monkeypatch, {"host-solo": 2})
-
-    assert placement.place().id == "solo"
-    assert [h.id for h in hosts.list_hosts()] == ["solo"]
-
-
-def test_a_worker_silent_for_over_a_minute_is_offline_and_its_host_skipped(own_store, monkeypatch):
-    hosts.add("a")
-    hosts.add("b")
-    polled(monkeypatch, {"host-a": 90, "host-b": 5})
-
-    assert placement.place().id == "b"
-    with pytest.raises(HostUnavailable, match="host a cannot take the run: worker offline"):
-        placement.place(pinned="a")
+    assert choose([host("a"), host("b")], facts).id == "b"
+    with pytest.raises(
+        HostUnavailable, match="host a cannot take the run: does not hold the image"
+    ):
+        choose([host("a"), host("b")], facts, pinned="a")
