@@ -18,7 +18,6 @@ This module starts processes and speaks HTTP; it does not import Prefect.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -35,12 +34,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
-from infra.errors import FluidError
 from infra.host.identity import check, host_id
 from infra.host.permissions import PRIVATE_FILE, private_dir, write_private
-from infra.settings import FluidSettings, get_settings
+from infra.settings import FluidSettings, environment, get_settings
+from orchestration import host_deployments
+from orchestration.prefect_api import ControlPlane, ControlPlaneError, api_call, api_status
 
 Progress = Callable[[str], None]
 REPO = Path(__file__).resolve().parent.parent
@@ -54,29 +54,6 @@ WORKER_PREFIX = "fluid-"
 WORKER_HEARTBEAT_S = 10
 # How far the Prefect server's clock may lag this host's when judging a fresh poll.
 POLL_CLOCK_SKEW = timedelta(seconds=5)
-
-
-class ControlPlaneError(FluidError):
-    """The local Prefect server or worker could not be started or reached."""
-
-
-class ControlPlane(BaseModel):
-    """Where fluid's Prefect API and UI answer, and the string that unlocks the API."""
-
-    api_url: str
-    ui_url: str
-    auth_string: SecretStr
-
-    def run_url(self, flow_run_id: str) -> str:
-        """The UI page of one flow run."""
-        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
-
-    def client_env(self) -> dict[str, str]:
-        """Environment variables that point a Prefect client at this API."""
-        env = {"PREFECT_API_URL": self.api_url}
-        if self.auth_string.get_secret_value():
-            env["PREFECT_API_AUTH_STRING"] = self.auth_string.get_secret_value()
-        return env
 
 
 def _quiet(_msg: str) -> None:
@@ -116,7 +93,9 @@ def from_environment() -> ControlPlane | None:
 
 
 def _base_env(settings: FluidSettings) -> dict[str, str]:
-    env = dict(os.environ)
+    # Every FLUID_* as `settings` holds it: a worker started for another host (its own
+    # storage, ports, libvirt) hands that host's settings to its flow runs.
+    env = environment(settings)
     for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_PROFILES_PATH"):
         env.pop(k, None)
     env |= {
@@ -132,30 +111,6 @@ def _base_env(settings: FluidSettings) -> dict[str, str]:
     if settings.database_url:
         env["FLUID_DATABASE_URL"] = settings.database_url
     return env
-
-
-def _get(url: str, auth: SecretStr | None = None, timeout: float = 3.0, body: object = None) -> int:
-    """HTTP status of a GET (a POST of `body` as JSON when given), or 0 when nothing answers."""
-    return _call(url, auth, timeout, body)[0]
-
-
-def _call(
-    url: str, auth: SecretStr | None = None, timeout: float = 3.0, body: object = None
-) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if auth is not None and auth.get_secret_value():
-        token = base64.b64encode(auth.get_secret_value().encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, b""
-    except (urllib.error.URLError, OSError):
-        return 0, b""
 
 
 def _running(pid: int) -> bool:
@@ -223,8 +178,8 @@ def _prefect_cli(args: list[str], cp: ControlPlane, settings: FluidSettings) -> 
 def start_server(settings: FluidSettings, say: Progress = _quiet) -> ControlPlane:
     """Start the API server unless it answers already; wait until it is healthy."""
     cp = local(settings)
-    if _get(f"{cp.api_url}/health") == 200:
-        if _get(f"{cp.api_url}/admin/version", cp.auth_string) != 200:
+    if api_status(f"{cp.api_url}/health") == 200:
+        if api_status(f"{cp.api_url}/admin/version", cp.auth_string) != 200:
             raise ControlPlaneError(
                 f"something else answers on 127.0.0.1:{settings.prefect_port} and does not "
                 "accept fluid's auth string; stop it or set FLUID_PREFECT_PORT"
@@ -264,7 +219,7 @@ def start_server(settings: FluidSettings, say: Progress = _quiet) -> ControlPlan
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if _get(f"{cp.api_url}/health") == 200:
+        if api_status(f"{cp.api_url}/health") == 200:
             return cp
         if _pid_alive(d / "server.pid") is None:
             break
@@ -313,9 +268,9 @@ def _legacy_worker(settings: FluidSettings) -> Path:
 def ensure_queue(cp: ControlPlane, settings: FluidSettings, queue: str) -> None:
     """Create work queue `queue` in fluid's pool unless it exists."""
     url = _queue_url(cp, settings, queue)
-    if _get(url, cp.auth_string) == 200:
+    if api_status(url, cp.auth_string) == 200:
         return
-    code = _get(
+    code = api_status(
         url.rsplit("/", 1)[0],
         cp.auth_string,
         body={"name": queue, "description": "runs placed on this fluid host; its worker polls it"},
@@ -341,7 +296,7 @@ def _queue_url(cp: ControlPlane, settings: FluidSettings, queue: str) -> str:
 
 def last_polled(cp: ControlPlane, settings: FluidSettings, queue: str) -> datetime | None:
     """When a worker last polled `queue` of fluid's pool; None: never, or no such queue."""
-    code, body = _call(_queue_url(cp, settings, queue), cp.auth_string)
+    code, body = api_call(_queue_url(cp, settings, queue), cp.auth_string)
     if code != 200:
         return None
     polled = json.loads(body).get("last_polled")
@@ -401,6 +356,7 @@ def start_worker(
     pid_file, log = worker_files(settings, host)
     register_host(settings, host)
     ensure_queue(cp, settings, work_queue(host))
+    host_deployments.ensure_janitor(cp, host)
     # A worker on every queue would take other hosts' runs.
     _stop(_legacy_worker(settings), "worker on every queue (started before hosts)", say)
     pid = _pid_alive(pid_file)
@@ -516,7 +472,7 @@ def status(settings: FluidSettings | None = None) -> dict[str, object]:
     return {
         "api_url": cp.api_url,
         "ui_url": cp.ui_url,
-        "server": _get(f"{cp.api_url}/health") == 200,
+        "server": api_status(f"{cp.api_url}/health") == 200,
         "host": me,
         "worker_pid": _pid_alive(pid_file) or _pid_alive(_legacy_worker(settings)),
         "workers": local_workers(settings),

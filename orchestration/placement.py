@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -36,6 +38,7 @@ from infra.settings import FluidSettings, get_settings
 from orchestration import liveness
 from orchestration.limits import SLOTS_PER_RUN
 
+AGENT_TASK_FLOW = "agent-task"
 # Hosts whose free capacity is within this many sandboxes of the best count as equals.
 NEAR_EQUAL = 1
 
@@ -126,12 +129,14 @@ def choose(
 
 
 def placed_runs(registered: list[Host], settings: FluidSettings | None = None) -> dict[str, int]:
-    """Unfinished flow runs in each host's work queue, by host id."""
+    """Unfinished agent-task runs in each host's work queue, by host id (its janitor's
+    scheduled runs are no load)."""
     settings = settings or get_settings()
     by_queue = {h.work_queue: h.id for h in registered}
     counts = dict.fromkeys(by_queue.values(), 0)
     with get_client(sync_client=True) as client:
         placed = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[AGENT_TASK_FLOW])),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[settings.work_pool])),
             work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=list(by_queue))),
             flow_run_filter=FlowRunFilter(

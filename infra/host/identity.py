@@ -51,7 +51,8 @@ def _kept_id(home: Path) -> str:
     private_dir(home)
     # Written whole to a temporary file, then linked into place: a second process starting at
     # the same moment either wins the link or reads the complete id the first one linked.
-    candidate = f"host-{secrets.token_hex(4)}"
+    # "hv": a hypervisor; its work queue is then host-hv-….
+    candidate = f"hv-{secrets.token_hex(4)}"
     tmp = home / f".host-id.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
     with os.fdopen(fd, "w") as f:

@@ -1,100 +1,29 @@
-"""The control plane's per-host parts that need no Prefect server: each host's work queue is
-made in fluid's pool when missing (with the API's auth string), a missing pool is reported
-with how to make it, each host's worker has its own pid file and log, and a server named by
+"""The control plane's per-host parts, against the session's real Prefect server where they
+speak to one: each host's work queue is made in fluid's pool when missing (the API refuses
+anyone without the auth string), a missing pool is reported with how to make it, each host's
+worker has its own pid file, log and janitor deployment on its queue, and a server named by
 PREFECT_API_URL is the one a worker works for.
-
-The Prefect API is stood in for by a small HTTP server that answers the two calls used.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from prefect.client.orchestration import get_client
 
+from infra.host.identity import host_id
+from infra.records.hosts import work_queue
 from infra.settings import FluidSettings
-from orchestration import control_plane
-from orchestration.control_plane import ControlPlane, ControlPlaneError
-
-AUTH = "s3cret"
-
-
-class FakeApi:
-    """Work pools and their queues, and every request as (method, path, authorization)."""
-
-    def __init__(self) -> None:
-        self.queues: dict[str, set[str]] = {"fluid": {"default"}}
-        self.requests: list[tuple[str, str, str | None]] = []
-        self.polled: dict[str, str] = {}
-
-
-@pytest.fixture
-def api() -> Iterator[tuple[FakeApi, ControlPlane]]:
-    state = FakeApi()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def answer(self, code: int, body: dict | None = None) -> None:
-            data = json.dumps(body or {}).encode()
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            state.requests.append(("GET", self.path, self.headers.get("Authorization")))
-            _, _, _, pool, _, queue = self.path.split("/")
-            if queue not in state.queues.get(pool, set()):
-                return self.answer(404)
-            self.answer(200, {"name": queue, "last_polled": state.polled.get(queue)})
-
-        def do_POST(self) -> None:
-            state.requests.append(("POST", self.path, self.headers.get("Authorization")))
-            pool = self.path.split("/")[3]
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if pool not in state.queues:
-                return self.answer(404)
-            state.queues[pool].add(body["name"])
-            self.answer(201)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield state, ControlPlane(api_url=f"{base}/api", ui_url=base, auth_string=SecretStr(AUTH))
-    srv.shutdown()
+from orchestration import control_plane, host_deployments
+from orchestration.control_plane import ControlPlaneError
+from orchestration.prefect_api import api_status
 
 
 def settings_at(tmp_path: Path, **kw: object) -> FluidSettings:
     return FluidSettings(home=tmp_path / "home", host_id="hv-1", **kw)
-
-
-def test_a_missing_host_queue_is_made_once_in_fluids_pool_with_the_auth_string(api, tmp_path):
-    state, cp = api
-    settings = settings_at(tmp_path)
-
-    control_plane.ensure_queue(cp, settings, "host-hv-1")
-    control_plane.ensure_queue(cp, settings, "host-hv-1")
-
-    assert state.queues["fluid"] == {"default", "host-hv-1"}
-    assert [m for m, _, _ in state.requests].count("POST") == 1
-    token = "Basic " + base64.b64encode(AUTH.encode()).decode()
-    assert {a for _, _, a in state.requests} == {token}
-
-
-def test_a_missing_pool_is_reported_with_how_to_make_it(api, tmp_path):
-    _, cp = api
-
-    with pytest.raises(ControlPlaneError, match="no work pool 'other'.*fluid server start"):
-        control_plane.ensure_queue(cp, settings_at(tmp_path, work_pool="other"), "host-hv-1")
 
 
 def test_each_hosts_worker_has_its_own_pid_file_and_log(tmp_path):
@@ -133,14 +62,36 @@ def test_without_prefect_api_url_fluids_local_server_is_used(monkeypatch):
     assert control_plane.from_environment() is None
 
 
-def test_when_a_queue_was_last_polled_is_read_from_the_api(api, tmp_path):
-    state, cp = api
-    settings = settings_at(tmp_path)
-    control_plane.ensure_queue(cp, settings, "host-hv-1")
-    assert control_plane.last_polled(cp, settings, "host-hv-1") is None
+def test_a_missing_host_queue_is_made_once_in_fluids_pool(prefect_stack, settings) -> None:
+    cp = prefect_stack
+    queue = f"host-t-q-{os.urandom(3).hex()}"
+    url = f"{cp.api_url}/work_pools/{settings.work_pool}/queues/{queue}"
+    assert api_status(url, cp.auth_string) == 404
 
-    state.polled["host-hv-1"] = "2026-12-05T16:14:10.447180Z"
+    control_plane.ensure_queue(cp, settings, queue)
+    control_plane.ensure_queue(cp, settings, queue)
 
-    polled = control_plane.last_polled(cp, settings, "host-hv-1")
-    assert polled == datetime(2026, 12, 5, 16, 14, 10, 447180, tzinfo=UTC)
-    assert control_plane.last_polled(cp, settings, "host-nowhere") is None
+    with get_client(sync_client=True) as client:
+        names = [q.name for q in client.read_work_queues(work_pool_name=settings.work_pool)]
+    assert names.count(queue) == 1
+    # Without fluid's auth string the API answers nothing about it.
+    assert api_status(url, None) == 401
+
+
+def test_a_missing_pool_is_reported_with_how_to_make_it(prefect_stack, settings) -> None:
+    other = settings.model_copy(update={"work_pool": "no-such-pool"})
+
+    with pytest.raises(ControlPlaneError, match="no work pool 'no-such-pool'.*fluid server start"):
+        control_plane.ensure_queue(prefect_stack, other, "host-anything")
+
+
+def test_a_hosts_worker_polls_its_queue_and_has_its_janitor_there(prefect_stack, settings):
+    me = host_id(settings)
+
+    polled = control_plane.last_polled(prefect_stack, settings, work_queue(me))
+
+    assert polled is not None and datetime.now(UTC) - polled < timedelta(seconds=30)
+    with get_client(sync_client=True) as client:
+        janitor = client.read_deployment_by_name(f"janitor/{host_deployments.janitor_name(me)}")
+    assert janitor.work_queue_name == work_queue(me)
+    assert [s.schedule.cron for s in janitor.schedules] == ["*/10 * * * *"]
