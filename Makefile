@@ -1,5 +1,5 @@
 # The two commands of the README, and their parts.
-.PHONY: demo test setup image lint bench
+.PHONY: demo test setup image lint bench cluster-demo
 
 setup:
 	bash scripts/setup-host.sh
@@ -21,3 +21,7 @@ test: setup
 
 bench: image
 	.venv/bin/python scripts/bench_sandbox.py
+
+cluster-demo: image
+	bash scripts/setup-postgres.sh
+	.venv/bin/python scripts/cluster_demo.py
