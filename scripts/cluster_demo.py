@@ -269,7 +269,7 @@ def setup() -> subprocess.Popen[bytes]:
     # copied to each host and verified.
     builder = common_env() | {"FLUID_HOST_ID": "builder"}
     fluid(builder, "image", "publish")
-    source = "/var/lib/fluid/images/debian-12"
+    source = "/var/lib/fluid"  # the builder's storage folder, as each host would mount it
     relay = start_relay()
     for host in ("a", "b"):
         fluid(host_env(host), "image", "sync", "debian-12", "--from", source)
@@ -301,17 +301,19 @@ def teardown() -> None:
 
 
 def main() -> int:
-    relay = setup()
-    env = host_env("a")
-    os.environ.clear()
-    os.environ.update(env)
-    from orchestration import control_plane
-
-    control_plane.use_prefect()
+    relay = None
     try:
+        relay = setup()
+        os.environ.clear()
+        os.environ.update(host_env("a"))
+        from orchestration import control_plane
+
+        control_plane.use_prefect()
         failures = scenario(relay)
     finally:
-        relay.kill()
+        if relay is not None:
+            relay.kill()
+        say("tearing down: runs' sandboxes, the production VM, the server, the folders")
         teardown()
     if failures:
         say(f"{len(failures)} expectation(s) failed: " + "; ".join(failures))
