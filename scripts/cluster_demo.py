@@ -207,6 +207,21 @@ class Demo:
         return f"run {run_id} host {self.host_of[run_id]} {outcome}"
 
 
+def lost_sandboxes(host: str) -> dict[str, bool]:
+    """`host`'s sandboxes marked lost (id → whether its VM still exists), read from the store
+    and this machine's libvirt, which the demo's hosts share."""
+    from sqlmodel import col, select
+
+    from infra.host.libvirt_host import connection, lookup
+    from infra.records import store
+    from infra.records.store import SandboxRecord
+
+    with store.session() as s:
+        records = list(s.exec(select(SandboxRecord).where(col(SandboxRecord.host_id) == host)))
+    with connection() as conn:
+        return {r.id: lookup(conn, r.domain_name) is not None for r in records if r.lost}
+
+
 def scenario(relay: subprocess.Popen[bytes]) -> list[str]:
     """The demo proper; the failed expectations."""
     from infra.records import hosts
@@ -234,6 +249,11 @@ def scenario(relay: subprocess.Popen[bytes]) -> list[str]:
         f"b's run ended Crashed, saying why ({state.message})",
     )
     demo.expect(hosts.get("b").state == "down", "host b is marked down")
+    lost = lost_sandboxes("b")
+    demo.expect(
+        bool(lost) and all(alive for alive in lost.values()),
+        f"b's sandbox {sorted(lost)} is marked lost and still there: a's janitor left it alone",
+    )
     later = [demo.submit(3), demo.submit(4)]
     demo.expect(all(demo.host_of[r] == "a" for r in later), "later runs were placed on a")
     for run_id in (on_a, *later):
