@@ -1,12 +1,13 @@
 """`fluid worker`: the Prefect worker of one hypervisor host, on that host's own work queue.
 
-Calls orchestration.control_plane (lazily, so `fluid --help` stays fast); imports no Prefect
-module itself.
+Calls orchestration.control_plane and orchestration.cluster_ca (lazily, inside the command
+that needs them, so `fluid --help` stays fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from cli.args import add_command, add_noun
 from cli.output import emit_line, log
@@ -26,6 +27,11 @@ def cmd_worker_start(args: argparse.Namespace) -> int:
         # No shared server named: fluid's local one, with the pool and deployments.
         cp = control_plane.start_server(settings, log)
         control_plane.deploy(settings, log)
+    os.environ.update(cp.client_env())
+    from orchestration import cluster_ca
+
+    # Before the worker: the runs it takes sign with the cluster's CA from their first step.
+    cluster_ca.join(settings)
     pid = control_plane.start_worker(settings, log, host=host, cp=cp)
     _pid_file, worker_log = control_plane.worker_files(settings, host)
     emit_line(

@@ -96,6 +96,19 @@ class CertificateAuthority:
             )
         return cls(key)
 
+    def private_key_openssh(self) -> str:
+        """The CA's private key in OpenSSH format, to share it with the cluster's other hosts."""
+        return _private_openssh(self._key).decode()
+
+    @classmethod
+    def install(cls, path: Path, openssh_pem: str) -> CertificateAuthority:
+        """Keep `openssh_pem` (validated) as the CA key file at `path` unless one is there; the
+        CA the file then holds (a concurrent installer's, if it won)."""
+        cls.from_private_key(openssh_pem)
+        private_dir(Path(path).parent)
+        _create_exclusive(Path(path), openssh_pem.encode())
+        return cls.load_or_create(path)
+
     def public_key_line(self) -> str:
         """Return the CA public key as an OpenSSH line, for sshd's TrustedUserCAKeys."""
         raw = self._key.public_key().public_bytes(
