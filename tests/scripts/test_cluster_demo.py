@@ -29,6 +29,7 @@ def domains() -> set[str]:
         conn.close()
 
 
+@pytest.mark.timeout(1800)
 def test_the_cluster_demo_survives_a_dead_host_and_leaves_nothing() -> None:
     before = domains()
 
