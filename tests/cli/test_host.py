@@ -7,15 +7,13 @@ No VMs and no Prefect: a private FLUID_HOME and SQLite database per test.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from cli.main import main
-from infra.records import store
-from infra.records.store import SandboxRecord
 from infra.settings import get_settings
+from tests.records import add_sandbox_record
 
 HERE = "here"
 
@@ -42,26 +40,6 @@ def listed(capsys: pytest.CaptureFixture[str]) -> dict[str, dict]:
     code, out, _ = fluid(capsys, "host", "list", "--json")
     assert code == 0
     return {h["id"]: h for h in json.loads(out)["hosts"]}
-
-
-def add_sandbox(sid: str, host: str | None, lost: str | None = None) -> None:
-    now = datetime.now(UTC)
-    with store.session() as s:
-        s.add(
-            SandboxRecord(
-                id=sid,
-                host_id=host,
-                domain_name=f"fluid-{sid}",
-                image="debian-12",
-                image_version="v1",
-                network="nat",
-                ssh_port=0,
-                disk_path="/nonexistent",
-                console_log="/nonexistent",
-                expires_at=now + timedelta(hours=1),
-                lost=lost,
-            )
-        )
 
 
 def test_an_added_host_is_listed_ready_with_its_capacity_labels_and_queue(capsys):
@@ -97,11 +75,11 @@ def test_the_human_listing_has_a_line_per_host(capsys):
 def test_each_host_counts_its_own_sandboxes_and_older_records_count_for_this_host(capsys):
     fluid(capsys, "host", "add", HERE)
     fluid(capsys, "host", "add", "hv-2")
-    add_sandbox("a1", "hv-2")
-    add_sandbox("a2", "hv-2")
-    add_sandbox("old", None)  # from before fluid knew hosts: this host's
-    add_sandbox("mine", HERE)
-    add_sandbox("gone", "hv-2", lost="host hv-2 died")  # lost with its host: not in use
+    add_sandbox_record("a1", "hv-2")
+    add_sandbox_record("a2", "hv-2")
+    add_sandbox_record("old", None)  # from before fluid knew hosts: this host's
+    add_sandbox_record("mine", HERE)
+    add_sandbox_record("gone", "hv-2", lost="host hv-2 died")  # lost with its host: not in use
 
     hosts = listed(capsys)
 

@@ -5,7 +5,6 @@ another host is touched. Real Prefect server; the dead host's sandbox is a recor
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -15,6 +14,7 @@ from infra.records import hosts, runs, store
 from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings
 from orchestration import liveness
+from tests.records import add_sandbox_record
 
 
 @pytest.fixture
@@ -29,23 +29,7 @@ def test_a_host_whose_worker_is_offline_is_marked_down_and_its_runs_end(
     dead_host: str, settings: FluidSettings
 ) -> None:
     there = settings.model_copy(update={"host_id": dead_host})
-    now = datetime.now(UTC)
-    with store.session(settings) as s:
-        s.add(
-            SandboxRecord(
-                id=os.urandom(4).hex(),
-                host_id=dead_host,
-                domain_name="fluid-sbx-elsewhere",
-                image="debian-12",
-                image_version="v1",
-                network="nat",
-                ssh_port=22999,
-                disk_path="/elsewhere.qcow2",
-                console_log="/elsewhere.log",
-                created_at=now,
-                expires_at=now + timedelta(hours=1),
-            )
-        )
+    add_sandbox_record(os.urandom(4).hex(), dead_host, settings)
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("agent-task/agent-task")
         placed = client.create_flow_run_from_deployment(

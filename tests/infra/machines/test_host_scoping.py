@@ -8,7 +8,6 @@ speaks to libvirt's built-in test driver, which holds no fluid domain.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from infra.machines import janitor, sandbox_records, sandboxes, spares
 from infra.records import hosts, runs, store
 from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings
+from tests.records import add_sandbox_record
 
 
 def settings_of(host: str, tmp_path: Path) -> FluidSettings:
@@ -39,50 +39,17 @@ def cluster(tmp_path: Path) -> tuple[FluidSettings, FluidSettings]:
     return settings_of("host-a", tmp_path), settings_of("host-b", tmp_path)
 
 
-def add_sandbox(
-    sid: str,
-    host: str | None,
-    *,
-    port: int,
-    expired: bool = False,
-    spare: str | None = None,
-    owner_pid: int | None = None,
-    settings: FluidSettings,
-) -> None:
-    now = datetime.now(UTC)
-    with store.session(settings) as s:
-        s.add(
-            SandboxRecord(
-                id=sid,
-                host_id=host,
-                domain_name=sandbox_records.domain_name(sid),
-                image="debian-12",
-                image_version="v1",
-                network="nat",
-                ssh_port=port,
-                disk_path=f"/nonexistent/{sid}.qcow2",
-                console_log=f"/nonexistent/{sid}.log",
-                created_at=now - timedelta(hours=1),
-                expires_at=now - timedelta(minutes=1) if expired else now + timedelta(hours=1),
-                owner_run="00000000-0000-0000-0000-000000000001" if owner_pid else None,
-                owner_pid=owner_pid,
-                owner_pid_start=1 if owner_pid else None,
-                spare_state=spare,
-            )
-        )
-
-
 def ids(records: list[SandboxRecord]) -> set[str]:
     return {r.id for r in records}
 
 
 def test_a_janitor_reaps_only_its_own_hosts_sandboxes(cluster) -> None:
     a, b = cluster
-    add_sandbox("aaaa0001", "host-a", port=22301, expired=True, settings=a)
+    add_sandbox_record("aaaa0001", "host-a", port=22301, expired=True, settings=a)
     # B's: expired, owned by a process A cannot see, and with no VM on A's libvirt.
-    add_sandbox("bbbb0001", "host-b", port=22401, expired=True, settings=b)
-    add_sandbox("bbbb0002", "host-b", port=22402, owner_pid=999_999_999, settings=b)
-    add_sandbox("bbbb0003", "host-b", port=22403, settings=b)
+    add_sandbox_record("bbbb0001", "host-b", port=22401, expired=True, settings=b)
+    add_sandbox_record("bbbb0002", "host-b", port=22402, owner_pid=999_999_999, settings=b)
+    add_sandbox_record("bbbb0003", "host-b", port=22403, settings=b)
 
     report = janitor.sweep(lambda _run: "active", grace_s=0, settings=a)
 
@@ -95,11 +62,11 @@ def test_a_janitor_reaps_only_its_own_hosts_sandboxes(cluster) -> None:
 
 def test_spares_ports_and_listings_are_per_host(cluster) -> None:
     a, b = cluster
-    add_sandbox("aaaa0002", "host-a", port=22311, spare=spares.WAITING, settings=a)
-    add_sandbox("bbbb0004", "host-b", port=22411, spare=spares.WAITING, settings=b)
-    add_sandbox("bbbb0005", "host-b", port=22412, settings=b)
+    add_sandbox_record("aaaa0002", "host-a", port=22311, spare=spares.WAITING, settings=a)
+    add_sandbox_record("bbbb0004", "host-b", port=22411, spare=spares.WAITING, settings=b)
+    add_sandbox_record("bbbb0005", "host-b", port=22412, settings=b)
     # A record from before fluid knew hosts counts as every host's.
-    add_sandbox("0ld00001", None, port=22500, settings=a)
+    add_sandbox_record("0ld00001", None, port=22500, settings=a)
 
     assert ids(spares.list_spares(a)) == {"aaaa0002"}
     assert ids(spares.list_spares(b)) == {"bbbb0004"}
@@ -111,7 +78,7 @@ def test_spares_ports_and_listings_are_per_host(cluster) -> None:
 
 def test_a_command_for_another_hosts_sandbox_names_that_host(cluster) -> None:
     a, b = cluster
-    add_sandbox("bbbb0006", "host-b", port=22421, settings=b)
+    add_sandbox_record("bbbb0006", "host-b", port=22421, settings=b)
 
     with pytest.raises(OnAnotherHost, match="lives on host 'host-b'.*this is host 'host-a'"):
         sandboxes.get("bbbb0006", a)
@@ -130,8 +97,8 @@ def test_a_host_marked_down_loses_only_its_own_sandboxes_and_names_its_open_runs
     a, b = cluster
     hosts.add("host-a", settings=a)
     hosts.add("host-b", settings=b)
-    add_sandbox("aaaa0010", "host-a", port=22331, settings=a)
-    add_sandbox("bbbb0010", "host-b", port=22431, settings=b)
+    add_sandbox_record("aaaa0010", "host-a", port=22331, settings=a)
+    add_sandbox_record("bbbb0010", "host-b", port=22431, settings=b)
     runs.start("00000000-0000-0000-0000-0000000000b1", "task", "prod", b)
     runs.start("00000000-0000-0000-0000-0000000000b2", "task", "prod", b)
     runs.finish("00000000-0000-0000-0000-0000000000b2", "applied", "done", b)

@@ -3,12 +3,11 @@ host that asks, and sandboxes lost with a dead host not counted at all."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from infra.records import hosts, store
-from infra.records.store import SandboxRecord
+from infra.records import hosts
 from infra.settings import FluidSettings
+from tests.records import add_sandbox_record
 
 
 def settings_of(host: str, tmp_path: Path) -> FluidSettings:
@@ -17,32 +16,13 @@ def settings_of(host: str, tmp_path: Path) -> FluidSettings:
     )
 
 
-def add_sandbox(sid: str, host: str | None, settings: FluidSettings, lost: str | None = None):
-    with store.session(settings) as s:
-        s.add(
-            SandboxRecord(
-                id=sid,
-                host_id=host,
-                domain_name=f"fluid-{sid}",
-                image="debian-12",
-                image_version="v1",
-                network="nat",
-                ssh_port=0,
-                disk_path="/nonexistent",
-                console_log="/nonexistent",
-                expires_at=datetime.now(UTC) + timedelta(hours=1),
-                lost=lost,
-            )
-        )
-
-
 def test_sandboxes_are_counted_per_host_and_older_records_for_the_host_asking(tmp_path):
     a, b = settings_of("host-a", tmp_path), settings_of("host-b", tmp_path)
-    add_sandbox("a1", "host-a", a)
-    add_sandbox("b1", "host-b", a)
-    add_sandbox("b2", "host-b", a)
-    add_sandbox("old", None, a)
-    add_sandbox("lost", "host-b", a, lost="host-b was marked down")
+    add_sandbox_record("a1", "host-a", a)
+    add_sandbox_record("b1", "host-b", a)
+    add_sandbox_record("b2", "host-b", a)
+    add_sandbox_record("old", None, a)
+    add_sandbox_record("lost", "host-b", a, lost="host-b was marked down")
 
     assert hosts.sandbox_counts(a) == {"host-a": 2, "host-b": 2}
     assert hosts.sandbox_counts(b) == {"host-a": 1, "host-b": 3}

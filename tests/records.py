@@ -1,0 +1,46 @@
+"""Store records made directly, for tests about whose records a host sees: a sandbox on
+another host, an expired one, a spare, a lost one. No VM stands behind them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from infra.records import store
+from infra.records.store import SandboxRecord
+from infra.settings import FluidSettings
+
+
+def add_sandbox_record(
+    sid: str,
+    host: str | None,
+    settings: FluidSettings | None = None,
+    *,
+    port: int = 0,
+    expired: bool = False,
+    spare: str | None = None,
+    owner_pid: int | None = None,
+    lost: str | None = None,
+) -> SandboxRecord:
+    """A sandbox record of host `host` (None: from before fluid knew hosts), made an hour ago."""
+    now = datetime.now(UTC)
+    rec = SandboxRecord(
+        id=sid,
+        host_id=host,
+        domain_name=f"fluid-sbx-{sid}",
+        image="debian-12",
+        image_version="v1",
+        network="nat",
+        ssh_port=port,
+        disk_path=f"/nonexistent/{sid}.qcow2",
+        console_log=f"/nonexistent/{sid}.log",
+        created_at=now - timedelta(hours=1),
+        expires_at=now - timedelta(minutes=1) if expired else now + timedelta(hours=1),
+        owner_run="00000000-0000-0000-0000-000000000001" if owner_pid else None,
+        owner_pid=owner_pid,
+        owner_pid_start=1 if owner_pid else None,
+        spare_state=spare,
+        lost=lost,
+    )
+    with store.session(settings) as s:
+        s.add(rec)
+    return rec
