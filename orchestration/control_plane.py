@@ -317,9 +317,12 @@ def _wait_polling(
         if _pid_alive(pid_file) is None:
             break
         time.sleep(0.5)
+    # A worker that never polls would take runs later, unseen: it goes before the error.
+    tail = _log_tail(log)
+    _stop(pid_file, "worker that did not start polling", _quiet)
     raise ControlPlaneError(
         f"the Prefect worker did not start polling its queue {queue!r}; its log ({log}) ends "
-        f"with:\n{_log_tail(log)}"
+        f"with:\n{tail}"
     )
 
 

@@ -58,6 +58,11 @@ class Host(BaseModel):
         )
 
 
+def not_found(host: str) -> HostNotFound:
+    """The error for a host id no row has."""
+    return HostNotFound(f"no host {host!r} is registered; `fluid host list` shows them")
+
+
 def work_queue(host: str) -> str:
     """The Prefect work queue (in fluid's pool) whose runs only this host's worker takes."""
     return QUEUE_PREFIX + check(host)
@@ -98,7 +103,7 @@ def get(host: str, settings: FluidSettings | None = None) -> Host:
     with store.session(settings) as s:
         rec = s.get(HostRecord, host)
     if rec is None:
-        raise HostNotFound(f"no host {host!r} is registered; `fluid host list` shows them")
+        raise not_found(host)
     return Host.of(rec)
 
 
@@ -134,7 +139,7 @@ def set_state(
     with store.session(settings) as s:
         rec = s.get(HostRecord, host)
         if rec is None:
-            raise HostNotFound(f"no host {host!r} is registered; `fluid host list` shows them")
+            raise not_found(host)
         rec.state = state
         rec.state_message = message
         s.add(rec)
@@ -167,7 +172,7 @@ def mark_down(host: str, message: str, settings: FluidSettings | None = None) ->
     with store.session(settings) as s:
         rec = s.get(HostRecord, host)
         if rec is None:
-            raise HostNotFound(f"no host {host!r} is registered; `fluid host list` shows them")
+            raise not_found(host)
         down = HostDown(host=host, was=rec.state)  # type: ignore[arg-type]
         rec.state, rec.state_message = "down", message
         s.add(rec)
