@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from infra.ansible.playbook_runs import AnsibleHost
+from infra.ansible.playbook_runs import AnsibleHost, AnsibleJump
 from infra.errors import ProductionNotRunning
 from infra.settings import FluidSettings, get_settings
 from infra.transport import ssh, ssh_ca
@@ -17,14 +17,18 @@ if TYPE_CHECKING:
     from infra.machines.production import ProductionVM
 
 
-class ProductionHost(BaseModel):
-    """One production host: its inventory name, where its sshd listens and its host key."""
+# A name or an IP (v6 too), never an option: an address is put on ssh's command line.
+ADDRESS = r"^[A-Za-z0-9_:\[][A-Za-z0-9_.:\[\]-]*$"
 
-    name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$",
-        description="Inventory name of the host, e.g. web-1 or web1.example.com.",
+
+class SSHEndpoint(BaseModel):
+    """Where an sshd listens and the host key it must show."""
+
+    address: str = Field(
+        default="127.0.0.1",
+        pattern=ADDRESS,
+        description="Host name or IP.",
     )
-    address: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP.")
     port: int = Field(default=22, ge=1, le=65535, description="SSH port.")
     host_key: str | None = Field(
         default=None,
@@ -49,6 +53,29 @@ class ProductionHost(BaseModel):
         if self.host_key is None:
             return None
         return f"{ssh.known_hosts_name(self.address, self.port)} {self.host_key}\n"
+
+
+class ProductionHost(SSHEndpoint):
+    """One production host: its inventory name, where its sshd listens and its host key.
+
+    Behind a jump host, `address` and `port` are as the jump host sees them."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$",
+        description="Inventory name of the host, e.g. web-1 or web1.example.com.",
+    )
+
+
+class JumpHost(SSHEndpoint):
+    """A bastion fluid logs in to first (ssh -J): the production hosts are reached through it,
+    with the same key or certificate."""
+
+    address: str = Field(pattern=ADDRESS, description="Host name or IP.")
+    user: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$",
+        description="SSH login user on the jump host (default: the target's user).",
+    )
 
 
 class ProductionTarget(Block):
@@ -85,6 +112,17 @@ class ProductionTarget(Block):
             "CA for each run, instead of using the private key."
         ),
     )
+    jump_host: JumpHost | None = Field(
+        default=None,
+        description="A bastion the hosts are reached through (ssh -J), with the same login.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Labels a fluid host must carry to reach these hosts, e.g. {"net": "dmz"}: '
+            "runs applying here are placed only on such hosts (`fluid host add --label`)."
+        ),
+    )
 
     @field_validator("private_key")
     @classmethod
@@ -117,7 +155,9 @@ class ProductionTarget(Block):
         """Write the key (and certificate) and known_hosts (all 0600) into `workdir`; the
         inventory entries for run_playbook.
 
-        A certificate is valid 10 minutes from this call: call it right before the run.
+        A certificate is valid 10 minutes from this call: call it right before the run. Behind
+        a jump host it may open tunnels (ssh -W through the jump), which no other fluid
+        certificate may.
         """
         d = Path(workdir) / "production-target"
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -125,7 +165,7 @@ class ProductionTarget(Block):
         cert: Path | None = None
         if self.certificate_principal:
             creds = ssh_ca.authority(settings or get_settings()).issue(
-                self.certificate_principal, MAX_TTL
+                self.certificate_principal, MAX_TTL, port_forwarding=self.jump_host is not None
             )
             _write_0600(key, creds.private_key_openssh)
             cert = d / "id-cert.pub"
@@ -139,6 +179,17 @@ class ProductionTarget(Block):
         known = d / "known_hosts"
         if lines:
             _write_0600(known, "".join(lines))
+        jump = None
+        if self.jump_host is not None:
+            jump_known = d / "jump_known_hosts"
+            if line := self.jump_host.known_hosts_line():
+                _write_0600(jump_known, line)
+            jump = AnsibleJump(
+                address=self.jump_host.address,
+                port=self.jump_host.port,
+                user=self.jump_host.user or self.user,
+                known_hosts_path=jump_known if line else None,
+            )
         return [
             AnsibleHost(
                 name=h.name,
@@ -150,6 +201,7 @@ class ProductionTarget(Block):
                 known_hosts_path=known if h.host_key else None,
                 become=self.become,
                 become_user=self.become_user,
+                jump=jump,
             )
             for h in self.hosts
         ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from infra.errors import FluidError
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -49,3 +51,16 @@ def accept_exclusion_option(sp: argparse.ArgumentParser) -> None:
         help="accept that the playbook leaves out the change with this key (a path, "
         "'user NAME'…; repeatable); the proof fails on any exclusion not accepted",
     )
+
+
+def parse_labels(pairs: list[str] | None) -> dict[str, str] | None:
+    """`--label K=V` options as a dict; None when none were given; FluidError on a bad one."""
+    if not pairs:
+        return None
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FluidError(f"--label {pair!r}: give a label as KEY=VALUE, e.g. --label zone=a")
+        labels[key.strip()] = value.strip()
+    return labels

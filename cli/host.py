@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.args import add_command, add_noun
+from cli.args import add_command, add_noun, parse_labels
 from cli.output import dump_all, emit, emit_line, print_table
 from infra.errors import FluidError
 from infra.records import hosts
@@ -19,19 +19,6 @@ class HostLine(Host):
     """A host as listed: its record and the sandboxes on it now."""
 
     sandboxes: int
-
-
-def parse_labels(pairs: list[str] | None) -> dict[str, str] | None:
-    """`--label K=V` options as a dict; None when none were given; FluidError on a bad one."""
-    if not pairs:
-        return None
-    labels: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise FluidError(f"--label {pair!r}: give a label as KEY=VALUE, e.g. --label zone=a")
-        labels[key.strip()] = value.strip()
-    return labels
 
 
 def listing() -> list[HostLine]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.args import accept_exclusion_option, add_command
+from cli.args import accept_exclusion_option, add_command, parse_labels
 from cli.output import log
 from cli.server import auth_path, use_prefect
 from infra.errors import FluidError
@@ -78,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from infra.escaping import term_line
 
     agent = agent_from_args(args)
+    asked = parse_labels(args.label) or {}
     if args.host:
         from infra.host.identity import check
 
@@ -88,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from blocks.loading import load_target
     from orchestration import client
 
-    load_target(args.production)  # a wrong name fails here, before a run exists
+    target = load_target(args.production)  # a wrong name fails here, before a run exists
     if agent["kind"] == "llm" and args.llm_api_key_env:
         agent["api_key_secret"] = _llm_key_secret(args.llm_api_key_env)
     params: dict[str, Any] = {
@@ -105,7 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["guardrails"] = args.guardrails
     if args.accept_exclusions:
         params["accept_exclusions"] = args.accept_exclusions
-    fr = client.submit(params, host=args.host)
+    # A host must reach the target (its labels) and meet what this run asks for.
+    fr = client.submit(params, host=args.host, labels={**target.labels, **asked} or None)
     print(f"run id: {fr.id}", flush=True)
     print(f"UI: {_run_url(fr.id)}", flush=True)
 
@@ -238,6 +240,13 @@ def register(top: argparse._SubParsersAction) -> None:
     sp.add_argument("--image", default=None)
     sp.add_argument(
         "--host", default=None, help="run on this host (`fluid host list`); default: placed"
+    )
+    sp.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="place the run only on a host with this label, besides the production "
+        "target's labels (repeatable), e.g. --label zone=a",
     )
     sp.add_argument("--timeout", type=int, default=None, help="approval timeout in seconds")
     sp.add_argument(

@@ -23,7 +23,7 @@ import contextlib
 from infra.errors import GuestDataRefused  # noqa: E402
 from infra.host import images
 from infra.host.libvirt_host import connect, lookup  # noqa: E402
-from infra.machines import checkpoints, sandbox_records, sandboxes  # noqa: E402
+from infra.machines import checkpoints, sandbox_records, sandboxes, spares  # noqa: E402
 from infra.records import store
 from infra.settings import FluidSettings, get_settings  # noqa: E402
 from infra.state import capture  # noqa: E402
@@ -249,10 +249,13 @@ def capture_writes(settings: FluidSettings) -> dict[str, tuple[int, int]]:
 def refused_capture(sandbox_id: str, settings: FluidSettings, match: str) -> GuestDataRefused:
     """A capture that must be refused whole, leaving no file written and no checkpoint's
     capture; the error."""
-    before = capture_writes(settings)
-    with pytest.raises(GuestDataRefused, match=match) as info:
-        capture.capture(sandbox_id, checkpoint="refused", settings=settings)
-    assert capture_writes(settings) == before, "a refused capture wrote something"
+    # A spare refill (started in the background by an earlier create) captures its baseline
+    # into the same blob store: wait it out and keep the next from starting meanwhile.
+    with spares.fill_lock(settings, wait=True):
+        before = capture_writes(settings)
+        with pytest.raises(GuestDataRefused, match=match) as info:
+            capture.capture(sandbox_id, checkpoint="refused", settings=settings)
+        assert capture_writes(settings) == before, "a refused capture wrote something"
     with pytest.raises(capture.CaptureNotFound):
         capture.load(sandbox_id, "refused", settings)
     return info.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import sys
 import tempfile
 import time
@@ -22,6 +23,15 @@ from infra.settings import FluidSettings, get_settings
 from infra.transport import ssh_ca
 
 
+class AnsibleJump(BaseModel):
+    """A jump host an inventory host is reached through, with that host's key and certificate."""
+
+    address: str
+    port: int
+    user: str
+    known_hosts_path: Path | None = None
+
+
 class AnsibleHost(BaseModel):
     """One inventory host reached over SSH with a key (and optionally a certificate)."""
 
@@ -35,6 +45,7 @@ class AnsibleHost(BaseModel):
     # Connect as `user`, then run tasks as `become_user` through sudo (ansible_become).
     become: bool = False
     become_user: str = "root"
+    jump: AnsibleJump | None = None
 
 
 # Characters of a module's message kept per task result (it may quote guest data: shown
@@ -144,6 +155,20 @@ def sandbox_host(
     )
 
 
+def _proxy_command(h: AnsibleHost) -> str:
+    # Not -J: options on ssh's command line do not reach a jump host's connection, so its key,
+    # certificate and pinned host key would be lost. %h:%p is the target as the jump sees it.
+    assert h.jump is not None
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(h.key_path)]
+    argv += ["-o", "StrictHostKeyChecking=yes"]
+    if h.cert_path:
+        argv += ["-o", f"CertificateFile={h.cert_path}"]
+    if h.jump.known_hosts_path:
+        argv += ["-o", f"UserKnownHostsFile={h.jump.known_hosts_path}"]
+    argv += ["-p", str(h.jump.port), "-l", h.jump.user, "-W", "%h:%p", "--", h.jump.address]
+    return shlex.join(argv)
+
+
 def inventory(hosts: list[AnsibleHost]) -> dict:
     """A YAML inventory for `hosts`; host keys are checked against the given known_hosts."""
     entries = {}
@@ -153,6 +178,8 @@ def inventory(hosts: list[AnsibleHost]) -> dict:
             ssh_args.append(f"-o CertificateFile={h.cert_path}")
         if h.known_hosts_path:
             ssh_args.append(f"-o UserKnownHostsFile={h.known_hosts_path}")
+        if h.jump:
+            ssh_args.append("-o " + shlex.quote(f"ProxyCommand={_proxy_command(h)}"))
         entries[h.name] = {
             "ansible_host": h.address,
             "ansible_port": h.port,

@@ -124,12 +124,14 @@ class CertificateAuthority:
         key_id: str | None = None,
         now: datetime | None = None,
         valid_since: datetime | None = None,
+        port_forwarding: bool = False,
     ) -> SessionCredentials:
         """Issue a fresh key pair and a user certificate for principal, valid for ttl.
 
         `now` (naive values are taken as UTC) lets callers issue certificates for another moment,
         e.g. an already expired one in tests. `valid_since` backdates the start of validity, for
         a guest whose clock is behind: one just reverted to an older checkpoint.
+        `port_forwarding` lets the certificate open a tunnel: for a jump host, never a sandbox.
         """
         if not isinstance(ttl, timedelta) or not MIN_TTL <= ttl <= MAX_TTL:
             raise InvalidCertificateTTL(
@@ -156,8 +158,11 @@ class CertificateAuthority:
             key_id = f"fluid:{principal}:{serial:016x}"
 
         session_key = ed25519.Ed25519PrivateKey.generate()
+        builder = serialization.SSHCertificateBuilder()
+        if port_forwarding:
+            builder = builder.add_extension(b"permit-port-forwarding", b"")
         cert = (
-            serialization.SSHCertificateBuilder()
+            builder
             .public_key(session_key.public_key())
             .serial(serial)
             .type(serialization.SSHCertificateType.USER)
@@ -165,7 +170,7 @@ class CertificateAuthority:
             .valid_principals([principal.encode()])
             .valid_after(valid_after)
             .valid_before(valid_before)
-            # Only a pty: no agent/port/X11 forwarding and no ~/.ssh/rc for sandbox sessions.
+            # Else only a pty: no agent/port/X11 forwarding and no ~/.ssh/rc for sandbox sessions.
             .add_extension(b"permit-pty", b"")
             .sign(self._key)
         )

@@ -6,7 +6,6 @@ limited to four sandboxes, i.e. two runs at a time (each holds its own sandbox a
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -34,19 +33,13 @@ RUNS_AT_ONCE = MAX_SANDBOXES // limits.SLOTS_PER_RUN
 
 @pytest.fixture(scope="module")
 def small_host(prefect_stack: control_plane.ControlPlane, settings: FluidSettings) -> Iterator[str]:
-    """fluid's worker restarted with FLUID_MAX_SANDBOXES=4: its flow runs inherit its
-    environment and set this host's limit from it. The session's worker comes back after."""
-    saved = os.environ.get("FLUID_MAX_SANDBOXES")
-    os.environ["FLUID_MAX_SANDBOXES"] = str(MAX_SANDBOXES)
+    """fluid's worker restarted with a limit of four sandboxes: it hands its settings to its
+    flow runs, which set this host's limit from them. The session's worker comes back after."""
     control_plane.stop_worker(settings)
-    control_plane.start_worker(settings)
+    control_plane.start_worker(settings.model_copy(update={"max_sandboxes": MAX_SANDBOXES}))
     try:
         yield limits.limit_name()
     finally:
-        if saved is None:
-            os.environ.pop("FLUID_MAX_SANDBOXES", None)
-        else:
-            os.environ["FLUID_MAX_SANDBOXES"] = saved
         control_plane.stop_worker(settings)
         control_plane.start_worker(settings)
 

@@ -7,8 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import ValidationError
 
 from blocks import ProductionTarget
+from blocks.production_target import JumpHost, ProductionHost
 from infra.ansible.playbook_runs import run_playbook
 from infra.errors import InvalidName
 from infra.host import domains, ports
@@ -34,6 +38,21 @@ def leftovers(name: str, settings: FluidSettings) -> list[str]:
         if s.get(store.ProductionRecord, name) is not None:
             found.append("record")
     return found
+
+
+def write_playbook(d: Path, dest: str) -> Path:
+    """A one-task playbook writing "applied by fluid" to `dest`."""
+    d.mkdir()
+    (d / "site.yml").write_text(
+        "- hosts: all\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - ansible.builtin.copy:\n"
+        '        content: "applied by fluid\\n"\n'
+        f"        dest: {dest}\n"
+        '        mode: "0640"\n'
+    )
+    return d
 
 
 @pytest.fixture(scope="module")
@@ -131,22 +150,53 @@ def test_the_saved_block_runs_a_real_playbook(prod, prefect_stack, settings, tmp
         if f.is_file():
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
-    playbook = tmp_path / "change"
-    playbook.mkdir()
-    (playbook / "site.yml").write_text(
-        "- hosts: all\n"
-        "  gather_facts: false\n"
-        "  tasks:\n"
-        "    - ansible.builtin.copy:\n"
-        '        content: "applied by fluid\\n"\n'
-        "        dest: /root/applied\n"
-        '        mode: "0640"\n'
-    )
+    playbook = write_playbook(tmp_path / "change", "/root/applied")
     run = run_playbook(playbook, hosts)
     assert run.succeeded, run.output_tail
     assert run.changed == {NAME: 1}
     r = fluid("production", "exec", NAME, "--", "stat -c %a /root/applied; cat /root/applied")
     assert r.stdout == b"640\napplied by fluid\n"
+
+
+def test_a_target_behind_a_jump_host_is_reached_through_it(prod, settings, tmp_path: Path):
+    """The VM's sshd as seen from inside it (127.0.0.1:22) is reachable only through a jump
+    host, here the VM itself; a jump host showing another host key is refused."""
+    vm = production.get(NAME, settings)
+    inside = ProductionHost(name=NAME, address="127.0.0.1", port=22, host_key=vm.host_key)
+    direct = ProductionTarget.for_vm(vm).model_copy(update={"hosts": [inside]})
+    jump = JumpHost(address=vm.address, port=vm.ssh_port, host_key=vm.host_key)
+    behind = direct.model_copy(update={"jump_host": jump})
+    playbook = write_playbook(tmp_path / "jumped", "/root/jumped")
+
+    # Without the jump host that address is not the VM: nothing answers, or another key.
+    alone = run_playbook(playbook, direct.ansible_hosts(tmp_path / "direct", settings))
+    assert alone.unreachable == {NAME: 1}, alone.output_tail
+
+    run = run_playbook(playbook, behind.ansible_hosts(tmp_path / "creds", settings))
+    assert run.succeeded and run.changed == {NAME: 1}, run.output_tail
+    r = fluid("production", "exec", NAME, "--", "cat /root/jumped")
+    assert r.stdout == b"applied by fluid\n"
+
+    other = Ed25519PrivateKey.generate().public_key()
+    line = other.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    liar = behind.model_copy(
+        update={"jump_host": JumpHost(address=vm.address, port=vm.ssh_port, host_key=line)}
+    )
+    refused = run_playbook(
+        write_playbook(tmp_path / "refused", "/root/refused"),
+        liar.ansible_hosts(tmp_path / "liar", settings),
+    )
+    assert refused.unreachable == {NAME: 1}, refused.output_tail
+    r = fluid("production", "exec", NAME, "--", "test -e /root/refused", check=False)
+    assert r.returncode == 1
+
+
+@pytest.mark.parametrize("address", ["-oProxyCommand=touch /tmp/x", "web 1", "", "a;b", "$(id)"])
+def test_an_address_that_is_not_a_host_is_refused_when_the_block_is_built(address: str):
+    with pytest.raises(ValidationError, match="address"):
+        ProductionHost(name="web-1", address=address)
+    with pytest.raises(ValidationError, match="address"):
+        JumpHost(address=address)
 
 
 def test_list_and_start_of_a_running_vm(prod):

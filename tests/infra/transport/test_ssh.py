@@ -168,6 +168,15 @@ def test_certificate_is_a_short_lived_user_cert_with_only_permit_pty(
     assert cert.valid_before == int((now + timedelta(minutes=3)).timestamp())
     assert creds.valid_before == datetime.fromtimestamp(cert.valid_before, UTC)
     cert.verify_cert_signature()
+
+
+def test_only_a_certificate_asked_for_a_jump_host_may_open_tunnels(
+    ca: CertificateAuthority,
+) -> None:
+    creds = ca.issue(PRINCIPAL, timedelta(minutes=3), port_forwarding=True)
+    cert = serialization.load_ssh_public_identity(creds.certificate.encode())
+    assert isinstance(cert, serialization.SSHCertificate)
+    assert cert.extensions == {b"permit-port-forwarding": b"", b"permit-pty": b""}
     assert cert.signature_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode() == " ".join(ca.public_key_line().split()[:2])
