@@ -1,8 +1,8 @@
 """Drive the Prefect UI that ships with the server in headless Debian Chromium, for tests.
 
 Only what tests need: log in through the UI's own password page, read a run's artifacts, read a
-paused run's Resume form and approve it through that form. Works with both bundled UIs of
-Prefect 3.9:
+waiting (paused or suspended) run's Resume form and approve it through that form. Works with
+both bundled UIs of Prefect 3.9:
 
 * v1, the older Vue UI, served at `/`. `/runs/flow-run/<id>` (the link Prefect logs) is served
   by v1 whatever the default UI setting is; only `/` redirects to the default.
@@ -19,7 +19,7 @@ Typical use::
         assert "Change summary" in prefect_ui.read_artifacts_text(page, base_url, run_id)
         form = prefect_ui.read_resume_form(page, base_url, run_id, ui="v2")
         assert form.values["Digest"] == digest  # a field the form fills in
-        result = prefect_ui.approve_paused_run(
+        result = prefect_ui.approve_waiting_run(
             page, base_url, run_id,
             {"decision": "approve", "digest": digest, "approver": "alice"}, shots,
             expect_description=["Change summary"],
@@ -73,6 +73,8 @@ DEFAULT_TIMEOUT_S = 20.0
 MAX_RESUBMITS = 2
 
 UI = Literal["auto", "v1", "v2"]
+# The state names of a run waiting for input: paused in its process, or suspended.
+WAITING = ("Paused", "Suspended")
 FieldValue = str | bool
 
 
@@ -402,7 +404,7 @@ def _settled_text(page: Page, element: Locator, what: str, shots: Path, timeout_
 
 
 @_explained
-def approve_paused_run(
+def approve_waiting_run(
     page: Page,
     base_url: str,
     flow_run_id: str,
@@ -414,7 +416,8 @@ def approve_paused_run(
     wait_resumed: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> ApprovalResult:
-    """Open the paused run, fill its Resume form with `fields` and submit it.
+    """Open the run waiting for input (paused in its process, or suspended: a deployment's
+    run holds no process while it waits), fill its Resume form with `fields` and submit it.
 
     `fields` maps RunInput field names (or their form titles) to values: a str for text
     fields and for Literal/enum dropdowns (the option's text), a bool for switches.
@@ -485,13 +488,13 @@ def approve_paused_run(
     if wait_resumed:
         _wait_until(
             page,
-            lambda: run_state_text(page, ui) not in ("", "Paused"),
-            "the run page to leave the Paused state",
+            lambda: run_state_text(page, ui) not in ("", *WAITING),
+            "the run page to leave the Paused or Suspended state",
             shots,
             timeout_s,
         )
         final_state = run_state_text(page, ui)
-        step("run left Paused")
+        step("run resumed")
         shot("after-resume")
     return ApprovalResult(ui, description_text, dialog_text, final_state, taken, timings, resubmits)
 
@@ -516,7 +519,7 @@ def read_resume_form(
     expect_description: Iterable[str] = (),
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> ResumeForm:
-    """Open the paused run's Resume dialog, read its description and fields, and close it
+    """Open the waiting run's Resume dialog, read its description and fields, and close it
     without submitting. Text and select fields report their text; switches "true"/"false"."""
     shots = _shots_dir(page, screenshots_dir)
 
@@ -562,7 +565,7 @@ def _resume_dialog(
     step: Callable[[str], None],
     shot: Callable[[str], None],
 ) -> tuple[Literal["v1", "v2"], Locator, str, str]:
-    """Open the paused run's page and its Resume dialog; wait until the dialog shows every
+    """Open the waiting run's page and its Resume dialog; wait until the dialog shows every
     string of `expect_description` and has settled. (ui, dialog, description, dialog text)."""
     got = open_run_page(
         page, base_url, flow_run_id, ui=ui, screenshots_dir=shots, timeout_s=timeout_s
@@ -570,8 +573,8 @@ def _resume_dialog(
     badge = _state_badge(page, got)
     _wait_until(
         page,
-        lambda: badge.count() > 0 and badge.inner_text().strip() == "Paused",
-        f"flow run {flow_run_id} to show as Paused",
+        lambda: badge.count() > 0 and badge.inner_text().strip() in WAITING,
+        f"flow run {flow_run_id} to show as Paused or Suspended",
         shots,
         timeout_s,
     )

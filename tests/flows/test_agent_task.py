@@ -27,7 +27,6 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.flow_runs import resume_flow_run
 from sqlmodel import select
 
 from infra.host.identity import host_id
@@ -238,9 +237,15 @@ def late_run(production: str, tmp_path_factory) -> Iterator[subprocess.Popen]:
 
 @pytest.mark.usefixtures("late_run")
 def test_tampered_playbook_is_refused_and_the_sandbox_cannot_resume_the_run(
-    production: str, prefect_stack: control_plane.ControlPlane, settings: FluidSettings
+    production: str,
+    prefect_stack: control_plane.ControlPlane,
+    settings: FluidSettings,
+    tmp_path: Path,
 ) -> None:
-    """Only fluid holds the API credential; a playbook edited after review is never applied."""
+    """Only fluid holds the API credential; a playbook edited after review is never applied,
+    though a reviewer approves the suspended run in the Prefect UI."""
+    from tests import prefect_ui
+
     fr = run_deployment(
         "agent-task/agent-task",
         parameters={"task": "write a file", "production": production, "agent": scripted("tamper")},
@@ -289,7 +294,9 @@ EOF
     assert state is not None and state.is_paused()
 
     # Someone edits the reviewed playbook (sealed read-only, which stops no root), then the
-    # reviewer approves what they saw.
+    # reviewer approves what they saw, in the UI. A deployment's run waiting for approval holds
+    # no process: it is Suspended, not Paused, and the UI resumes it all the same.
+    assert state.name == "Suspended", state
     rec = runs.get(str(fr.id))
     assert rec is not None and rec.digest
     playbook = settings.runs_dir / str(fr.id) / "attempt-1" / "playbook"
@@ -299,9 +306,17 @@ EOF
         tasks_file.read_text()
         + "- name: sneaky\n  ansible.builtin.copy:\n    dest: /srv/tamper/sneaky\n    content: x\n"
     )
-    resume_flow_run(
-        fr.id, run_input={"decision": "approve", "digest": rec.digest, "approver": "carol"}
-    )
+    shots = Path(os.environ.get("FLUID_TEST_SCREENSHOTS", tmp_path / "screenshots"))
+    with prefect_ui.browser(shots / "suspended") as page:
+        prefect_ui.login(page, prefect_stack.ui_url, secret)
+        prefect_ui.approve_waiting_run(
+            page,
+            prefect_stack.ui_url,
+            str(fr.id),
+            {"decision": "approve", "digest": rec.digest, "approver": "carol"},
+            shots / "suspended",
+            expect_description=["Approve this change", rec.digest],
+        )
     final = wait_final(fr.id)
     assert final.state is not None and final.state.is_failed()
     assert "changed after it was shown for approval" in (final.state.message or "")
@@ -509,7 +524,7 @@ def test_a_reviewer_approves_in_the_prefect_ui(
                 assert form.values["Digest"] == rec.digest, (ui, form.values)
                 assert form.values["Decision"] == "reject", (ui, form.values)
             # The reviewer confirms the digest the form names (a field no one can change).
-            result = prefect_ui.approve_paused_run(
+            result = prefect_ui.approve_waiting_run(
                 page,
                 prefect_stack.ui_url,
                 run_id,
