@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 
 from cli import (
     attach,
@@ -135,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 def failed(e: BaseException, args: argparse.Namespace | None, message: str) -> None:
     """The traceback first when debugging, then the one line that says what failed."""
     if debugging(args):
+        import traceback
+
         log("".join(traceback.format_exception(e)).rstrip())
     error(message)
 

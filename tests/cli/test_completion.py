@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.completion import nodes
 from cli.main import build_parser
+from cli.shell_completion import nodes
 from tests.conftest import fluid
 
 # bash's completion protocol, as readline drives it: the words so far, the index of the word
