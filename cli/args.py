@@ -13,21 +13,18 @@ EXAMPLES_HEADING = "Examples:"
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """argparse's layout, except that each line of a description or epilog is wrapped on its
-    own: the line breaks of an example list survive, long sentences still wrap."""
+    """argparse's layout, except in a description or epilog: a line that starts with a space
+    (an example's command line) is kept as written, every other line is wrapped on its own."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         import textwrap  # only when help is shown, as argparse does
 
-        lines = []
-        for line in text.splitlines():
-            own = indent + line[: len(line) - len(line.lstrip())]
-            lines.append(
-                textwrap.fill(line.strip(), width, initial_indent=own, subsequent_indent=own + "  ")
-                if line.strip()
-                else ""
-            )
-        return "\n".join(lines)
+        return "\n".join(
+            indent + line
+            if line[:1].isspace() or not line
+            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            for line in text.splitlines()
+        )
 
 
 def examples_epilog(examples: Sequence[str]) -> str | None:

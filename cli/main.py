@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on failure, print the traceback too (also FLUID_DEBUG=1)",
     )
-    top = p.add_subparsers(dest="group", required=True)
+    top = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for noun in NOUNS:
         noun.register(top)
     completion.register(top, p)
