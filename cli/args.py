@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from infra.errors import FluidError
 
 Command = Callable[[argparse.Namespace], int]
+
+EXAMPLES_HEADING = "Examples:"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's layout, except in a description or epilog: a line that starts with a space
+    (an example's command line) is kept as written, every other line is wrapped on its own."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap  # only when help is shown, as argparse does
+
+        return "\n".join(
+            indent + line
+            if line[:1].isspace() or not line
+            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            for line in text.splitlines()
+        )
+
+
+def examples_epilog(examples: Sequence[str]) -> str | None:
+    """The "Examples:" block that ends a command's help, one command line per line."""
+    if not examples:
+        return None
+    return "\n".join([EXAMPLES_HEADING, *(f"  {line}" for line in examples)])
 
 
 def add_command(
@@ -16,9 +40,18 @@ def add_command(
     fn: Command,
     help: str,
     json_flag: bool = True,
+    *,
+    examples: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
-    """Add subcommand `name` that runs `fn`; its help is its description too."""
-    sp = parent.add_parser(name, help=help, description=help)
+    """Add subcommand `name` that runs `fn`; its help is its description too; `examples`
+    (command lines) end its --help."""
+    sp = parent.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=examples_epilog(examples),
+        formatter_class=HelpFormatter,
+    )
     sp.set_defaults(fn=fn)
     if json_flag:
         sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -26,18 +59,33 @@ def add_command(
 
 
 def add_session_command(
-    top: argparse._SubParsersAction, name: str, fn: Command, help: str
+    top: argparse._SubParsersAction,
+    name: str,
+    fn: Command,
+    help: str,
+    *,
+    examples: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
     """Add top-level command `name` that holds a session with one sandbox (positional SANDBOX):
     its output is the session, so it has no --json."""
-    sp = add_command(top, name, fn, help, json_flag=False)
-    sp.add_argument("sandbox")
+    sp = add_command(top, name, fn, help, json_flag=False, examples=examples)
+    sp.add_argument("sandbox", help="the sandbox's id (`fluid sandbox list`)")
     return sp
 
 
-def add_noun(top: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
-    """Add a noun that only groups subcommands (`fluid NOUN CMD`)."""
-    return top.add_parser(name, help=help).add_subparsers(dest="cmd", required=True)
+def add_noun(
+    top: argparse._SubParsersAction, name: str, help: str, *, examples: Sequence[str] = ()
+) -> argparse._SubParsersAction:
+    """Add a noun that only groups subcommands (`fluid NOUN CMD`); `examples` (command lines)
+    end `fluid NOUN --help`."""
+    noun = top.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=examples_epilog(examples),
+        formatter_class=HelpFormatter,
+    )
+    return noun.add_subparsers(dest="cmd", required=True)
 
 
 def accept_exclusion_option(sp: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ def register(top: argparse._SubParsersAction) -> None:
         "attach",
         cmd_attach,
         "watch the agent's shell in a sandbox live (tmux over ssh; C-b d detaches)",
+        examples=("fluid attach web", "fluid attach web --rw"),
     )
     sp.add_argument(
         "--rw", action="store_true", help="take over: type into the agent's shell (default: watch)"

@@ -72,6 +72,15 @@ def register(top: argparse._SubParsersAction) -> None:
         cmd_audit,
         "print the audit trail of a sandbox or run; `fluid audit verify` checks the keyed chain "
         "and the decisions and applies tables against it",
+        examples=(
+            "fluid audit web",
+            "fluid audit 0b6e3c1a-5d2f-4f57-9d1e-2f4a8c7b9e10 --json",
+            "fluid audit verify --head HASH",
+        ),
     )
-    sp.add_argument("subject", metavar="SANDBOX_OR_RUN|verify")
+    sp.add_argument(
+        "subject",
+        metavar="SANDBOX_OR_RUN|verify",
+        help="a sandbox id or run id whose records to print, or `verify` to check the chain",
+    )
     sp.add_argument("--head", default=None, help="verify: this published head must be in the chain")

@@ -104,17 +104,41 @@ def print_report(report: Any) -> None:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid diff`, `fluid export` and `fluid verify`."""
-    sp = add_command(top, "diff", cmd_diff, "what changed in a sandbox between two checkpoints")
-    sp.add_argument("sandbox")
+    sp = add_command(
+        top,
+        "diff",
+        cmd_diff,
+        "what changed in a sandbox between two checkpoints",
+        examples=(
+            "fluid diff web --from before --to after",
+            "fluid diff web --from before --to after --markdown",
+        ),
+    )
+    sp.add_argument("sandbox", help="the sandbox's id (`fluid sandbox list`)")
     sp.add_argument("--from", dest="from_cp", required=True, help="checkpoint name")
     sp.add_argument("--to", dest="to_cp", required=True, help="checkpoint name")
-    sp.add_argument("--markdown", action="store_true")
-    sp = add_command(top, "export", cmd_export, "export a change as an Ansible playbook directory")
-    sp.add_argument("sandbox")
-    sp.add_argument("--from", dest="from_cp", required=True)
-    sp.add_argument("--to", dest="to_cp", required=True)
+    sp.add_argument("--markdown", action="store_true", help="a Markdown report instead of text")
+    sp = add_command(
+        top,
+        "export",
+        cmd_export,
+        "export a change as an Ansible playbook directory",
+        examples=("fluid export web --from before --to after --out ./change",),
+    )
+    sp.add_argument("sandbox", help="the sandbox's id (`fluid sandbox list`)")
+    sp.add_argument("--from", dest="from_cp", required=True, help="checkpoint before the change")
+    sp.add_argument("--to", dest="to_cp", required=True, help="checkpoint after the change")
     sp.add_argument("--out", required=True, help="new directory for the playbook")
-    sp = add_command(top, "verify", cmd_verify, "replay a playbook on a fresh sandbox and compare")
-    sp.add_argument("dir")
+    sp = add_command(
+        top,
+        "verify",
+        cmd_verify,
+        "replay a playbook on a fresh sandbox and compare",
+        examples=(
+            "fluid verify ./change",
+            "fluid verify ./change --accept-exclusion /srv/app/id_ed25519",
+        ),
+    )
+    sp.add_argument("dir", help="a playbook directory `fluid export` wrote")
     sp.add_argument("--image", default=None, help="image name (default: the one recorded)")
     accept_exclusion_option(sp)

@@ -78,7 +78,17 @@ def cmd_host_ready(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid host add|list|drain|ready`."""
-    host = add_noun(top, "host", "the hypervisor hosts runs are placed on")
+    host = add_noun(
+        top,
+        "host",
+        "the hypervisor hosts runs are placed on",
+        examples=(
+            "fluid host add hv-2 --max-sandboxes 6 --label zone=a",
+            "fluid host list",
+            "fluid host drain hv-2",
+            "fluid host ready hv-2",
+        ),
+    )
     sp = add_command(host, "add", cmd_host_add, "register a host (or change its capacity, labels)")
     sp.add_argument("id", help="host id: lowercase letters, digits, dashes (its FLUID_HOST_ID)")
     sp.add_argument(
@@ -93,6 +103,6 @@ def register(top: argparse._SubParsersAction) -> None:
     )
     add_command(host, "list", cmd_host_list, "list hosts, their state, sandboxes and capacity")
     sp = add_command(host, "drain", cmd_host_drain, "place no new runs on a host")
-    sp.add_argument("id")
+    sp.add_argument("id", help="host id (`fluid host list`)")
     sp = add_command(host, "ready", cmd_host_ready, "place runs on a host again (undo drain)")
-    sp.add_argument("id")
+    sp.add_argument("id", help="host id (`fluid host list`)")

@@ -141,15 +141,26 @@ def cmd_image_verify(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid image build|import|list|publish|sync|verify`."""
-    image = add_noun(top, "image", "golden images")
+    image = add_noun(
+        top,
+        "image",
+        "golden images",
+        examples=(
+            "fluid image build",
+            "fluid image list",
+            "fluid image import ./my.qcow2 --name my-image",
+            "fluid image publish",
+            "fluid image list --cluster",
+        ),
+    )
     sp = add_command(
         image, "build", cmd_image_build, "build the golden image (cached by its inputs)"
     )
     sp.add_argument("--name", default=None, help="image name (default: FLUID_IMAGE)")
     sp.add_argument("--force", action="store_true", help="rebuild even when up to date")
     sp = add_command(image, "import", cmd_image_import, "register an existing qcow2 as an image")
-    sp.add_argument("path")
-    sp.add_argument("--name", required=True)
+    sp.add_argument("path", help="the qcow2 file (copied; the original is left alone)")
+    sp.add_argument("--name", required=True, help="the image's name (`--image NAME` elsewhere)")
     sp = add_command(image, "list", cmd_image_list, "list image versions")
     sp.add_argument(
         "--cluster",
@@ -170,7 +181,7 @@ def register(top: argparse._SubParsersAction) -> None:
         cmd_image_sync,
         "copy a published image to this host, verified part by part before use",
     )
-    sp.add_argument("name")
+    sp.add_argument("name", help="image name")
     sp.add_argument("--version", default=None, help="global version (default: newest published)")
     sp.add_argument(
         "--from",
@@ -182,5 +193,5 @@ def register(top: argparse._SubParsersAction) -> None:
     sp = add_command(
         image, "verify", cmd_image_verify, "re-hash this host's copy of an image before use"
     )
-    sp.add_argument("name")
+    sp.add_argument("name", help="image name")
     sp.add_argument("--version", default=None, help="local or global version (default: newest)")

@@ -32,5 +32,11 @@ def cmd_janitor(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid janitor [--grace S]`."""
-    sp = add_command(top, "janitor", cmd_janitor, "reap expired and orphaned sandboxes now")
+    sp = add_command(
+        top,
+        "janitor",
+        cmd_janitor,
+        "reap expired and orphaned sandboxes now",
+        examples=("fluid janitor", "fluid janitor --grace 60 --json"),
+    )
     sp.add_argument("--grace", type=int, default=600, help="minimum age of orphans, seconds")

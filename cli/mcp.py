@@ -26,6 +26,7 @@ def register(top: argparse._SubParsersAction) -> None:
         "mcp",
         cmd_mcp,
         "serve a sandbox's agent tools over MCP on stdio (for an outside agent)",
+        examples=("fluid mcp web", "fluid mcp web --guardrails ./guardrails.yaml"),
     )
     sp.add_argument(
         "--guardrails", default=None, metavar="FILE", help="YAML or JSON file (default: built in)"

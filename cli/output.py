@@ -17,7 +17,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def error(e: BaseException) -> None:
+def error(e: BaseException | str) -> None:
     """Say on stderr that the command failed, and why."""
     log(f"fluid: error: {e}")
 

@@ -84,11 +84,22 @@ def cmd_pool_clear(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid pool fill|list|clear`."""
-    pool = add_noun(top, "pool", "warm starts: slots (saved booted VMs) and spare sandboxes")
+    pool = add_noun(
+        top,
+        "pool",
+        "warm starts: slots (saved booted VMs) and spare sandboxes",
+        examples=("fluid pool fill", "fluid pool fill 2 --image debian-12", "fluid pool list"),
+    )
     sp = add_command(
         pool, "fill", cmd_pool_fill, "prepare slots and start spares (FLUID_SPARE_SANDBOXES)"
     )
-    sp.add_argument("slots", nargs="?", type=int, default=None, help="default FLUID_WARM_SLOTS")
+    sp.add_argument(
+        "slots",
+        nargs="?",
+        type=int,
+        default=None,
+        help="slots to have ready (default: FLUID_WARM_SLOTS)",
+    )
     sp.add_argument("--image", default=None, help="image name (default: FLUID_IMAGE)")
     add_command(
         pool, "list", cmd_pool_list, "list prepared slots, who holds them, and waiting spares"

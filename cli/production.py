@@ -157,15 +157,25 @@ def cmd_production_destroy(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid production create|exec|list|save-block|start|stop|destroy`."""
-    production = add_noun(top, "production", "the persistent production VM changes are applied to")
+    production = add_noun(
+        top,
+        "production",
+        "the persistent production VM changes are applied to",
+        examples=(
+            "fluid production create web",
+            "fluid production exec web -- 'systemctl is-active ssh'",
+            "fluid production list",
+            "fluid production destroy web",
+        ),
+    )
     sp = add_command(
         production,
         "create",
         cmd_production_create,
         "create a production VM (a full copy of an image) and save its Prefect block",
     )
-    sp.add_argument("name")
-    sp.add_argument("--image", default=None)
+    sp.add_argument("name", help="the VM's name, also its ProductionTarget block's")
+    sp.add_argument("--image", default=None, help="image name (default: FLUID_IMAGE)")
     sp.add_argument(
         "--no-block",
         action="store_true",
@@ -174,9 +184,13 @@ def register(top: argparse._SubParsersAction) -> None:
     sp = add_command(
         production, "exec", cmd_production_exec, "run a command as root", json_flag=False
     )
-    sp.add_argument("name")
+    sp.add_argument("name", help="the production VM's name (`fluid production list`)")
     sp.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
-    sp.add_argument("command", nargs=argparse.REMAINDER)
+    sp.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="after --: the command and its arguments (one word is run by the shell)",
+    )
     add_command(production, "list", cmd_production_list, "list production VMs and orphans")
     for name, fn, help in (
         ("save-block", cmd_production_save_block, "save (again) its ProductionTarget block"),
@@ -184,4 +198,6 @@ def register(top: argparse._SubParsersAction) -> None:
         ("stop", cmd_production_stop, "power a production VM off"),
         ("destroy", cmd_production_destroy, "destroy a production VM and its disk"),
     ):
-        add_command(production, name, fn, help).add_argument("name")
+        add_command(production, name, fn, help).add_argument(
+            "name", help="the production VM's name (`fluid production list`)"
+        )

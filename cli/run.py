@@ -220,10 +220,30 @@ def cmd_reject(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_ID = "0b6e3c1a-5d2f-4f57-9d1e-2f4a8c7b9e10"
+DECISION_EXAMPLES = {
+    "approve": (
+        f'fluid approve {RUN_ID} --comment "ship it"',
+        f"fluid approve {RUN_ID} --digest SHA256",
+    ),
+    "reject": (f'fluid reject {RUN_ID} --comment "use port 8080"',),
+}
+
+
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid run`, `fluid approve` and `fluid reject`."""
     sp = add_command(
-        top, "run", cmd_run, "run an agent task as a Prefect flow run", json_flag=False
+        top,
+        "run",
+        cmd_run,
+        "run an agent task as a Prefect flow run",
+        json_flag=False,
+        examples=(
+            'fluid run "install nginx" --steps examples/hello-nginx.yaml --production web',
+            'fluid run "install nginx" --production web --llm-block local',
+            'fluid run "install nginx" --production web --llm-base-url '
+            "http://127.0.0.1:11434/v1 --llm-model qwen3",
+        ),
     )
     sp.add_argument("task", help="what the agent should do, in words")
     sp.add_argument("--steps", help="YAML file of the scripted agent's steps")
@@ -237,7 +257,7 @@ def register(top: argparse._SubParsersAction) -> None:
     )
     sp.add_argument("--guardrails", help="Guardrails block name (default: fluid's defaults)")
     sp.add_argument("--production", required=True, help="ProductionTarget block name")
-    sp.add_argument("--image", default=None)
+    sp.add_argument("--image", default=None, help="sandbox image name (default: FLUID_IMAGE)")
     sp.add_argument(
         "--host", default=None, help="run on this host (`fluid host list`); default: placed"
     )
@@ -264,9 +284,15 @@ def register(top: argparse._SubParsersAction) -> None:
         ),
         ("reject", cmd_reject, "reject a run; the agent gets the comment"),
     ):
-        sp = add_command(top, name, fn, help, json_flag=False)
-        sp.add_argument("run_id")
-        sp.add_argument("--comment", required=name == "reject", default=None)
+        sp = add_command(top, name, fn, help, json_flag=False, examples=DECISION_EXAMPLES[name])
+        sp.add_argument("run_id", help="the run id `fluid run` printed")
+        sp.add_argument(
+            "--comment",
+            required=name == "reject",
+            default=None,
+            help="why: recorded with the decision"
+            + ("; the agent reads it and tries again" if name == "reject" else ""),
+        )
         sp.add_argument("--approver", default=None, help="your name (default: login name)")
         if name == "approve":
             sp.add_argument(

@@ -143,35 +143,62 @@ def cmd_sandbox_destroy(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid sandbox create|list|exec|ssh|start|stop|checkpoints|destroy|checkpoint|...`."""
-    sandbox = add_noun(top, "sandbox", "sandbox VMs")
+    sandbox = add_noun(
+        top,
+        "sandbox",
+        "sandbox VMs",
+        examples=(
+            "fluid sandbox create --name web",
+            "fluid sandbox exec web -- apt-get install -y nginx",
+            "fluid sandbox checkpoint web clean",
+            "fluid sandbox fork web clean --name web-b",
+            "fluid sandbox destroy web",
+        ),
+    )
     sp = add_command(sandbox, "create", cmd_sandbox_create, "create a sandbox and wait for SSH")
-    sp.add_argument("--name", default=None)
-    sp.add_argument("--image", default=None)
-    sp.add_argument("--network", choices=["nat", "isolated"], default=None)
+    sp.add_argument(
+        "--name", default=None, help="its id: lowercase letters, digits, dashes (default: made up)"
+    )
+    sp.add_argument("--image", default=None, help="image name (default: FLUID_IMAGE)")
+    sp.add_argument(
+        "--network",
+        choices=["nat", "isolated"],
+        default=None,
+        help="nat reaches the internet (not the host's private networks); isolated reaches "
+        "nothing (default: FLUID_NETWORK)",
+    )
     sp.add_argument("--agent", default=None, help="agent id recorded with the sandbox")
     add_command(sandbox, "list", cmd_sandbox_list, "list sandboxes and orphans")
     sp = add_command(sandbox, "exec", cmd_sandbox_exec, "run a command as root", json_flag=False)
-    sp.add_argument("id")
+    sp.add_argument("id", help="the sandbox's id (`fluid sandbox list`)")
     sp.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
-    sp.add_argument("command", nargs=argparse.REMAINDER)
+    sp.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="after --: the command and its arguments (one word is run by the shell)",
+    )
     sp = add_command(sandbox, "ssh", cmd_sandbox_ssh, "open an OpenSSH session", json_flag=False)
-    sp.add_argument("id")
-    sp.add_argument("command", nargs=argparse.REMAINDER)
+    sp.add_argument("id", help="the sandbox's id (`fluid sandbox list`)")
+    sp.add_argument(
+        "command", nargs=argparse.REMAINDER, help="after --: run this instead of a login shell"
+    )
     for name, fn, help in (
         ("start", cmd_sandbox_start, "start a stopped sandbox"),
         ("stop", cmd_sandbox_stop, "power a sandbox off"),
         ("checkpoints", cmd_sandbox_checkpoints, "list checkpoints"),
         ("destroy", cmd_sandbox_destroy, "destroy a sandbox"),
     ):
-        add_command(sandbox, name, fn, help).add_argument("id")
+        add_command(sandbox, name, fn, help).add_argument(
+            "id", help="the sandbox's id (`fluid sandbox list`)"
+        )
     for name, fn, help in (
         ("checkpoint", cmd_sandbox_checkpoint, "checkpoint disk and memory"),
         ("restore", cmd_sandbox_restore, "return to a checkpoint"),
     ):
         sp = add_command(sandbox, name, fn, help)
-        sp.add_argument("id")
-        sp.add_argument("name")
+        sp.add_argument("id", help="the sandbox's id (`fluid sandbox list`)")
+        sp.add_argument("name", help="the checkpoint's name")
     sp = add_command(sandbox, "fork", cmd_sandbox_fork, "a new sandbox from a checkpoint")
-    sp.add_argument("id")
+    sp.add_argument("id", help="the sandbox's id (`fluid sandbox list`)")
     sp.add_argument("name", help="checkpoint to fork from")
     sp.add_argument("--name", dest="new_name", default=None, help="the new sandbox's name")

@@ -52,7 +52,12 @@ def cmd_server_status(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid server start|stop|status`."""
-    server = add_noun(top, "server", "the local Prefect server and worker")
+    server = add_noun(
+        top,
+        "server",
+        "the local Prefect server and worker",
+        examples=("fluid server start", "fluid server status --json", "fluid server stop"),
+    )
     add_command(server, "start", cmd_server_start, "start server, worker and deployments", False)
     add_command(server, "stop", cmd_server_stop, "stop the local worker and server", False)
     add_command(server, "status", cmd_server_status, "is the local server up?")

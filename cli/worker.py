@@ -61,7 +61,12 @@ def cmd_worker_stop(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid worker start|stop [--host ID]`."""
-    worker = add_noun(top, "worker", "this hypervisor host's Prefect worker")
+    worker = add_noun(
+        top,
+        "worker",
+        "this hypervisor host's Prefect worker",
+        examples=("fluid worker start", "fluid worker start --host hv-2", "fluid worker stop"),
+    )
     for name, fn, help in (
         ("start", cmd_worker_start, "register the host and start its worker on its own queue"),
         ("stop", cmd_worker_stop, "stop the host's worker"),

@@ -7,6 +7,11 @@ class FluidError(Exception):
     """Base of every error fluid raises on purpose."""
 
 
+class SettingsError(FluidError, ValueError):
+    """A FLUID_* environment variable (or a setting passed in code) has a value fluid cannot
+    use; the message names the variable and its value."""
+
+
 class InvalidName(FluidError, ValueError):
     """A sandbox, checkpoint or image name does not match the allowed pattern."""
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+import pydantic_settings
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infra.errors import SettingsError
+
+ENV_PREFIX = "FLUID_"
 
 
 def _default_home() -> Path:
@@ -19,7 +26,7 @@ def _default_home() -> Path:
 class FluidSettings(BaseSettings):
     """Where fluid keeps its state and how it talks to libvirt; every field is FLUID_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="FLUID_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Database, CA key, config.")
     host_id: str | None = Field(
@@ -113,13 +120,23 @@ class FluidSettings(BaseSettings):
     )
     work_pool: str = Field(default="fluid", description="The process work pool fluid deploys to.")
 
+    def __init__(self, **values: Any) -> None:
+        # pydantic names the field (`memory_mib`); a user set FLUID_MEMORY_MIB, so every
+        # caller gets an error that names the variable and the value it holds.
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise SettingsError(_invalid_values(e, values)) from e
+        except pydantic_settings.SettingsError as e:
+            raise SettingsError(_unparsable_value(e)) from e
+
     @field_validator("production_address")
     @classmethod
     def _an_address(cls, value: str) -> str:
         try:
             return str(ipaddress.ip_address(value))
         except ValueError as e:
-            raise ValueError(f"FLUID_PRODUCTION_ADDRESS: {value!r} is not an IP address") from e
+            raise ValueError("not an IP address") from e
 
     @field_validator("egress_allow")
     @classmethod
@@ -129,7 +146,7 @@ class FluidSettings(BaseSettings):
             try:
                 nets.append(str(ipaddress.ip_network(word, strict=False)))
             except ValueError as e:
-                raise ValueError(f"FLUID_EGRESS_ALLOW: {word!r} is not a CIDR ({e})") from e
+                raise ValueError(f"{word!r} is not a CIDR") from e
         return ",".join(nets)
 
     def egress_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -183,20 +200,60 @@ class FluidSettings(BaseSettings):
         return self.home / "runs"
 
 
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`: FLUID_<FIELD>."""
+    return ENV_PREFIX + field.upper()
+
+
+def _where(field: str, values: dict[str, Any], value: Any) -> str:
+    """`FLUID_X='value'` (or `x='value'` when the caller passed it); secrets not shown."""
+    name = field if field in values else env_name(field)
+    secret = FluidSettings.model_fields[field].annotation in (SecretStr, SecretStr | None)
+    return f"{name}=<hidden>" if secret else f"{name}={value!r}"
+
+
+def _invalid_values(e: ValidationError, values: dict[str, Any]) -> str:
+    """One line naming each refused variable, its value and what it must be."""
+    parts = []
+    for err in e.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "value_error":
+            why = str(err["ctx"]["error"])
+        else:
+            why = re.sub(r"^\w+ should", "must", err["msg"])
+        if field in FluidSettings.model_fields:
+            parts.append(f"{_where(field, values, err['input'])}: {why}")
+        else:
+            parts.append(why)
+    return "; ".join(parts)
+
+
+def _unparsable_value(e: pydantic_settings.SettingsError) -> str:
+    """pydantic-settings refuses a value it cannot decode (JSON for a tuple) before validation;
+    its message names only the field."""
+    found = re.search(r'field "(\w+)"', str(e))
+    if not found or found.group(1) not in FluidSettings.model_fields:
+        return str(e)
+    field = found.group(1)
+    value = os.environ.get(env_name(field))
+    default = FluidSettings.model_fields[field].default
+    example = f" (e.g. {env_name(field)}='{json.dumps(default)}')" if default is not None else ""
+    shown = _where(field, {}, value) if value is not None else env_name(field)
+    return f"{shown}: not a JSON value{example}"
+
+
 def environment(settings: FluidSettings) -> dict[str, str]:
     """This process's environment with FLUID_* replaced so FluidSettings() reads back `settings`
     (a setting left at None must not be read from the parent's variables)."""
-    import json
-
     env = dict(os.environ)
     for name in FluidSettings.model_fields:
-        env.pop(f"FLUID_{name.upper()}", None)
+        env.pop(env_name(name), None)
         value = getattr(settings, name)
         if value is None:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        env[f"FLUID_{name.upper()}"] = json.dumps(value) if isinstance(value, tuple) else str(value)
+        env[env_name(name)] = json.dumps(value) if isinstance(value, tuple) else str(value)
     return env
 
 

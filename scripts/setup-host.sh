@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepare a Debian 12 host for fluid: packages, libvirt daemons, the .venv. Idempotent.
+# Prepare a Debian 12 host for fluid: packages, libvirt daemons (systemd's units where systemd
+# runs, started by hand elsewhere), the .venv. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -28,13 +29,32 @@ if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 660 /dev/kvm
 fi
 
-# No init system here (containers, CI): start the daemons ourselves. libvirtd runs under
-# tini as a subreaper: a destroyed QEMU is an orphan, and libvirt waits until it is reaped;
-# a container's PID 1 may reap only every second or two (a destroy took 1.6-2 s, 0.2 s so).
-if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
-if ! pgrep -x libvirtd >/dev/null; then
-  mkdir -p /var/log/libvirt
-  setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.log 2>&1 &
+if [ -d /run/systemd/system ]; then
+  # systemd runs here: its sockets start libvirtd on demand (and it exits when idle), so a
+  # daemon started by hand would run unmanaged beside them. Debian 12 ships the monolithic
+  # libvirtd (no virtqemud units). A daemon left running outside systemd holds the sockets'
+  # paths: say so rather than start a second one.
+  for daemon in virtlogd libvirtd; do
+    managed=$(systemctl show -p MainPID --value "$daemon.service")
+    for pid in $(pgrep -x "$daemon" || true); do
+      if [ "$pid" != "$managed" ]; then
+        echo "setup: $daemon (pid $pid) runs outside systemd; stop it (kill $pid) and run" \
+          "this again, so systemd's units take over" >&2
+        exit 1
+      fi
+    done
+  done
+  systemctl enable --now virtlogd.socket libvirtd.socket libvirtd-ro.socket \
+    libvirtd-admin.socket >&2
+else
+  # No init system here (containers, CI): start the daemons ourselves. libvirtd runs under
+  # tini as a subreaper: a destroyed QEMU is an orphan, and libvirt waits until it is reaped;
+  # a container's PID 1 may reap only every second or two (a destroy took 1.6-2 s, 0.2 s so).
+  if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
+  if ! pgrep -x libvirtd >/dev/null; then
+    mkdir -p /var/log/libvirt
+    setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.log 2>&1 &
+  fi
 fi
 for _ in $(seq 50); do
   virsh -c qemu:///system version >/dev/null 2>&1 && break

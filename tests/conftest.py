@@ -32,6 +32,7 @@ from infra.state.diff import compare  # noqa: E402
 from orchestration import control_plane
 
 FLUID = str(Path(sys.executable).with_name("fluid"))
+ROOT = Path(__file__).resolve().parent.parent
 # Unique per session: a production VM outlives a killed session (it has no TTL), and the next
 # session, or another developer's on the same host, must not collide with it.
 PRODUCTION_NAME = f"t-prod-{os.urandom(3).hex()}"
@@ -152,9 +153,16 @@ def golden_image(settings: FluidSettings) -> images.ImageManifest:
     return images.build(progress=None, settings=settings)
 
 
-def fluid(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run the real `fluid` command line; stdout and stderr as bytes."""
-    r = subprocess.run([FLUID, *args], capture_output=True, timeout=timeout)
+def fluid(
+    *args: str, check: bool = True, timeout: float = 1800, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `fluid` command line of this checkout (`env` added to the environment);
+    stdout and stderr as bytes."""
+    full = {**os.environ, **(env or {})}
+    # The console script imports `cli` from sys.path, where PYTHONPATH comes before the
+    # checkout the venv was installed from: the command runs the code under test.
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), full.get("PYTHONPATH"))))
+    r = subprocess.run([FLUID, *args], capture_output=True, timeout=timeout, env=full)
     if check and r.returncode != 0:
         raise AssertionError(f"fluid {' '.join(args)} exited {r.returncode}: {r.stderr!r}")
     return r

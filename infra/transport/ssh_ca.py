@@ -162,8 +162,7 @@ class CertificateAuthority:
         if port_forwarding:
             builder = builder.add_extension(b"permit-port-forwarding", b"")
         cert = (
-            builder
-            .public_key(session_key.public_key())
+            builder.public_key(session_key.public_key())
             .serial(serial)
             .type(serialization.SSHCertificateType.USER)
             .key_id(key_id.encode())

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.errors import SettingsError
 from infra.host import firewall, images
 from infra.host.permissions import qemu_dir
 from infra.machines import checkpoints, sandbox_records, sandboxes, warm_slots
@@ -240,7 +241,7 @@ def test_the_allow_list_opens_only_what_it_names_and_never_loopback(settings):
     opened = firewall.rules(FluidSettings(egress_allow="127.0.0.0/8"))
     at = opened.index(next(r for r in opened if r.daddr == ("127.0.0.0/8",)))
     assert at > next(i for i, r in enumerate(opened) if r.loopback)
-    with pytest.raises(ValueError, match="FLUID_EGRESS_ALLOW: 'mirror.lan' is not a CIDR"):
+    with pytest.raises(SettingsError, match="'mirror.lan' is not a CIDR"):
         FluidSettings(egress_allow="mirror.lan")
 
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
+from infra.errors import SettingsError
 from infra.host import identity
 from infra.host.identity import BadHostId, check, host_id
 from infra.settings import FluidSettings
@@ -73,7 +73,7 @@ def test_a_malformed_fluid_host_id_is_refused_by_the_settings(
     monkeypatch: pytest.MonkeyPatch, bad: str
 ):
     monkeypatch.setenv("FLUID_HOST_ID", bad)
-    with pytest.raises(ValidationError, match="host_id"):
+    with pytest.raises(SettingsError, match="FLUID_HOST_ID="):
         FluidSettings()
 
 
