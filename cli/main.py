@@ -10,6 +10,7 @@ from cli import (
     attach,
     audit,
     change,
+    db,
     host,
     image,
     janitor,
@@ -41,6 +42,7 @@ NOUNS = (
     worker,
     audit,
     janitor,
+    db,
 )
 
 

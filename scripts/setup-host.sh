@@ -56,4 +56,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e ".[test]" >&2
   touch "$stamp"
 fi
+# fluid's store at the newest schema before anything uses it (idempotent, locked).
+.venv/bin/fluid db upgrade >&2
 echo "setup: host ready ($root/.venv)" >&2
