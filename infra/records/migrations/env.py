@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 from infra.records import store  # noqa: F401 (defines the tables autogenerate compares)
 from infra.settings import get_settings
 
 
-def run(connection) -> None:
+def run(connection: Connection) -> None:
     """Run the pending migrations on `connection`, in its transaction if it has one."""
     context.configure(
         connection=connection,
