@@ -1,13 +1,20 @@
 # The two commands of the README, and their parts.
-.PHONY: demo test setup image lint bench cluster-demo
+.PHONY: demo test setup image lint bench cluster-demo lock
 
 setup:
-	bash scripts/setup-host.sh
+	bash scripts/setup-host.sh test
+
+# Regenerate constraints.txt (the pinned versions setup installs) after changing dependencies.
+lock:
+	bash scripts/lock.sh
 
 image: setup
 	.venv/bin/fluid image build
 
-demo: image
+# Only what the demo needs: fluid without test extras, no Chromium.
+demo:
+	bash scripts/setup-host.sh none
+	.venv/bin/fluid image build
 	bash scripts/demo.sh
 
 lint: setup

@@ -12,6 +12,7 @@ from cli import (
     audit,
     change,
     completion,
+    db,
     host,
     image,
     janitor,
@@ -44,6 +45,7 @@ NOUNS = (
     worker,
     audit,
     janitor,
+    db,
 )
 
 EXAMPLES = (

@@ -158,3 +158,7 @@ class WrongHost(FluidError):
 
 class OnAnotherHost(FluidError):
     """The sandbox or VM lives on another fluid host; only that host can reach it."""
+
+
+class SchemaError(FluidError):
+    """The store's database cannot be brought to the schema this fluid needs."""

@@ -38,6 +38,7 @@ from pydantic import SecretStr
 
 from infra.host.identity import check, host_id
 from infra.host.permissions import PRIVATE_FILE, private_dir, write_private
+from infra.records import store
 from infra.settings import FluidSettings, environment, get_settings
 from orchestration import host_deployments
 from orchestration.prefect_api import ControlPlane, ControlPlaneError, api_call, api_status
@@ -177,6 +178,7 @@ def _prefect_cli(args: list[str], cp: ControlPlane, settings: FluidSettings) -> 
 
 def start_server(settings: FluidSettings, say: Progress = _quiet) -> ControlPlane:
     """Start the API server unless it answers already; wait until it is healthy."""
+    store.engine(settings)  # the store's migrations run here, before any flow opens it
     cp = local(settings)
     if api_status(f"{cp.api_url}/health") == 200:
         if api_status(f"{cp.api_url}/admin/version", cp.auth_string) != 200:

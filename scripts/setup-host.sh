@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host for fluid: packages, libvirt daemons (systemd's units where systemd
 # runs, started by hand elsewhere), the .venv. Idempotent.
+# Usage: setup-host.sh [EXTRAS]: fluid's extras to install, comma-separated (default: test;
+# "none" for fluid alone, as `make demo` does). Chromium (for the UI tests) comes with test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+extras=${1:-test}
 
 packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   libvirt-dev pkg-config gcc python3-dev python3-venv debootstrap openssh-client openssh-server
   nftables genisoimage tmux make curl fdisk tini
-  chromium
 )
+case ",$extras," in *,test,*) packages+=(chromium) ;; esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -67,13 +70,17 @@ if [ ! -x .venv/bin/pip ] || ! .venv/bin/python -c "import pip" 2>/dev/null; the
   echo "setup: creating .venv" >&2
   rm -rf .venv
   "$python" -m venv .venv
-  rm -f .venv/.fluid-installed
+  rm -f .venv/.fluid-installed*
 fi
-stamp=.venv/.fluid-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing fluid into .venv" >&2
+stamp=.venv/.fluid-installed-${extras//,/-}
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  echo "setup: installing fluid into .venv (extras: $extras)" >&2
   .venv/bin/pip install -q --upgrade pip >&2
-  .venv/bin/pip install -q -e ".[test]" >&2
+  # The versions scripts/lock.sh recorded: every machine installs the same ones.
+  spec=.; [ "$extras" = none ] || spec=".[$extras]"
+  .venv/bin/pip install -q -c constraints.txt -e "$spec" >&2
   touch "$stamp"
 fi
+# fluid's store at the newest schema before anything uses it (idempotent, locked).
+.venv/bin/fluid db upgrade >&2
 echo "setup: host ready ($root/.venv)" >&2

@@ -1,13 +1,20 @@
 """Store records made directly, for tests about whose records a host sees: a sandbox on
-another host, an expired one, a spare, a lost one. No VM stands behind them."""
+another host, an expired one, a spare, a lost one. No VM stands behind them. And databases
+as the previous release (0140cc1, before migrations) created them."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine
 
 from infra.records import store
 from infra.records.store import SandboxRecord
 from infra.settings import FluidSettings
+from tests.conftest import fresh_postgres_database
+
+PREVIOUS_RELEASE = Path(__file__).parent / "infra" / "records"
 
 
 def add_sandbox_record(
@@ -44,3 +51,21 @@ def add_sandbox_record(
     with store.session(settings) as s:
         s.add(rec)
     return rec
+
+
+def database(kind: str, tmp_path: Path, name: str) -> str:
+    """The URL of a new, empty database of `kind`."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / f'{name}.db'}"
+    return fresh_postgres_database(name)
+
+
+def previous_release(kind: str, tmp_path: Path, name: str) -> Engine:
+    """A database as the previous release (0140cc1) created it, from its checked-in DDL."""
+    engine = create_engine(database(kind, tmp_path, name))
+    lines = (PREVIOUS_RELEASE / f"previous_release.{kind}.sql").read_text().splitlines()
+    ddl = "\n".join(line for line in lines if not line.startswith("--"))
+    with engine.begin() as conn:
+        for statement in filter(str.strip, ddl.split(";")):
+            conn.exec_driver_sql(statement)
+    return engine

@@ -1,53 +1,47 @@
-"""fluid's schema, applied once per change of it, not by every process that opens the store.
+"""fluid's schema version: Alembic migrations (infra/records/migrations/) bring a database to
+HEAD once per change of it, not by every process that opens the store.
 
-Every process that opens the store compares the schema it was built with (a fingerprint of
-its tables, columns and indexes) with the one the database records. Only when they differ does
-it take the schema lock (a PostgreSQL advisory lock, held by its transaction, or an flock
-beside an SQLite file), look again (another process may have done the work meanwhile), create
-the missing tables and indexes, add the missing nullable columns, and record the fingerprint.
-Many hosts starting at once against one PostgreSQL therefore never race on the DDL.
+Every process that opens the store reads the revision the database records. Only when it is
+not HEAD does it take the schema lock (a PostgreSQL advisory lock, held by the migration's
+transaction, or an flock beside an SQLite file), read it again (another process may have done
+the work meanwhile) and run the pending migrations. Many hosts starting at once against one
+PostgreSQL therefore never race on the DDL. A database fluid made before it used Alembic (its
+tables but no alembic_version) is first stamped at BASELINE, the previous release's schema.
 """
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, inspect, select, text
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import Connection
 
+from infra.errors import SchemaError
 from infra.host.file_locks import FileLock
 
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest revision in MIGRATIONS/versions (a test holds the two equal): the fast path needs
+# no Alembic import, which costs every short-lived `fluid` command tens of milliseconds.
+HEAD = "0002"
+# The schema of the release before migrations (0140cc1): what a database without
+# alembic_version but with fluid's tables is taken to be.
+BASELINE = "0001"
+VERSION_TABLE = "alembic_version"
 # Any 64-bit number that no other application on a shared PostgreSQL is likely to lock.
 ADVISORY_LOCK_KEY = 0x666C756964  # "fluid"
 
-VERSION_TABLE = Table(
-    "fluid_schema",
-    MetaData(),
-    Column("id", String, primary_key=True),
-    Column("fingerprint", String, nullable=False),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
-)
 
-
-def fingerprint(metadata: MetaData) -> str:
-    """A digest of every table's columns (name, type, nullability) and indexes."""
-    parts = []
-    for table in sorted(metadata.sorted_tables, key=lambda t: t.name):
-        for c in table.columns:
-            parts.append(f"{table.name}.{c.name}:{c.type!r}:{c.nullable}")
-        parts += sorted(f"{table.name}#{i.name}" for i in table.indexes)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def recorded(engine: Engine) -> str | None:
-    """The fingerprint the database was last brought to, or None."""
-    if not inspect(engine).has_table(VERSION_TABLE.name):
-        return None
+def revision(engine: Engine) -> str | None:
+    """The revision the database was last brought to, or None (new, or made before Alembic)."""
     with engine.connect() as conn:
-        return conn.execute(select(VERSION_TABLE.c.fingerprint)).scalar()
+        return _revision(conn)
+
+
+def _revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def _file_lock(engine: Engine) -> AbstractContextManager[object]:
@@ -57,42 +51,32 @@ def _file_lock(engine: Engine) -> AbstractContextManager[object]:
     return FileLock(Path(database).with_name(Path(database).name + ".schema-lock"), wait=True)
 
 
-def apply(engine: Engine, metadata: MetaData) -> bool:
-    """Bring the database to `metadata`'s schema unless it is there; True when DDL ran."""
-    want = fingerprint(metadata)
-    if recorded(engine) == want:
+def upgrade(engine: Engine) -> bool:
+    """Bring the database to HEAD unless it is there; True when migrations ran."""
+    if revision(engine) == HEAD:
         return False
+    # Alembic is imported only by the process that migrates (see HEAD).
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
     with _file_lock(engine), engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-        VERSION_TABLE.create(conn, checkfirst=True)
-        have = conn.execute(select(VERSION_TABLE.c.fingerprint)).scalar()
-        if have == want:
+        have = _revision(conn)
+        if have == HEAD:
             return False
-        metadata.create_all(conn)
-        _add_missing_columns(conn, metadata)
-        conn.execute(VERSION_TABLE.delete())
-        conn.execute(
-            VERSION_TABLE.insert().values(
-                id="fluid", fingerprint=want, applied_at=datetime.now(UTC)
-            )
-        )
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        # env.py runs the migrations on this connection, inside this transaction (and lock).
+        config.attributes["connection"] = conn
+        try:
+            if have is None and inspect(conn).has_table("sandboxes"):
+                command.stamp(config, BASELINE)
+            command.upgrade(config, "head")
+        except CommandError as e:
+            raise SchemaError(
+                f"fluid cannot upgrade the store at {engine.url.render_as_string()}: {e} "
+                "(a newer fluid may have migrated it: upgrade fluid here too)"
+            ) from e
     return True
-
-
-def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
-    """Add the columns newer fluid versions introduced (all nullable) to existing tables, and
-    the indexes on them."""
-    insp = inspect(conn)
-    for table in metadata.sorted_tables:
-        have = {c["name"] for c in insp.get_columns(table.name)}
-        added = set()
-        for col in table.columns:
-            if col.name not in have and col.nullable:
-                ddl = col.type.compile(conn.dialect)
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
-                added.add(col.name)
-        indexed = {i["name"] for i in insp.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in indexed and {c.name for c in index.columns} & added:
-                index.create(conn)

@@ -271,7 +271,7 @@ def _cached_engine(url: str) -> Engine:
         event.listen(engine, "connect", sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    schema.apply(engine, SQLModel.metadata)
+    schema.upgrade(engine)
     return engine
 
 

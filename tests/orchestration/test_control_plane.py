@@ -2,7 +2,8 @@
 speak to one: each host's work queue is made in fluid's pool when missing (the API refuses
 anyone without the auth string), a missing pool is reported with how to make it, each host's
 worker has its own pid file, log and janitor deployment on its queue, and a server named by
-PREFECT_API_URL is the one a worker works for.
+PREFECT_API_URL is the one a worker works for; starting the server brings fluid's store to the
+newest schema first.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from infra.host.identity import host_id
+from infra.records import schema
 from infra.records.hosts import work_queue
 from infra.settings import FluidSettings
 from orchestration import control_plane, host_deployments
 from orchestration.control_plane import ControlPlaneError
 from orchestration.prefect_api import api_status
+from tests.records import previous_release
 
 
 def settings_at(tmp_path: Path, **kw: object) -> FluidSettings:
@@ -95,3 +98,16 @@ def test_a_hosts_worker_polls_its_queue_and_has_its_janitor_there(prefect_stack,
         janitor = client.read_deployment_by_name(f"janitor/{host_deployments.janitor_name(me)}")
     assert janitor.work_queue_name == work_queue(me)
     assert [s.schedule.cron for s in janitor.schedules] == ["*/10 * * * *"]
+
+
+def test_starting_the_server_upgrades_a_previous_release_store(
+    prefect_stack, settings, tmp_path
+) -> None:
+    old = previous_release("sqlite", tmp_path, "old")
+    url = old.url.render_as_string()
+    assert schema.revision(old) is None
+
+    # The session's server answers already: start_server finds it, after the store's upgrade.
+    control_plane.start_server(settings.model_copy(update={"database_url": url}))
+
+    assert schema.revision(old) == schema.HEAD
