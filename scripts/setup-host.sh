@@ -13,7 +13,8 @@ packages=(
   libvirt-dev pkg-config gcc python3-dev python3-venv debootstrap openssh-client openssh-server
   nftables genisoimage tmux make curl fdisk tini
 )
-case ",$extras," in *,test,*) packages+=(chromium) ;; esac
+# Chromium for the UI tests, zsh for the completion test.
+case ",$extras," in *,test,*) packages+=(chromium zsh) ;; esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
