@@ -27,11 +27,16 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def register(top: argparse._SubParsersAction) -> None:
     """`fluid db upgrade`."""
-    db = add_noun(top, "db", "fluid's store (its database schema)")
+    db = add_noun(
+        top,
+        "db",
+        "fluid's store (its database schema)",
+        examples=("fluid db upgrade", "FLUID_DATABASE_URL=postgresql+psycopg://… fluid db upgrade"),
+    )
     add_command(
         db,
         "upgrade",
         cmd_db_upgrade,
         "bring the store's schema up to date (safe to run while fluid runs, and from many "
-        "hosts at once), e.g. `fluid db upgrade`",
+        "hosts at once)",
     )
