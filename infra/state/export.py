@@ -96,7 +96,9 @@ def export(cs: ChangeSet, out: Path, settings: FluidSettings | None = None) -> P
             header += "# Review with care:\n" + "".join(
                 f"#  - {playbook_yaml.comment_text(f)}\n" for f in flagged
             )
-        _write(out / "site.yml", header + playbook_yaml.dump([_play(cs)]))
+        # A left-out change's comment names the guest's path, which may be long.
+        site = playbook_yaml.exempt_long_lines(header) + playbook_yaml.dump([_play(cs)])
+        _write(out / "site.yml", site)
         # json escapes what the guest wrote that is not UTF-8; pydantic's encoder refuses it.
         _write(out / "changeset.json", json.dumps(cs.model_dump(), indent=2) + "\n")
         _write(out / "DIGEST", digest(out) + "\n")

@@ -171,15 +171,22 @@ def dump_tasks(tasks: list[dict[str, Any]], notes: list[str | None]) -> str:
         first, _, rest = _dump([task]).partition("\n")
         if holds_template(task):
             first += f"  {GUEST_TEMPLATE_NOQA}"
-        # Split on newlines only: a scalar may hold other line separators, escaped or not.
-        for line in [first, *rest.split("\n")[:-1]]:
-            if len(line) > LINE_MAX:
-                indent = line[: len(line) - len(line.lstrip(" "))]
-                text += f"{indent}{LONG_LINE}\n"
-            text += f"{line}\n"
+        text += exempt_long_lines(f"{first}\n{rest}")
     if not _same(load(text or "[]"), tasks):
         raise PlaybookYAMLError("the playbook YAML does not read back as written; not exported")
     return text or "[]\n"
+
+
+def exempt_long_lines(text: str) -> str:
+    """`text` (YAML whose every line ends outside a scalar) with LONG_LINE before each line
+    longer than LINE_MAX, indented as that line is."""
+    out = ""
+    # Split on newlines only: a scalar may hold other line separators, escaped or not.
+    for line in text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"):
+        if len(line) > LINE_MAX:
+            out += line[: len(line) - len(line.lstrip(" "))] + LONG_LINE + "\n"
+        out += line + "\n"
+    return out
 
 
 def _same(a: object, b: object) -> bool:

@@ -40,6 +40,7 @@ HOSTILE = {
     "/etc/App.conf": "collides",  # after /etc/APP.conf once case is folded
     "/opt/tool/bin": "collides",  # /opt/tool is a file
 }
+LEFT_OUT = "/srv/" + "not-utf8-" * 30 + "\udcff"
 SAFE = {
     "/etc/nginx/nginx.conf": b"worker_processes 2;\n",
     "/etc/APP.conf": b"upper\n",
@@ -113,6 +114,8 @@ def every_kind(contents) -> ChangeSet:
             _file("/srv/app", kind="directory", mode=0o755),
             *(_file(p, _sha(data)) for p, data in contents.items()),
             _file(f"/srv/app/link {T}", kind="symlink", target=T),
+            # Not UTF-8, so left out, and named in site.yml's header: a long comment line.
+            _file(LEFT_OUT, kind="directory", mode=0o755),
             Change(
                 kind="files",
                 key="/etc/motd",
@@ -254,6 +257,7 @@ def test_the_change_covers_every_resource_kind(every_kind):
 
 
 def test_ansible_lint_production_profile_passes_on_it(playbook, tmp_path):
+    assert "left out files '/srv/not-utf8-" in (playbook / "site.yml").read_text()
     lint_playbook(playbook)
     assert_ansible_syntax(playbook, tmp_path)
     assert verify_digest(playbook)
