@@ -21,6 +21,12 @@ def lint_playbook(playbook: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="fluid-lint-") as tmp:
         copy = Path(tmp) / "playbook"
         shutil.copytree(playbook, copy, symlinks=True)
+        # A sealed playbook is read-only; its copy must take the linter's caches.
+        for d, _, files in os.walk(copy):
+            os.chmod(d, 0o700)
+            for f in files:
+                if not (Path(d) / f).is_symlink():
+                    os.chmod(Path(d) / f, 0o600)
         r = subprocess.run(
             [
                 str(bin_dir / "ansible-lint"),
