@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -353,3 +354,17 @@ def test_a_layout_never_gives_two_contents_one_name_nor_one_inside_another():
     for n in names:
         assert not any(other.startswith(n + "/") for other in names), n
     assert stored[made[-1]].name == "x/y" and stored[made[-1]].fallback is None
+
+
+def test_the_digest_binds_every_file_under_its_path(playbook, tmp_path):
+    files = Path(ROLE) / "files"
+    for change in ("edit", "move"):
+        copy = tmp_path / change
+        shutil.copytree(playbook, copy)
+        conf = copy / "roles" / files / "etc/nginx/nginx.conf"
+        assert verify_digest(copy)
+        if change == "edit":
+            conf.write_bytes(b"worker_processes 64;\n")
+        else:  # the same bytes, copied to another target path
+            conf.rename(conf.with_name("mime.types"))
+        assert not verify_digest(copy), change
