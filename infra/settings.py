@@ -101,10 +101,11 @@ class FluidSettings(BaseSettings):
     hash_index_max_entries: int = Field(
         default=500_000, ge=0, description="Most entries the per-image hash index keeps."
     )
-    ansible_strategy: Literal["mitogen", "linear"] = Field(
-        default="mitogen",
-        description="mitogen keeps one Python per host for a whole playbook run (several times "
-        "faster on slow guests); linear is Ansible's own, one Python per task.",
+    ansible_strategy: Literal["linear", "mitogen"] = Field(
+        default="linear",
+        description="linear is Ansible's own strategy, one Python per task; mitogen (the "
+        "optional `mitogen` extra) keeps one Python per host for a whole run, faster on slow "
+        "guests, and supports only the ansible-core versions Mitogen does.",
     )
     port_range: tuple[int, int] = (22200, 22999)
     production_address: str = Field(

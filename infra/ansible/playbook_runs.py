@@ -228,7 +228,7 @@ def run_playbook(
             # One SSH round trip per task instead of several: tasks are slow on TCG guests.
             "ANSIBLE_PIPELINING": "1",
             "ANSIBLE_LOCAL_TEMP": str(Path(tmp) / "ansible-tmp"),
-            **_strategy(settings.ansible_strategy),
+            **strategy_environment(settings.ansible_strategy),
         }
         start = time.monotonic()
         config = RunnerConfig(
@@ -314,11 +314,23 @@ def _utf8(locale: str | None) -> str:
     return "C.UTF-8"
 
 
-def _strategy(name: str) -> dict[str, str]:
-    """Environment selecting the play strategy; mitogen's plugin ships inside its package."""
+class MitogenNotInstalled(FluidError):
+    """FLUID_ANSIBLE_STRATEGY=mitogen, and Mitogen is not installed."""
+
+
+def strategy_environment(name: str) -> dict[str, str]:
+    """Environment selecting the play strategy; mitogen's plugin ships inside its package,
+    imported only when chosen (it is an optional extra)."""
     if name != "mitogen":
         return {"ANSIBLE_STRATEGY": name}
-    import ansible_mitogen
+    try:
+        import ansible_mitogen
+    except ImportError as e:
+        raise MitogenNotInstalled(
+            "FLUID_ANSIBLE_STRATEGY=mitogen, but Mitogen is not installed: install fluid's "
+            "`mitogen` extra (pip install 'fluid[mitogen]') or unset FLUID_ANSIBLE_STRATEGY "
+            f"to use Ansible's linear strategy ({e})"
+        ) from None
 
     plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
     return {

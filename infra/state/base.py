@@ -176,11 +176,11 @@ class DiffContext(BaseModel):
 
 
 class TaskBundle(BaseModel):
-    """Ansible tasks and handlers one kind contributes, plus files for the role's files/."""
+    """Ansible tasks and handlers one kind contributes; a copy task's `src` is a
+    playbook_files.Content, which export names in the role's files/."""
 
     tasks: list[dict[str, Any]] = Field(default_factory=list)
     handlers: list[dict[str, Any]] = Field(default_factory=list)
-    files: dict[str, str] = Field(default_factory=dict, description="files/ name → blob sha256")
     flagged: list[str] = Field(default_factory=list, description="tasks needing extra review")
     last: list[dict[str, Any]] = Field(
         default_factory=list, description="tasks that run after every kind's tasks"

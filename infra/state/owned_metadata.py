@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from infra.state.base import Change, kinds
-from infra.state.playbook_yaml import unsafe
+from infra.state.playbook_yaml import task_name, unsafe
 
 # What a module creates a path with when told nothing else (root's umask 022): a new owned
 # path like this needs no task of its own.
@@ -90,4 +90,5 @@ def task(c: Change) -> dict[str, Any]:
         args |= {"state": "directory" if a["type"] == "directory" else "file"}
         args["mode"] = f"{a['mode']:04o}"
     args |= {"owner": unsafe(a["owner"]), "group": unsafe(a["group"])}
-    return {"name": unsafe(f"set the mode and owner of {c.key}"), "ansible.builtin.file": args}
+    name = task_name(f"Set the mode and owner of {c.key}")
+    return {"name": name, "ansible.builtin.file": args}

@@ -6,7 +6,8 @@ notify entries, handler names), also under --check; a guest that names a file
 templated. Kinds wrap each guest-derived string in `Unsafe` (with `unsafe` and `unsafe_each`);
 `dump` tags those (a value Ansible would read as a number or boolean even when tagged is quoted
 instead: it holds no template syntax) and nothing else, so fluid's own values (modules, states,
-modes, blob names) stay plain and the playbook reads like one written by hand."""
+modes, files/ names) stay plain and the playbook reads like one written by hand. Task and
+handler names are the exception: plain, with every Jinja opener split (`task_name`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import yaml
 from infra.errors import FluidError
 from infra.state.base import Change
 
-# The only file names fluid gives the contents it copies: a sha256 it validated.
+# A sha256 fluid validated: what captured contents are filed under.
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Wide enough that no scalar is ever folded over lines.
 _WIDTH = 1 << 30
@@ -49,7 +50,7 @@ def unsafe_each(values: Iterable[str]) -> list[Unsafe]:
 
 
 def blob_name(sha: object) -> str:
-    """The files/ name of captured content: its sha256, refused unless 64 lowercase hex."""
+    """A sha256 that names captured content, refused unless 64 lowercase hex digits."""
     if not isinstance(sha, str) or not SHA256.fullmatch(sha):
         shown = repr(sha)[:80]
         raise PlaybookYAMLError(
@@ -59,17 +60,53 @@ def blob_name(sha: object) -> str:
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        # Lists indented under their key, as yamllint (and so ansible-lint) expects.
+        super().increase_indent(flow, False)
 
 
 class _Loader(yaml.SafeLoader):
     pass
 
 
+# Jinja's default openers; a task name never holds one (see task_name).
+JINJA_OPENER = re.compile(r"\{(?=[{%#])")
+# What ansible-lint skips on a task whose guest values (all `!unsafe`, never templated) look
+# like templates: it reads them as templates it cannot parse or would space differently.
+GUEST_TEMPLATE_NOQA = "# noqa: jinja[invalid] jinja[spacing]"
+# yamllint's (and so ansible-lint's) longest line. A guest string is never folded (one line
+# each), so a longer line is a guest's: the comment before it exempts that line alone.
+LINE_MAX = 160
+LONG_LINE = "# yamllint disable-line rule:line-length"
+# Characters of a task name; the guest string it shows stays whole in the arguments.
+NAME_MAX = 200
+
+
+def task_name(text: str) -> str:
+    """A task or handler name: `text` (fluid's verb and the guest's words) made inert.
+
+    Names stay plain, not `!unsafe`: ansible-lint matches its `# noqa` comments to tasks by
+    name and cannot compare a tagged one. So what would make a name a template is taken
+    out: each Jinja opener (`{{`, `{%`, `{#`) is split by a space and anything not printable
+    shown as its escape. The exact guest string is in the task's arguments, tagged.
+    """
+    shown = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode()
+        for ch in text
+    )
+    shown = JINJA_OPENER.sub("{ ", shown)
+    return shown if len(shown) <= NAME_MAX else shown[: NAME_MAX - 1] + "…"
+
+
+def holds_template(value: object) -> bool:
+    """True when a guest string in `value` (a task) holds a Jinja opener."""
+    return any(isinstance(s, Unsafe) and JINJA_OPENER.search(s) for s in _strings(value))
+
+
 def removal_task(path: str) -> dict[str, Any]:
     """The task that removes the guest's file or directory `path`."""
     return {
-        "name": unsafe(f"remove {path}"),
+        "name": task_name(f"Remove {path}"),
         "ansible.builtin.file": {"path": unsafe(path), "state": "absent"},
     }
 
@@ -121,6 +158,35 @@ def dump(data: object) -> str:
     if not _same(load(text), data):
         raise PlaybookYAMLError("the playbook YAML does not read back as written; not exported")
     return text
+
+
+def dump_tasks(tasks: list[dict[str, Any]], notes: list[str | None]) -> str:
+    """YAML for a task or handler list, each task after its note (YAML comment lines of
+    fluid's words, or None); a task holding guest strings that look like templates carries
+    GUEST_TEMPLATE_NOQA on its first line. Refused unless it reads back as `tasks`."""
+    text = ""
+    for task, note in zip(tasks, notes, strict=True):
+        for line in note.split("\n") if note else []:
+            text += f"# {comment_text(line)}\n"
+        first, _, rest = _dump([task]).partition("\n")
+        if holds_template(task):
+            first += f"  {GUEST_TEMPLATE_NOQA}"
+        text += exempt_long_lines(f"{first}\n{rest}")
+    if not _same(load(text or "[]"), tasks):
+        raise PlaybookYAMLError("the playbook YAML does not read back as written; not exported")
+    return text or "[]\n"
+
+
+def exempt_long_lines(text: str) -> str:
+    """`text` (YAML whose every line ends outside a scalar) with LONG_LINE before each line
+    longer than LINE_MAX, indented as that line is."""
+    out = ""
+    # Split on newlines only: a scalar may hold other line separators, escaped or not.
+    for line in text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"):
+        if len(line) > LINE_MAX:
+            out += line[: len(line) - len(line.lstrip(" "))] + LONG_LINE + "\n"
+        out += line + "\n"
+    return out
 
 
 def _same(a: object, b: object) -> bool:

@@ -34,6 +34,7 @@ from infra.machines import sandbox_records, sandboxes
 from infra.records import runs, store
 from infra.settings import FluidSettings
 from orchestration import control_plane
+from tests.ansible_lint import lint_playbook
 from tests.chat_server import Assistant, ChatServer, Request
 from tests.conftest import FLUID, fluid, leftovers
 from tests.repo import ROOT
@@ -211,6 +212,8 @@ def _reject_then_approve(proc: subprocess.Popen, production: str, settings: Flui
     assert decided[0].comment == "please say please" and not decided[1].automatic
     rec = runs.get(run_id)
     assert rec is not None and rec.status == "applied" and decided[1].digest == rec.digest
+    # The playbook the run exported and applied (its second attempt's) passes ansible-lint.
+    lint_playbook(settings.runs_dir / run_id / "attempt-2" / "playbook")
     applied = runs.applies(run_id)
     assert len(applied) == 1 and applied[0].changed > 0 and applied[0].failed == 0
     assert leftovers(sid, settings) == []

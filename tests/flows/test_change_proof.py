@@ -41,6 +41,7 @@ from infra.state.diff import compare, markdown, residual, terminal
 from infra.state.export import export
 from tasks.agent_task import preview_on_production
 from tasks.artifacts import verification_markdown
+from tests.ansible_lint import lint_playbook
 from tests.conftest import FLUID, fluid
 
 DIR = f"/srv/proof-{secrets.token_hex(3)}"
@@ -176,7 +177,9 @@ def keyed_playbook(
     cs = compare(before, capture.capture(agent_box.id, settings=settings), settings=settings)
     assert {(c.key, c.exported) for c in cs.changes} == {(DIR, True), (NOTES, True), (KEY, False)}
     try:
-        yield export(cs, tmp_path_factory.mktemp("proof") / "playbook", settings)
+        playbook = export(cs, tmp_path_factory.mktemp("proof") / "playbook", settings)
+        lint_playbook(playbook)
+        yield playbook
     finally:
         sandboxes.run(agent_box.id, f"rm -rf {DIR}", timeout=60, settings=settings)
 
@@ -291,7 +294,9 @@ def nginx_change(settings: FluidSettings) -> ChangeSet:
 
 @pytest.fixture(scope="module")
 def nginx_playbook(settings: FluidSettings, tmp_path_factory) -> Path:
-    return export(nginx_change(settings), tmp_path_factory.mktemp("nginx") / "pb", settings)
+    playbook = export(nginx_change(settings), tmp_path_factory.mktemp("nginx") / "pb", settings)
+    lint_playbook(playbook)
+    return playbook
 
 
 @flow(name="t-preview", persist_result=False)
@@ -322,13 +327,13 @@ def test_the_check_mode_preview_runs_every_task_and_says_what_would_change(
         "ignored",  # its restart handler, notified by the file
     ], seen
     names = [t.task for t in run.tasks]
-    assert names[0] == "install packages"
+    assert names[0] == "Install packages"
     # Without package lists apt names nginx first; where an earlier test's apt-get update left
     # lists on the shared production VM, only the package no archive has.
     assert any(
-        f"No package matching '{name}' is available" in seen["install packages"][1]
+        f"No package matching '{name}' is available" in seen["Install packages"][1]
         for name in ("nginx", MISSING_PACKAGE)
-    ), seen["install packages"]
+    ), seen["Install packages"]
     assert names[1].endswith(" /srv") and PREVIEW_DIR in names[2] and NGINX_CONF in names[3]
     assert "nginx" in names[4] and "nginx" in names[5]
     assert "Could not find the requested service nginx" in run.tasks[4].message
@@ -346,7 +351,7 @@ def test_the_check_mode_preview_runs_every_task_and_says_what_would_change(
     assert md.startswith(f"# Check-mode preview on {md_text(production_vm['name'])}: with errors")
     for label in ("would change", "no change", "unknown until applied"):
         assert f"| {label} |" in md, label
-    assert md_text(seen["install packages"][1]) in md
+    assert md_text(seen["Install packages"][1]) in md
 
 
 @pytest.mark.vm
@@ -357,7 +362,7 @@ def test_a_real_apply_of_that_playbook_still_stops_at_a_task_that_fails(
     hosts = [sandbox_host(agent_box.id, tmp_path, settings)]
     run = run_playbook(nginx_playbook, hosts, settings=settings)
     assert not run.succeeded and run.tasks, run.output_tail[-3000:]
-    assert [(t.task, t.status) for t in run.tasks] == [("install packages", "failed")], (
+    assert [(t.task, t.status) for t in run.tasks] == [("Install packages", "failed")], (
         run.output_tail[-3000:]
     )
     assert MISSING_PACKAGE in run.tasks[0].message

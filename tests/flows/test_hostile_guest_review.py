@@ -36,6 +36,7 @@ from infra.state import capture
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import digest
 from orchestration import control_plane
+from tests.ansible_lint import lint_playbook
 from tests.conftest import FLUID, fluid
 from tests.flows.test_agent_task import (
     RUN_ID_LINE,
@@ -286,6 +287,7 @@ def test_the_approval_form_names_the_digest_and_escapes_the_guest(
     # The playbook is sealed: a read-only copy in the run's private folder.
     sealed = settings.runs_dir / run_id / "attempt-1" / "playbook"
     assert digest(sealed) == rec.digest
+    lint_playbook(sealed)
     assert (sealed.stat().st_mode & 0o777) == 0o500
     assert ((sealed / "site.yml").stat().st_mode & 0o777) == 0o400
     assert ((settings.runs_dir / run_id).stat().st_mode & 0o777) == 0o700

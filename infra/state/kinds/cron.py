@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra.state import base
-from infra.state.playbook_yaml import unsafe, unsafe_each
+from infra.state.playbook_yaml import task_name, unsafe, unsafe_each
 
 SPOOL = "/var/spool/cron/crontabs/"
 ENV_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*=")
@@ -139,7 +139,7 @@ class Cron(base.ResourceKind[CronState]):
                 )
                 bundle.tasks.append(
                     {
-                        "name": unsafe(f"remove cron line {e.job}"),
+                        "name": task_name(f"Remove cron line {e.job}"),
                         "ansible.builtin.lineinfile": {
                             "path": unsafe(e.file),
                             "regexp": unsafe(pattern),
@@ -161,6 +161,6 @@ class Cron(base.ResourceKind[CronState]):
             if not e.file.startswith(SPOOL):
                 args["cron_file"] = unsafe(e.file)
             bundle.tasks.append(
-                {"name": unsafe(f"cron {e.schedule} {e.job}"), "ansible.builtin.cron": args}
+                {"name": task_name(f"Cron {e.schedule} {e.job}"), "ansible.builtin.cron": args}
             )
         return bundle

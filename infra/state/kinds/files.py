@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field, PrivateAttr
 from infra.errors import FluidError, GuestDataRefused
 from infra.state import base, noise, owned_metadata
 from infra.state.blobs import SHA256, BlobTooLarge, LargeContent, secret_reason, valid_sha
-from infra.state.playbook_yaml import blob_name, removal_task, unsafe
+from infra.state.playbook_files import content
+from infra.state.playbook_yaml import removal_task, task_name, unsafe
 
 PROBE_PATH = f"{base.STAGING}/files_probe.py"
 # The hash index stays in the guest (a skipped tree on its disk) once sent, per probe version.
@@ -438,8 +439,8 @@ class Files(base.ResourceKind[FilesState]):
     # --- export --------------------------------------------------------------------------
 
     def export(self, changes: list[base.Change], ctx: base.ExportContext) -> base.TaskBundle:
-        # Paths, link targets, owners and groups are the guest's: tagged !unsafe. Modes,
-        # states and files/ names (a validated sha256) are fluid's and stay plain.
+        # Paths, link targets, owners and groups are the guest's: tagged !unsafe. Modes and
+        # states are fluid's and stay plain; export names each copied content in files/.
         bundle = base.TaskBundle()
         services = ctx.services_with_config()
         exported = [c for c in changes if c.exported]
@@ -482,11 +483,9 @@ class Files(base.ResourceKind[FilesState]):
                 or a["sha256"] != c.before.get("sha256")
                 or c.before.get("type") != "file"
             ):
-                name = blob_name(a["sha256"])
-                bundle.files[name] = name
                 task = {
                     "ansible.builtin.copy": {
-                        "src": name,
+                        "src": content(c.key, a["sha256"]),
                         "dest": path,
                         "mode": _mode(a["mode"]),
                         **ownership,
@@ -498,17 +497,17 @@ class Files(base.ResourceKind[FilesState]):
                 }
             else:
                 continue
-            verb = "create" if c.action == "added" else "update"
-            task = {"name": unsafe(f"{verb} {c.key}"), **task}
+            verb = "Create" if c.action == "added" else "Update"
+            task = {"name": task_name(f"{verb} {c.key}"), **task}
             restarted = [
                 s for s, roots in services.items() if any(c.key.startswith(r) for r in roots)
             ]
             if restarted:
-                task["notify"] = [unsafe(f"restart {s}") for s in restarted]
+                task["notify"] = [task_name(f"Restart {s}") for s in restarted]
                 for s in restarted:
                     bundle.handlers.append(
                         {
-                            "name": unsafe(f"restart {s}"),
+                            "name": task_name(f"Restart {s}"),
                             "ansible.builtin.systemd_service": {
                                 "name": unsafe(s),
                                 "state": "restarted",

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from infra.state import base
 from infra.state.kinds.packages import SECTION
-from infra.state.playbook_yaml import unsafe
+from infra.state.playbook_yaml import task_name, unsafe
 
 HOSTS = "/etc/hosts"
 HOSTNAME = "/etc/hostname"
@@ -159,10 +159,10 @@ class Hosts(base.ResourceKind[HostsState]):
             if c.key == HOSTS:
                 for state, key in (("absent", "removed"), ("present", "added")):
                     for line in c.after[key]:
-                        verb = "add to" if state == "present" else "remove from"
+                        verb = "Add to" if state == "present" else "Remove from"
                         bundle.tasks.append(
                             {
-                                "name": unsafe(f"{verb} {HOSTS}: {line}"),
+                                "name": task_name(f"{verb} {HOSTS}: {line}"),
                                 "ansible.builtin.lineinfile": {
                                     "path": HOSTS,
                                     "line": unsafe(line),
@@ -174,8 +174,14 @@ class Hosts(base.ResourceKind[HostsState]):
                 name = c.after["hostname"]
                 bundle.tasks.append(
                     {
-                        "name": unsafe(f"hostname {name}"),
-                        "ansible.builtin.copy": {"dest": HOSTNAME, "content": unsafe(name + "\n")},
+                        "name": task_name(f"Hostname {name}"),
+                        # Debian's mode; one the agent set instead comes from the files
+                        # kind's metadata task, which runs after every kind's tasks.
+                        "ansible.builtin.copy": {
+                            "dest": HOSTNAME,
+                            "content": unsafe(name + "\n"),
+                            "mode": "0644",
+                        },
                     }
                 )
         return bundle

@@ -205,7 +205,7 @@ class Packages(base.ResourceKind[PackagesState]):
         if install or upgrade:
             bundle.tasks.append(
                 {
-                    "name": "install packages",
+                    "name": "Install packages",
                     "ansible.builtin.apt": {
                         "name": unsafe_each(install + upgrade),
                         "state": "present",
@@ -217,7 +217,7 @@ class Packages(base.ResourceKind[PackagesState]):
         if remove:
             bundle.tasks.append(
                 {
-                    "name": "remove packages",
+                    "name": "Remove packages",
                     "ansible.builtin.apt": {"name": unsafe_each(remove), "state": "absent"},
                 }
             )

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from infra.state import base
 from infra.state.kinds.packages import SECTION, split_sections
-from infra.state.playbook_yaml import unsafe
+from infra.state.playbook_yaml import task_name, unsafe
 
 UNIT_TYPES = "service,socket,timer,path"
 LIST_UNIT_FILES = f"systemctl list-unit-files --no-legend --no-pager --type={UNIT_TYPES}"
@@ -200,7 +200,7 @@ class Services(base.ResourceKind[ServicesState]):
                 elif c.after["active"] in ("inactive", "failed"):
                     args["state"] = "stopped"
             bundle.tasks.append(
-                {"name": unsafe(f"service {c.key}"), "ansible.builtin.systemd_service": args}
+                {"name": task_name(f"Service {c.key}"), "ansible.builtin.systemd_service": args}
             )
         return bundle
 

@@ -9,10 +9,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra.state import base
-from infra.state.playbook_yaml import blob_name, removal_task, unsafe
+from infra.state.playbook_files import content
+from infra.state.playbook_yaml import removal_task, task_name, unsafe
 
 # The handler that loads the files: fluid's name, plain in the playbook.
-APPLY = "apply sysctl settings"
+APPLY = "Apply sysctl settings"
 
 
 class SysctlFile(BaseModel):
@@ -114,14 +115,12 @@ class Sysctl(base.ResourceKind[SysctlState]):
                 bundle.tasks.append(removal_task(c.key))
                 continue
             a = c.after
-            src = blob_name(a["sha256"])
-            bundle.files[src] = src
             bundle.tasks.append(
                 {
-                    "name": unsafe(f"write {c.key}"),
+                    "name": task_name(f"Write {c.key}"),
                     "notify": APPLY,
                     "ansible.builtin.copy": {
-                        "src": src,
+                        "src": content(c.key, a["sha256"]),
                         "dest": path,
                         "owner": unsafe(a["owner"]),
                         "group": unsafe(a["group"]),
@@ -131,6 +130,9 @@ class Sysctl(base.ResourceKind[SysctlState]):
             )
         if bundle.tasks:
             # No ansible.builtin module applies sysctl files; the runtime reload is a command.
-            bundle.handlers.append({"name": APPLY, "ansible.builtin.command": "sysctl --system"})
+            # Run only when a file changed, so it always reports a change.
+            bundle.handlers.append(
+                {"name": APPLY, "ansible.builtin.command": "sysctl --system", "changed_when": True}
+            )
             bundle.flagged.append(f"handler '{APPLY}' runs `sysctl --system`")
         return bundle

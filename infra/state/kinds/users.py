@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from infra.state import base
 from infra.state.kinds.packages import split_sections
-from infra.state.playbook_yaml import blob_name, removal_task, unsafe, unsafe_each
+from infra.state.playbook_files import content
+from infra.state.playbook_yaml import removal_task, task_name, unsafe, unsafe_each
 
 
 class User(BaseModel):
@@ -197,7 +198,7 @@ class Users(base.ResourceKind[UsersState]):
                 if c.action == "removed"
                 else {"name": name, "gid": int(c.after["gid"]), "state": "present"}
             )
-            bundle.tasks.append({"name": unsafe(c.key), "ansible.builtin.group": args})
+            bundle.tasks.append({"name": _named(c.key), "ansible.builtin.group": args})
         for c in (c for c in done if c.key.startswith("user ")):
             name = unsafe(c.key.removeprefix("user "))
             if c.action == "removed":
@@ -220,7 +221,7 @@ class Users(base.ResourceKind[UsersState]):
                     args["non_unique"] = True  # root has uid 0 already
                 if a["password"] == "locked":
                     args["password_lock"] = True
-            bundle.tasks.append({"name": unsafe(c.key), "ansible.builtin.user": args})
+            bundle.tasks.append({"name": _named(c.key), "ansible.builtin.user": args})
         for c in (c for c in done if c.key.startswith("/")):
             path = unsafe(c.key)
             if c.action == "removed":
@@ -231,7 +232,7 @@ class Users(base.ResourceKind[UsersState]):
             if c.key.endswith("/authorized_keys"):
                 bundle.tasks.append(
                     {
-                        "name": unsafe(f"directory of {c.key}"),
+                        "name": task_name(f"Directory of {c.key}"),
                         "ansible.builtin.file": {
                             "path": unsafe(c.key.rsplit("/", 1)[0]),
                             "state": "directory",
@@ -240,18 +241,21 @@ class Users(base.ResourceKind[UsersState]):
                         },
                     }
                 )
-            src = blob_name(a["sha256"])
             copy: dict[str, Any] = {
-                "src": src,
+                "src": content(c.key, a["sha256"]),
                 "dest": path,
                 **owner,
                 "mode": f"{int(a['mode']):04o}",
             }
             if c.key.startswith("/etc/sudoers.d/"):
                 copy["validate"] = "visudo -cf %s"
-            bundle.files[src] = src
-            bundle.tasks.append({"name": unsafe(f"write {c.key}"), "ansible.builtin.copy": copy})
+            bundle.tasks.append({"name": task_name(f"Write {c.key}"), "ansible.builtin.copy": copy})
         return bundle
+
+
+def _named(key: str) -> str:
+    """A task name from a change's key ("user deploy" → "User deploy")."""
+    return task_name(key[:1].upper() + key[1:])
 
 
 # Groups whose members are root in all but name: sudo rights, logs, password hashes, raw disks.

@@ -22,6 +22,7 @@ from infra.settings import FluidSettings
 from infra.state import playbook_yaml
 from infra.state.base import ChangeSet
 from infra.state.export import ROLE, export
+from tests.ansible_lint import lint_playbook
 from tests.conftest import changed_sandbox
 
 pytestmark = pytest.mark.vm
@@ -65,7 +66,9 @@ def changed(golden_image, settings) -> Iterator[ChangeSet]:
 
 @pytest.fixture(scope="module")
 def playbook(changed, settings, tmp_path_factory) -> Path:
-    return export(changed, tmp_path_factory.mktemp("export") / "playbook", settings)
+    out = export(changed, tmp_path_factory.mktemp("export") / "playbook", settings)
+    lint_playbook(out)
+    return out
 
 
 def _tasks(playbook: Path) -> list[dict]:
@@ -141,6 +144,7 @@ def test_the_hosts_lines_apply_to_a_host_with_its_own_name_line(changed, setting
     agent's lines and keeps the host's own. (Edits the module's sandbox: it plays the host.)"""
     hosts_only = changed.model_copy(update={"changes": changed.of("hosts")})
     pb = export(hosts_only, tmp_path / "hosts-playbook", settings)
+    lint_playbook(pb)
     own = f"127.0.0.1 localhost\n127.0.1.1 prod-web-1\n{REMOVED_LINE}\n"
     _run(f"printf '%s' '{own}' > /etc/hosts", settings)
     run = run_playbook(pb, [sandbox_host(SANDBOX, tmp_path, settings)], settings=settings)

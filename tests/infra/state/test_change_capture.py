@@ -30,6 +30,7 @@ from infra.state.base import ChangeSet, kinds, unwatched
 from infra.state.diff import compare, markdown, terminal
 from infra.state.export import export, verify_digest
 from infra.state.kinds import files
+from tests.ansible_lint import lint_playbook
 from tests.conftest import assert_ansible_syntax, changed_sandbox, fluid, fluid_json
 
 SANDBOX = "change"
@@ -192,7 +193,7 @@ def _alive(settings) -> bool:
 
 def test_the_export_is_a_self_contained_playbook(playbook, tmp_path):
     site = yaml.safe_load((playbook / "site.yml").read_text())
-    assert site[0]["hosts"] == "all" and site[0]["become"] is True
+    assert site[0]["hosts"] == "{{ fluid_hosts | default('all') }}" and site[0]["become"] is True
     tasks = playbook_yaml.load((playbook / "roles/fluid_change/tasks/main.yml").read_text())
     modules = {k for t in tasks for k in t if k.startswith("ansible.")}
     assert modules <= {
@@ -215,16 +216,17 @@ def test_the_export_is_a_self_contained_playbook(playbook, tmp_path):
     )
     apt = next(t["ansible.builtin.apt"] for t in tasks if "ansible.builtin.apt" in t)
     assert apt["update_cache"] is True and apt["cache_valid_time"] > 0
-    # a file containing {{ }} and {% %} is copied from files/, byte for byte
+    # a file containing {{ }} and {% %} is copied from files/ (under its path), byte for byte
     copy = next(
         t["ansible.builtin.copy"]
         for t in tasks
         if t.get("ansible.builtin.copy", {}).get("dest") == "/etc/fluid-app.conf"
     )
+    assert copy["src"] == "etc/fluid-app.conf"
     assert (playbook / "roles/fluid_change/files" / copy["src"]).read_text() == TEMPLATED
     handlers = playbook_yaml.load((playbook / "roles/fluid_change/handlers/main.yml").read_text())
     assert {
-        "name": "restart nginx",
+        "name": "Restart nginx",
         "ansible.builtin.systemd_service": {"name": "nginx", "state": "restarted"},
         "ignore_errors": "{{ ansible_check_mode }}",
     } in handlers
@@ -238,6 +240,7 @@ def test_the_export_is_a_self_contained_playbook(playbook, tmp_path):
     assert json.loads((playbook / "changeset.json").read_text())["sandbox_id"] == SANDBOX
     assert verify_digest(playbook)
     assert_ansible_syntax(playbook, tmp_path)
+    lint_playbook(playbook)
 
 
 def test_a_changed_playbook_no_longer_matches_its_digest(playbook, tmp_path):

@@ -9,6 +9,7 @@ the host that the guest's template would create never appears.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shlex
@@ -25,7 +26,8 @@ from infra.state import capture
 from infra.state.base import ChangeSet
 from infra.state.diff import compare
 from infra.state.export import ROLE, export, load_changeset, verify_digest
-from infra.state.playbook_yaml import Unsafe, load
+from infra.state.playbook_yaml import JINJA_OPENER, Unsafe, load
+from tests.ansible_lint import lint_playbook
 from tests.conftest import assert_ansible_syntax, changed_sandbox
 
 SANDBOX = f"hostile-{secrets.token_hex(3)}"  # test sessions on one host share its disks
@@ -74,6 +76,8 @@ def hostile(golden_image, settings) -> Iterator[ChangeSet]:
 @pytest.fixture(scope="module")
 def playbook(hostile, settings, tmp_path_factory) -> Path:
     out = export(hostile, tmp_path_factory.mktemp("hostile") / "playbook", settings)
+    assert not PROOF.exists()
+    lint_playbook(out)
     assert not PROOF.exists()
     return out
 
@@ -140,11 +144,13 @@ def test_guest_strings_are_emitted_unsafe_and_fluids_own_values_plain(hostile, p
         for field in GUEST_FIELDS:
             value = args.get(field)
             if field == "src" and "ansible.builtin.copy" in task:
-                assert type(value) is str and len(value) == 64, "a blob name is fluid's own"
+                # A files/ name is fluid's own: a safe target path or sha256/<hash>.
+                assert type(value) is str and not JINJA_OPENER.search(value), value
             elif value is not None:
                 # Quoted plain only where `!unsafe` would make it a number or boolean ('' too).
                 assert isinstance(value, Unsafe) or "{" not in value, (task["name"], field)
-        assert isinstance(task["name"], Unsafe) or "{" not in task["name"]
+        # Names are plain, with every Jinja opener split: the exact string is in the args.
+        assert type(task["name"]) is str and not JINJA_OPENER.search(task["name"])
         if "mode" in args:
             assert type(args["mode"]) is str and args["mode"].isdigit()
         if "state" in args:
@@ -159,8 +165,9 @@ def test_guest_strings_are_emitted_unsafe_and_fluids_own_values_plain(hostile, p
     assert (args["home"], args["shell"], args["comment"]) == (HOME, SHELL, RUN_ON_HOST)
     assert all(isinstance(g, Unsafe) for g in args["groups"])
     copy = next(t for t in tasks if _module_args(t).get("dest") == FILE)
-    blob = playbook / "roles" / ROLE / "files" / copy["ansible.builtin.copy"]["src"]
-    assert blob.read_text() == CONTENT
+    src = copy["ansible.builtin.copy"]["src"]
+    assert src == f"sha256/{hashlib.sha256(CONTENT.encode()).hexdigest()}"  # not a safe name
+    assert (playbook / "roles" / ROLE / "files" / src).read_text() == CONTENT
     assert verify_digest(playbook)
     assert_ansible_syntax(playbook, tmp_path)
     assert not PROOF.exists()
@@ -249,6 +256,7 @@ def test_a_name_that_is_not_utf8_is_left_out_and_said_so(hostile, settings, tmp_
     assert change.key == "/srv/hostile/latin-\udcff"
     assert not change.exported and "not valid UTF-8" in (change.note or "")
     out = export(cs, tmp_path / "pb", settings)
+    lint_playbook(out)
     assert "latin-" not in (out / "roles" / ROLE / "tasks" / "main.yml").read_text()
     assert "left out files '/srv/hostile/latin-\\udcff'" in (out / "site.yml").read_text()
     assert load_changeset(out).changes[0].key == change.key
