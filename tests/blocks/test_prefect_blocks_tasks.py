@@ -25,7 +25,7 @@ from tasks.sandbox import destroy_sandbox  # noqa: E402
 from tests.repo import ROOT  # noqa: E402
 
 REPO = ROOT
-BLOCK_SLUGS = ("production-target",)
+BLOCK_SLUGS = ("fluid-production-target", "fluid-llm-endpoint", "fluid-guardrails")
 
 
 @pytest.fixture(scope="module")
