@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,12 @@ from sqlmodel import select
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect's own home (its profiles.toml, which `fluid server start` writes a profile into) is
+# the session's, never the developer's ~/.prefect. Set before Prefect is imported: it reads
+# its settings once.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fluid-test-prefect-home-")
+os.environ.pop("PREFECT_PROFILES_PATH", None)
+os.environ.pop("PREFECT_PROFILE", None)
 
 import contextlib
 
