@@ -95,7 +95,7 @@ class ProductionTarget(Block):
         "Python or the CLI: the UI's secret box drops a key's line breaks."
     )
     _logo_url: ClassVar[None] = None
-    _documentation_url: ClassVar[str] = docs_url("production-targets")
+    _documentation_url: ClassVar[str] = docs_url("prefect-blocks-profile-approval-notifications")
     # A rejected private key would otherwise be echoed, in clear, in the validation error.
     model_config = ConfigDict(hide_input_in_errors=True)
 
