@@ -235,3 +235,25 @@ def test_a_missing_notification_block_is_named_in_the_error(prefect_stack: Contr
 def test_the_profile_file_is_prefects_own_under_this_sessions_prefect_home() -> None:
     # Tests never write the developer's ~/.prefect (tests/conftest.py sets PREFECT_HOME).
     assert profile.profiles_path().parent == Path(os.environ["PREFECT_HOME"])
+
+
+# --- run names ----------------------------------------------------------------------------
+
+
+def test_an_agent_task_run_is_named_from_its_target_and_task(prefect_stack: ControlPlane) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.agent_task import agent_task
+
+    # Placed on another host, the run fails at its first line: no VM, but a named run.
+    state = agent_task(
+        task="install\x1b[2J nginx\n",
+        production="web",
+        agent={"kind": "scripted", "steps": []},
+        host="t-elsewhere",
+        return_state=True,
+    )
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name == "web: install[2J nginx"
