@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -350,3 +352,7 @@ def production_vm(
         yield fluid_json("production", "create", PRODUCTION_NAME)
     finally:
         fluid("production", "destroy", PRODUCTION_NAME, check=False)
+
+
+# The session's Prefect home (set at the top, before any import) goes with the session.
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
