@@ -5,6 +5,7 @@ from typing import ClassVar, Self
 from prefect.blocks.core import Block
 from pydantic import model_validator
 
+from blocks.docs import docs_url
 from infra.guardrails.policy import Guardrails, GuardrailsFields
 
 
@@ -24,6 +25,7 @@ class GuardrailsBlock(Block, GuardrailsFields):
         "per-attempt budgets of tool calls, commands and command time; checkpoints per sandbox."
     )
     _logo_url: ClassVar[None] = None
+    _documentation_url: ClassVar[str] = docs_url("llm-agents-guardrails-audit-watching-live")
 
     @model_validator(mode="after")
     def _valid_guardrails(self) -> Self:

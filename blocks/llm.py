@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr
 
+from blocks.docs import docs_url
 from infra.agents.llm import LLMEndpoint
 
 
@@ -20,13 +21,14 @@ class LLMBlock(Block):
     clear). No key: no Authorization header is sent (vLLM, Ollama, llama.cpp's server).
     """
 
-    _block_type_name: ClassVar[str] = "LLM Endpoint"
+    _block_type_name: ClassVar[str] = "fluid LLM Endpoint"
     _description: ClassVar[str] = (
         "An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp's "
         "server, LiteLLM) for fluid's LLM agent: base URL, model, API key (secret; empty "
         "sends no Authorization header) and the limits of one attempt."
     )
     _logo_url: ClassVar[None] = None
+    _documentation_url: ClassVar[str] = docs_url("llm-agents-guardrails-audit-watching-live")
     model_config = ConfigDict(hide_input_in_errors=True)
 
     base_url: str = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from blocks.legacy import load_saved
 from blocks.production_target import ProductionTarget
 from infra.agents import Agent, AgentSpec, LLMAgentSpec, ScriptedAgent, ScriptedAgentSpec
 from infra.errors import FluidError, ProductionBlockError
@@ -43,7 +44,7 @@ def llm_endpoint(spec: LLMAgentSpec):  # noqa: ANN201 - LLMEndpoint, imported la
 
     if spec.block is not None:
         try:
-            return LLMBlock.load(spec.block).endpoint()
+            return load_saved(LLMBlock, spec.block).endpoint()
         except ValueError as e:
             raise AgentConfigError(
                 f"no LLM block named {spec.block!r}: save one (see the README, 'LLM agents') "
@@ -77,7 +78,7 @@ def load_guardrails(name: str | None) -> Guardrails:
     from blocks.guardrails import GuardrailsBlock
 
     try:
-        return GuardrailsBlock.load(name).to_guardrails()
+        return load_saved(GuardrailsBlock, name).to_guardrails()
     except ValueError as e:
         raise AgentConfigError(f"no Guardrails block named {name!r} ({e})") from e
 
@@ -85,7 +86,7 @@ def load_guardrails(name: str | None) -> Guardrails:
 def load_target(production: str) -> ProductionTarget:
     """The ProductionTarget block `production`; ProductionBlockError saying how to make one."""
     try:
-        return ProductionTarget.load(production)
+        return load_saved(ProductionTarget, production)
     except ValueError as e:
         raise ProductionBlockError(
             f"no ProductionTarget block named {production!r}: create one with `fluid production "

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from blocks.docs import docs_url
 from infra.ansible.playbook_runs import AnsibleHost, AnsibleJump
 from infra.errors import ProductionNotRunning
 from infra.settings import FluidSettings, get_settings
@@ -86,7 +87,7 @@ class ProductionTarget(Block):
     `private_key`.
     """
 
-    _block_type_name: ClassVar[str] = "Production Target"
+    _block_type_name: ClassVar[str] = "fluid Production Target"
     _description: ClassVar[str] = (
         "Production hosts an approved fluid playbook is applied to: addresses, SSH ports and "
         "host keys, the login user and sudo, and either an SSH private key (a secret) or a "
@@ -94,6 +95,7 @@ class ProductionTarget(Block):
         "Python or the CLI: the UI's secret box drops a key's line breaks."
     )
     _logo_url: ClassVar[None] = None
+    _documentation_url: ClassVar[str] = docs_url("prefect-blocks-profile-approval-notifications")
     # A rejected private key would otherwise be echoed, in clear, in the validation error.
     model_config = ConfigDict(hide_input_in_errors=True)
 

@@ -39,7 +39,7 @@ def save_production_block(vm: Any) -> bool:
     except Exception as e:  # Prefect raises many types (HTTP, validation, server start)
         raise ProductionBlockError(
             f"production VM {vm.name} is up (ssh port {vm.ssh_port}), but saving its Prefect "
-            f"block production-target/{vm.name} failed: {type(e).__name__}: {e}. Fix that, "
+            f"block fluid-production-target/{vm.name} failed: {type(e).__name__}: {e}. Fix that, "
             f"then run `fluid production save-block {vm.name}` (create would refuse: the VM "
             "exists)"
         ) from e
@@ -58,7 +58,7 @@ def cmd_production_create(args: argparse.Namespace) -> int:
             saved = save_production_block(vm)
         except FluidError as e:
             block_error = e
-    block = f"production-target/{vm.name}" if saved else None
+    block = f"fluid-production-target/{vm.name}" if saved else None
     emit_line(
         args,
         vm.model_dump(mode="json") | {"block": block},
@@ -76,7 +76,7 @@ def cmd_production_save_block(args: argparse.Namespace) -> int:
 
     vm = production.get(args.name)
     saved = save_production_block(vm)
-    block = f"production-target/{vm.name}" if saved else None
+    block = f"fluid-production-target/{vm.name}" if saved else None
     emit_line(
         args,
         {"name": vm.name, "block": block},
@@ -148,8 +148,8 @@ def cmd_production_destroy(args: argparse.Namespace) -> int:
     production.destroy(args.name)
     # Deleting the block would import Prefect here; say how instead.
     log(
-        f"fluid: note: a Prefect block production-target/{args.name}, if one was saved, "
-        f"stays; `prefect block delete production-target/{args.name}` removes it"
+        f"fluid: note: a Prefect block fluid-production-target/{args.name}, if one was saved, "
+        f"stays; `prefect block delete fluid-production-target/{args.name}` removes it"
     )
     emit_line(args, {"name": args.name, "destroyed": True}, f"{args.name} destroyed")
     return 0

@@ -16,14 +16,11 @@ from infra.errors import FluidError
 
 
 def _run_url(run_id: object) -> str:
-    import os
+    """The run's UI page, from Prefect's own helper (PREFECT_UI_URL, else derived from
+    PREFECT_API_URL; right on Prefect Cloud too)."""
+    from prefect.utilities.urls import url_for
 
-    from orchestration import control_plane
-
-    ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
-    return control_plane.ControlPlane(
-        api_url=os.environ["PREFECT_API_URL"], ui_url=ui, auth_string=""
-    ).run_url(str(run_id))
+    return url_for("flow-run", obj_id=str(run_id)) or f"(flow run {run_id}: no UI URL known)"
 
 
 def agent_from_args(args: argparse.Namespace) -> dict[str, Any]:

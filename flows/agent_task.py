@@ -55,6 +55,7 @@ from infra.records.hosts import work_queue
 from infra.records.runs import PlaybookChanged, RunRecorder
 from infra.settings import get_settings
 from orchestration.limits import sandbox_slots
+from orchestration.run_labels import run_name
 from tasks.agent_task import (
     apply_to_production,
     changeset_file,
@@ -120,7 +121,14 @@ class Mission:
     suspend: bool
 
 
-@flow(name="agent-task", persist_result=True)
+def _run_name() -> str:
+    # A run started from the UI or Python gets its readable name here (fluid run names it
+    # when it submits).
+    params = flow_run.parameters
+    return run_name(params.get("task", ""), params.get("production", ""))
+
+
+@flow(name="agent-task", persist_result=True, flow_run_name=_run_name)
 def agent_task(
     task: str,
     production: str,

@@ -120,6 +120,13 @@ class FluidSettings(BaseSettings):
         default=4200, description="Port of the local Prefect server fluid starts on 127.0.0.1."
     )
     work_pool: str = Field(default="fluid", description="The process work pool fluid deploys to.")
+    approval_notify: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+/[^/]+$",
+        description="A notification block (TYPE-SLUG/NAME, e.g. custom-webhook/approvals) "
+        "`fluid server start` points an automation at: it notifies when an agent-task run "
+        "waits for approval.",
+    )
 
     def __init__(self, **values: Any) -> None:
         # pydantic names the field (`memory_mib`); a user set FLUID_MEMORY_MIB, so every

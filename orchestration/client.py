@@ -29,6 +29,7 @@ from infra.records import runs
 from infra.settings import get_settings
 from infra.state.base import ChangeSet
 from orchestration import placement
+from orchestration.run_labels import run_name, run_tags
 
 DEPLOYMENT = "agent-task/agent-task"
 PAUSE_EXPIRED = "paused and never resumed"
@@ -76,6 +77,8 @@ def submit(
         return run_deployment(
             DEPLOYMENT,
             parameters={**parameters, "host": placed.id},
+            flow_run_name=run_name(parameters["task"], parameters["production"]),
+            tags=run_tags(parameters["production"], parameters.get("agent"), placed.id),
             work_queue_name=placed.work_queue,
             timeout=0,
         )

@@ -40,7 +40,7 @@ from infra.host.identity import check, host_id
 from infra.host.permissions import PRIVATE_FILE, private_dir, write_private
 from infra.records import store
 from infra.settings import FluidSettings, environment, get_settings
-from orchestration import host_deployments
+from orchestration import block_types, host_deployments
 from orchestration.prefect_api import ControlPlane, ControlPlaneError, api_call, api_status
 
 Progress = Callable[[str], None]
@@ -193,6 +193,8 @@ def start_server(settings: FluidSettings, say: Progress = _quiet) -> ControlPlan
         "PREFECT_SERVER_API_AUTH_STRING": cp.auth_string.get_secret_value(),
         # The UI is told where the API is; without this it calls port 4200 whatever --port is.
         "PREFECT_UI_API_URL": cp.api_url,
+        # Links the server makes (an automation's notification) point at this UI.
+        "PREFECT_UI_URL": cp.ui_url,
         # Suspended runs whose approval deadline passed are failed within seconds.
         "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "5",
         # Sandbox slots (orchestration/limits.py) are leases; kept in memory, a server restart would
@@ -408,11 +410,12 @@ def start_worker(
 def ensure_running(
     settings: FluidSettings | None = None, progress: Progress | None = None
 ) -> ControlPlane:
-    """Server, work pool, deployments and this host's worker (registered, on its own queue),
-    each started only if missing."""
+    """Server (with fluid's block types), work pool, deployments and this host's worker
+    (registered, on its own queue), each started only if missing."""
     settings = settings or get_settings()
     say = progress or _quiet
     cp = start_server(settings, say)
+    block_types.ensure_registered(cp, settings, lambda a: _prefect_cli(a, cp, settings), say)
     deploy(settings, say)
     start_worker(settings, say, cp=cp)
     return cp

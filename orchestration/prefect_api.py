@@ -25,10 +25,6 @@ class ControlPlane(BaseModel):
     ui_url: str
     auth_string: SecretStr
 
-    def run_url(self, flow_run_id: str) -> str:
-        """The UI page of one flow run."""
-        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
-
     def client_env(self) -> dict[str, str]:
         """Environment variables that point a Prefect client at this API."""
         env = {"PREFECT_API_URL": self.api_url}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +20,12 @@ from sqlmodel import select
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect's own home (its profiles.toml, which `fluid server start` writes a profile into) is
+# the session's, never the developer's ~/.prefect. Set before Prefect is imported: it reads
+# its settings once.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fluid-test-prefect-home-")
+os.environ.pop("PREFECT_PROFILES_PATH", None)
+os.environ.pop("PREFECT_PROFILE", None)
 
 import contextlib
 
@@ -343,3 +352,7 @@ def production_vm(
         yield fluid_json("production", "create", PRODUCTION_NAME)
     finally:
         fluid("production", "destroy", PRODUCTION_NAME, check=False)
+
+
+# The session's Prefect home (set at the top, before any import) goes with the session.
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)

@@ -9,6 +9,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from uuid import UUID  # noqa: E402
@@ -25,7 +26,7 @@ from tasks.sandbox import destroy_sandbox  # noqa: E402
 from tests.repo import ROOT  # noqa: E402
 
 REPO = ROOT
-BLOCK_SLUGS = ("production-target",)
+BLOCK_SLUGS = ("fluid-production-target", "fluid-llm-endpoint", "fluid-guardrails")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def _prefect_cli(api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
         "COLUMNS": "250",
     }
     return subprocess.run(
-        [str(REPO / ".venv" / "bin" / "prefect"), *args],
+        [str(Path(sys.executable).with_name("prefect")), *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -85,7 +85,7 @@ def test_create_makes_a_full_copy_with_fluid_identity(prod, settings):
     assert ports.is_free(prod["ssh_port"], "127.0.0.1")
     assert prod["principal"] == f"fluid-prod-{NAME}"
     assert prod["host_key"].startswith("ssh-ed25519 ")
-    assert prod["block"] == f"production-target/{NAME}"
+    assert prod["block"] == f"fluid-production-target/{NAME}"
 
     disk = production.storage_dir(settings) / f"{NAME}.qcow2"
     info = json.loads(
