@@ -5,6 +5,8 @@ Prefect shows the link on the block type's catalog page and form. It must be an 
 section's GitHub-style anchor (lower case, punctuation dropped, spaces as '-').
 """
 
+# Not yet a published address: fluid has no public repository yet. Change this one line when
+# it has; the catalog test reads the link from here, not a copy.
 README_URL = "https://github.com/fluid-infra/fluid/blob/main/README.md"
 
 
