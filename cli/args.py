@@ -112,3 +112,14 @@ def parse_labels(pairs: list[str] | None) -> dict[str, str] | None:
             raise FluidError(f"--label {pair!r}: give a label as KEY=VALUE, e.g. --label zone=a")
         labels[key.strip()] = value.strip()
     return labels
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below 0: give a count, 0 or more")
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.args import add_command, add_noun
+from cli.args import add_command, add_noun, count
 from cli.output import dump_all, emit, emit_line, log, print_table
 
 
@@ -96,9 +96,9 @@ def register(top: argparse._SubParsersAction) -> None:
     sp.add_argument(
         "slots",
         nargs="?",
-        type=int,
+        type=count,
         default=None,
-        help="slots to have ready (default: FLUID_WARM_SLOTS)",
+        help="slots to have ready, 0 or more (default: FLUID_WARM_SLOTS)",
     )
     sp.add_argument("--image", default=None, help="image name (default: FLUID_IMAGE)")
     add_command(

@@ -88,3 +88,10 @@ def test_a_usage_error_is_argparse_s_message_and_exit_2():
     r = fluid("sandbox", "frobnicate", check=False)
     assert r.returncode == 2 and b"invalid choice: 'frobnicate'" in r.stderr
     assert b"Traceback" not in r.stderr
+
+
+def test_a_negative_count_is_refused_before_anything_starts():
+    r = fluid("pool", "fill", "-1", check=False)
+    assert r.returncode == 2 and b"-1 is below 0: give a count, 0 or more" in r.stderr, r
+    r = fluid("pool", "fill", "two", check=False)
+    assert r.returncode == 2 and b"'two' is not a whole number" in r.stderr, r
