@@ -212,7 +212,13 @@ def run_playbook(
     site = Path(playbook_dir).resolve() / "site.yml"
     if not site.exists():
         raise FluidError(f"{playbook_dir} has no site.yml; is it a fluid export?")
-    with tempfile.TemporaryDirectory(prefix="fluid-ansible-", dir=workdir) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="fluid-ansible-", dir=workdir) as tmp,
+        # SSH master connections of this run only: a master left by an earlier run to the same
+        # user@host:port would be reused without this run's host keys, jump host or key being
+        # checked. Under /tmp: a socket's path must stay short.
+        tempfile.TemporaryDirectory(prefix="fluid-cp-") as control_dir,
+    ):
         inv = Path(tmp) / "inventory.yml"
         inv.write_text(yaml.safe_dump(inventory(hosts)))
         # An empty config of our own: a user's ansible.cfg must not change the run.
@@ -220,7 +226,8 @@ def run_playbook(
         cfg.write_text("[defaults]\n")
         cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else ""))
         ours = {
-            "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=15m",
+            "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=60s",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
             "ANSIBLE_CONFIG": str(cfg),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",

@@ -198,7 +198,7 @@ def test_a_check_mode_preview_against_the_changed_sandbox_runs_no_guest_template
     tasks = run.output_tail.split("TASK [")[1:]
     assert len(tasks) == len(_tasks(playbook))
     changed = [t.splitlines()[0] for t in tasks if "\nchanged: [" in t]
-    assert len(changed) == 1 and changed[0].startswith("fluid_change : cron "), changed
+    assert len(changed) == 1 and changed[0].startswith("fluid_change : Cron "), changed
 
 
 def test_ansible_runs_without_the_flows_credentials(hostile, settings, tmp_path, monkeypatch):
