@@ -45,13 +45,7 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """Add subcommand `name` that runs `fn`; its help is its description too; `examples`
     (command lines) end its --help."""
-    sp = parent.add_parser(
-        name,
-        help=help,
-        description=help,
-        epilog=examples_epilog(examples),
-        formatter_class=HelpFormatter,
-    )
+    sp = _parser(parent, name, help, examples)
     sp.set_defaults(fn=fn)
     if json_flag:
         sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -78,14 +72,20 @@ def add_noun(
 ) -> argparse._SubParsersAction:
     """Add a noun that only groups subcommands (`fluid NOUN CMD`); `examples` (command lines)
     end `fluid NOUN --help`."""
-    noun = top.add_parser(
+    return _parser(top, name, help, examples).add_subparsers(dest="cmd", required=True)
+
+
+def _parser(
+    parent: argparse._SubParsersAction, name: str, help: str, examples: Sequence[str]
+) -> argparse.ArgumentParser:
+    # A command's or noun's parser: its help is its description, its examples end --help.
+    return parent.add_parser(
         name,
         help=help,
         description=help,
         epilog=examples_epilog(examples),
         formatter_class=HelpFormatter,
     )
-    return noun.add_subparsers(dest="cmd", required=True)
 
 
 def accept_exclusion_option(sp: argparse.ArgumentParser) -> None:
