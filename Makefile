@@ -1,8 +1,9 @@
 # The two commands of the README, and their parts.
 .PHONY: demo test setup image lint bench cluster-demo lock
 
+# The tests replay under Mitogen as well as Ansible's linear strategy (tests/conftest.py).
 setup:
-	bash scripts/setup-host.sh test
+	bash scripts/setup-host.sh test,mitogen
 
 # Regenerate constraints.txt (the pinned versions setup installs) after changing dependencies.
 lock:
@@ -24,7 +25,8 @@ test: setup
 	bash scripts/setup-postgres.sh
 	.venv/bin/fluid image build
 	.venv/bin/ruff check .
-	.venv/bin/pytest
+	# Wide: the failure summary CI shows keeps each failure's message.
+	COLUMNS=250 .venv/bin/pytest
 
 bench: image
 	.venv/bin/python scripts/bench_sandbox.py

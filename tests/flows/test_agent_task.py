@@ -480,6 +480,9 @@ def test_a_reviewer_approves_in_the_prefect_ui(
     proc = subprocess.Popen(
         [sys.executable, "-c", script, UI_TASK, production, json.dumps("t-llm")],
         cwd=ROOT,
+        # The user's path end to end: replay, preview and apply under Ansible's default
+        # strategy (the session's other runs use Mitogen, tests/conftest.py).
+        env={**os.environ, "FLUID_ANSIBLE_STRATEGY": "linear"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
