@@ -29,8 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed, State
@@ -55,7 +57,7 @@ from infra.records.hosts import work_queue
 from infra.records.runs import PlaybookChanged, RunRecorder
 from infra.settings import get_settings
 from orchestration.limits import sandbox_slots
-from orchestration.run_labels import run_name
+from orchestration.run_labels import run_name, run_tags
 from tasks.agent_task import (
     apply_to_production,
     changeset_file,
@@ -128,6 +130,16 @@ def _run_name() -> str:
     return run_name(params.get("task", ""), params.get("production", ""))
 
 
+def _tag_run(run_id: str, production: str, agent: AgentSpec | str, host: str) -> None:
+    # `fluid run` tags a run when it submits it; one started from the UI, a schedule or
+    # Python gets the same tags here, so the runs list filters every run alike.
+    have = list(flow_run.tags)
+    missing = [t for t in run_tags(production, agent, host) if t not in have]
+    if missing:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(run_id), tags=have + missing)
+
+
 @flow(name="agent-task", persist_result=True, flow_run_name=_run_name)
 def agent_task(
     task: str,
@@ -165,6 +177,7 @@ def agent_task(
         )
     logger = get_run_logger()
     run_id = str(flow_run.get_id())
+    _tag_run(run_id, production, agent, here)
     record = RunRecorder.start(run_id, task, production)
     # Fail on a bad production name, agent or guardrails before any VM exists.
     load_target(production)

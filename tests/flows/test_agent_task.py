@@ -575,6 +575,10 @@ def test_a_reviewer_approves_in_the_prefect_ui(
     assert [(d.outcome, d.approver, d.comment) for d in decided] == [
         ("approved", "dana", "approved in the UI")
     ]
+    # Called from Python, not submitted by `fluid run`: the run still bears fluid's tags.
+    assert {f"production:{production}", "agent:llm", f"host:{host_id()}"} <= set(
+        read_run(run_id).tags
+    )
     assert leftovers(sid, settings) == []
     assert sorted(p.name for p in shots.glob("*.png")), "screenshots are kept as test outputs"
 

@@ -124,6 +124,10 @@ def test_four_runs_at_once_queue_for_sandbox_slots_and_all_complete(
     for run_id in ids:
         rec = runs.get(run_id)
         assert rec is not None and rec.status == "applied", rec
+    # Submitted with run_deployment and no tags, as the UI does: each run tagged itself.
+    with get_client(sync_client=True) as client:
+        tags = [set(client.read_flow_run(UUID(run_id)).tags) for run_id in ids]
+    assert all({f"production:{production}", "agent:scripted"} <= t for t in tags), tags
 
     # The limit held: never more than four sandboxes (two runs) at once...
     assert peak_sandboxes <= MAX_SANDBOXES, peak_sandboxes
