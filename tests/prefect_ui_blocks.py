@@ -82,3 +82,21 @@ def create_block(
     except PlaywrightTimeoutError:
         raise _fail(page, shots, f"the create form of {type_slug} lacks a field") from None
     create.click()
+
+
+def wait_for_block(page: Page, slug: str, name: str, timeout_s: float = 30.0) -> None:
+    """Poll the server for the block, letting the browser's requests through meanwhile
+    (its request filter runs in this thread: time.sleep would hold the form's POST)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                client.read_block_document_by_name(name, slug, include_secrets=False)
+                return
+            except ObjectNotFound:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no block {slug}/{name} after the UI's Create") from None
+                page.wait_for_timeout(500)

@@ -4,30 +4,9 @@ block made with the UI's form is what a flow loads."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-from playwright.sync_api import Page
-
 from orchestration.prefect_api import ControlPlane
-
-
-def _wait_for_block(page: Page, slug: str, name: str, timeout_s: float = 30.0) -> None:
-    """Poll the server for the block, letting the browser's requests through meanwhile
-    (its request filter runs in this thread: time.sleep would hold the form's POST)."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            try:
-                client.read_block_document_by_name(name, slug, include_secrets=False)
-                return
-            except ObjectNotFound:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no block {slug}/{name} after the UI's Create") from None
-                page.wait_for_timeout(500)
 
 
 def test_the_catalog_offers_fluids_block_types_and_a_block_made_in_the_ui_loads(
@@ -51,7 +30,7 @@ def test_the_catalog_offers_fluids_block_types_and_a_block_made_in_the_ui_loads(
             {"Max Tool Calls": "123", "Write Roots": '["/srv"]'},
             shots,
         )
-        _wait_for_block(page, "fluid-guardrails", name)
+        prefect_ui_blocks.wait_for_block(page, "fluid-guardrails", name)
 
     # Loaded as a flow loads its `guardrails` parameter.
     guardrails = load_guardrails(name)
