@@ -81,9 +81,9 @@ def fluid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ.pop("PREFECT_API_URL", None)
     # Replays and applies run under Mitogen's strategy (the `mitogen` extra the test command
     # installs): under TCG Ansible's linear strategy starts a Python per task and takes over
-    # twice as long, which the CI budget cannot carry for every replay. Ansible's default is
-    # proven on VMs where users meet it: the Prefect UI approval run (tests/flows) and
-    # tests/infra/ansible/test_strategy.py.
+    # twice as long, which the CI budget cannot carry for every replay. Ansible's default runs
+    # on VMs where users meet it: the Prefect UI approval run (replay, preview and apply, in
+    # tests/flows/test_agent_task.py); tests/infra/ansible/test_strategy.py checks the default.
     os.environ["FLUID_ANSIBLE_STRATEGY"] = "mitogen"
     get_settings.cache_clear()
     return home
