@@ -21,11 +21,11 @@ demo:
 lint: setup
 	.venv/bin/ruff check .
 
+# COLUMNS: wide, so the failure summary CI shows keeps each failure's message.
 test: setup
 	bash scripts/setup-postgres.sh
 	.venv/bin/fluid image build
 	.venv/bin/ruff check .
-	# Wide: the failure summary CI shows keeps each failure's message.
 	COLUMNS=250 .venv/bin/pytest
 
 bench: image
